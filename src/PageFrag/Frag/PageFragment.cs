@@ -1,0 +1,110 @@
+using System.Runtime.CompilerServices;
+using PageFrag.Pages;
+
+namespace PageFrag.Frag;
+
+/// <summary>
+/// A fragment carved from a page by a <see cref="PageFragCache"/>: a value handle that owns one reference
+/// on its page until <see cref="Free"/> (page_frag_free).
+/// </summary>
+/// <remarks>
+/// <para>The bytes live in a pinned array, so the fragment can be used as <see cref="Span"/>,
+/// <see cref="Memory"/>, <see cref="ArraySegment"/> (which <c>MemoryMarshal.TryGetArray</c> also returns)
+/// and as a raw pointer (<see cref="Address"/>), all valid until the fragment is freed.</para>
+/// <para>Freeing is safe from any thread. Copies of the handle are the same fragment: free exactly one of
+/// them, once. A second free throws <see cref="PageFragDoubleFreeException"/> (see
+/// <see cref="PageAllocatorOptions.DetectDoubleFree"/> for the exact coverage).</para>
+/// </remarks>
+public readonly struct PageFragment : IEquatable<PageFragment>
+{
+    internal readonly Arena? Arena;
+    internal readonly int ArenaOffset;
+    private readonly int _length;
+    private readonly int _trueSize;
+    internal readonly int Generation;
+
+    internal PageFragment(Arena arena, int arenaOffset, int length, int trueSize, int generation)
+    {
+        Arena = arena;
+        ArenaOffset = arenaOffset;
+        _length = length;
+        _trueSize = trueSize;
+        Generation = generation;
+    }
+
+    /// <summary>True for the default value and for the result of a failed allocation.</summary>
+    public bool IsEmpty => Arena is null;
+
+    /// <summary>The bytes requested (and committed).</summary>
+    public int Length => _length;
+
+    /// <summary>
+    /// The bytes this fragment took from its page: <see cref="Length"/> plus the alignment padding skipped
+    /// before it. This is what socket accounting should charge (skb truesize).
+    /// </summary>
+    public int TrueSize => _trueSize;
+
+    /// <summary>Offset of the fragment within its page block.</summary>
+    public int PageOffset => ArenaOffset - (NonEmpty.Pages[ArenaOffset >> PageConstants.PageShift].HeadIndex << PageConstants.PageShift);
+
+    /// <summary>The address of the first byte (stable: the memory is pinned).</summary>
+    public nint Address => NonEmpty.BaseAddress + ArenaOffset;
+
+    /// <summary>The fragment's bytes.</summary>
+    public Span<byte> Span
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => NonEmpty.GetSpan(ArenaOffset, _length);
+    }
+
+    /// <summary>The fragment's bytes as memory over the pinned backing array.</summary>
+    public Memory<byte> Memory => new(NonEmpty.Array, Arena!.ArrayOffset + ArenaOffset, _length);
+
+    /// <summary>The fragment as a segment of the pinned backing array.</summary>
+    public ArraySegment<byte> ArraySegment => new(NonEmpty.Array, Arena!.ArrayOffset + ArenaOffset, _length);
+
+    /// <summary>The page block that holds the fragment.</summary>
+    public Page Page => new(NonEmpty, NonEmpty.Pages[ArenaOffset >> PageConstants.PageShift].HeadIndex);
+
+    /// <summary>A pointer to the first byte. Valid until the fragment is freed.</summary>
+    public unsafe byte* Pointer => (byte*)Address;
+
+    /// <summary>Drops the fragment's page reference (page_frag_free). Any thread.</summary>
+    /// <exception cref="InvalidOperationException">The handle is empty.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The fragment was already freed, or its page moved on.</exception>
+    public void Free() => PageFragCache.Free(this);
+
+    internal Arena NonEmpty
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            Arena? a = Arena;
+            if (a is null)
+            {
+                ThrowHelper.EmptyHandle("fragment");
+            }
+
+            return a;
+        }
+    }
+
+    /// <inheritdoc/>
+    public bool Equals(PageFragment other) =>
+        ReferenceEquals(Arena, other.Arena) && ArenaOffset == other.ArenaOffset && _length == other._length && Generation == other.Generation;
+
+    /// <inheritdoc/>
+    public override bool Equals(object? obj) => obj is PageFragment f && Equals(f);
+
+    /// <inheritdoc/>
+    public override int GetHashCode() => HashCode.Combine(Arena, ArenaOffset, _length, Generation);
+
+    /// <summary>Same fragment.</summary>
+    public static bool operator ==(PageFragment left, PageFragment right) => left.Equals(right);
+
+    /// <summary>Different fragments.</summary>
+    public static bool operator !=(PageFragment left, PageFragment right) => !left.Equals(right);
+
+    /// <inheritdoc/>
+    public override string ToString() => IsEmpty ? "PageFragment(empty)" : $"PageFragment(0x{Address:x}, {_length} B, truesize {_trueSize})";
+}

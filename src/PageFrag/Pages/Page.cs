@@ -1,0 +1,102 @@
+using System.Runtime.InteropServices;
+
+namespace PageFrag.Pages;
+
+/// <summary>
+/// A block of 2^<see cref="Order"/> contiguous pages handed out by a <see cref="PageAllocator"/>
+/// (a <c>struct page *</c> to a head page). A value handle: copying it does not take a reference.
+/// </summary>
+public readonly struct Page : IEquatable<Page>
+{
+    internal readonly Arena? Arena;
+    internal readonly int Index;
+
+    internal Page(Arena arena, int index)
+    {
+        Arena = arena;
+        Index = index;
+    }
+
+    /// <summary>True for the default value and for the result of a failed allocation.</summary>
+    public bool IsEmpty => Arena is null;
+
+    /// <summary>The block's order.</summary>
+    public int Order => Descriptor.Order;
+
+    /// <summary>The block's size in bytes: 4096 &lt;&lt; <see cref="Order"/>.</summary>
+    public int Length => PageConstants.PageSize << Descriptor.Order;
+
+    /// <summary>The address of the first byte; 4096-aligned.</summary>
+    public nint Address => NonEmpty.BaseAddress + (Index << PageConstants.PageShift);
+
+    /// <summary>The current reference count (page_ref_count).</summary>
+    public int RefCount => Volatile.Read(ref Descriptor.RefCount);
+
+    /// <summary>True when the block came from the emergency reserve (page_is_pfmemalloc).</summary>
+    public bool IsPfMemalloc => (Descriptor.Flags & PageFlags.PfMemalloc) != 0;
+
+    /// <summary>The allocator the block belongs to.</summary>
+    public PageAllocator Allocator => NonEmpty.Owner;
+
+    /// <summary>The block's bytes.</summary>
+    public Span<byte> Span => NonEmpty.GetSpan(Index << PageConstants.PageShift, Length);
+
+    /// <summary>The block's bytes as <see cref="Memory{T}"/> over the pinned arena array.</summary>
+    public Memory<byte> Memory => new(NonEmpty.Array, Arena!.ArrayOffset + (Index << PageConstants.PageShift), Length);
+
+    /// <summary>Takes one more reference (get_page).</summary>
+    /// <exception cref="InvalidOperationException">The page is empty or has no reference left.</exception>
+    public void AddRef()
+    {
+        ref PageDescriptor d = ref Descriptor;
+        int seen = Volatile.Read(ref d.RefCount);
+        while (true)
+        {
+            if (seen <= 0)
+            {
+                ThrowHelper.InvalidOperation("Cannot take a reference on a page that has none: it was already freed.");
+            }
+
+            int prev = Interlocked.CompareExchange(ref d.RefCount, seen + 1, seen);
+            if (prev == seen)
+            {
+                return;
+            }
+
+            seen = prev;
+        }
+    }
+
+    internal ref PageDescriptor Descriptor => ref NonEmpty.Pages[Index];
+
+    private Arena NonEmpty
+    {
+        get
+        {
+            if (Arena is null)
+            {
+                ThrowHelper.EmptyHandle("page");
+            }
+
+            return Arena;
+        }
+    }
+
+    /// <inheritdoc/>
+    public bool Equals(Page other) => ReferenceEquals(Arena, other.Arena) && Index == other.Index;
+
+    /// <inheritdoc/>
+    public override bool Equals(object? obj) => obj is Page p && Equals(p);
+
+    /// <inheritdoc/>
+    public override int GetHashCode() => HashCode.Combine(Arena, Index);
+
+    /// <summary>Equality of two handles (same block).</summary>
+    public static bool operator ==(Page left, Page right) => left.Equals(right);
+
+    /// <summary>Inequality of two handles.</summary>
+    public static bool operator !=(Page left, Page right) => !left.Equals(right);
+
+    /// <inheritdoc/>
+    public override string ToString() => IsEmpty ? "Page(empty)" : $"Page(arena {Arena!.Id}, index {Index}, order {Order})";
+}
