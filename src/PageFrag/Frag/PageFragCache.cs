@@ -35,7 +35,7 @@ namespace PageFrag.Frag;
 /// for order 3) they fail and the page is kept, as in the kernel. Above 32768 bytes a request can never
 /// succeed and is rejected with <see cref="ArgumentOutOfRangeException"/>.</para>
 /// </remarks>
-public sealed class PageFragCache
+public sealed partial class PageFragCache
 {
     /// <summary>The largest request a cache accepts: 32768 bytes (an order-3 page).</summary>
     public const int MaxFragmentSize = PageConstants.FragCacheMaxSize;

@@ -18,7 +18,7 @@ namespace PageFrag.Pages;
 /// free lists = pages in arenas (<see cref="PageAllocatorStats"/>).</para>
 /// <para>Page contents are not cleared, as with the kernel's allocator without __GFP_ZERO.</para>
 /// </remarks>
-public sealed class PageAllocator : IDisposable
+public sealed partial class PageAllocator : IDisposable
 {
     private static readonly Lazy<PageAllocator> s_shared = new(() => new PageAllocator(null, isShared: true));
 
