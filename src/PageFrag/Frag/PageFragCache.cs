@@ -261,7 +261,10 @@ public sealed partial class PageFragCache
     public int CommitNoRef(in PreparedFragment prepared, int usedSize, ref PageFragment previous)
     {
         CheckPrepared(prepared, usedSize);
+        // previous.ArenaOffset < _pageStart: a fragment that ends its own block is address-contiguous with the
+        // next block, which may be the cache's page with an equal generation; its reference does not cover it.
         if (!ReferenceEquals(previous.Arena, _arena) || previous.Generation != _generation ||
+            previous.ArenaOffset < _pageStart ||
             previous.ArenaOffset + previous.Length != _pageStart + prepared.Offset)
         {
             ThrowHelper.InvalidOperation("The previous fragment does not end where the preparation starts, so the new bytes cannot be coalesced with it.");

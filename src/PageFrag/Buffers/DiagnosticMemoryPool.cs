@@ -1,0 +1,217 @@
+using System.Buffers;
+
+namespace PageFrag.Buffers;
+
+/// <summary>
+/// A debugging decorator for any <see cref="MemoryPool{T}"/> of bytes (typically a
+/// <see cref="PageFragMemoryPool"/>): catches double disposal, use after disposal and writes after free,
+/// at the cost of one allocation per rent. Keep it out of production paths.
+/// </summary>
+/// <remarks>
+/// <para>Every rent gets a fresh owner object that is never recycled, so misuse can be told apart from
+/// a later renter's legitimate use:</para>
+/// <list type="bullet">
+/// <item>a second <c>Dispose</c> throws <see cref="ObjectDisposedException"/> (an
+/// <see cref="InvalidOperationException"/>, as Kestrel's diagnostic pool throws) and changes nothing;</item>
+/// <item><c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, as
+/// <see cref="MemoryPool{T}.Shared"/> does;</item>
+/// <item>a given-back buffer is filled with <see cref="DiagnosticMemoryPoolOptions.Poison"/> and held in a
+/// quarantine; when it leaves (pushed out by newer ones, or by <see cref="Verify"/> and <see cref="MemoryPool{T}.Dispose()"/>)
+/// its bytes are checked, and overwritten poison is recorded as a <see cref="UseAfterFreeException"/>,
+/// thrown by the next <see cref="Verify"/> or by <c>Dispose</c>.</item>
+/// </list>
+/// <para>Threading: as the inner pool. Renting and disposing buffers are safe from any thread; the
+/// quarantine takes a lock.</para>
+/// </remarks>
+public sealed class DiagnosticMemoryPool : MemoryPool<byte>
+{
+    private readonly MemoryPool<byte> _inner;
+    private readonly DiagnosticMemoryPoolOptions _options;
+    private readonly Lock _lock = new();
+    private readonly Queue<DiagnosticOwner> _quarantine = new();
+    private readonly List<UseAfterFreeException> _violations = [];
+    private bool _disposed;
+
+    /// <summary>Wraps <paramref name="inner"/>.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="inner"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
+    public DiagnosticMemoryPool(MemoryPool<byte> inner, DiagnosticMemoryPoolOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(inner);
+        options ??= new DiagnosticMemoryPoolOptions();
+        options.Validate();
+        _inner = inner;
+        _options = options;
+    }
+
+    /// <summary>The decorated pool.</summary>
+    public MemoryPool<byte> Inner => _inner;
+
+    /// <inheritdoc/>
+    public override int MaxBufferSize => _inner.MaxBufferSize;
+
+    /// <summary>Buffers given back and held in quarantine.</summary>
+    public int QuarantinedCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _quarantine.Count;
+            }
+        }
+    }
+
+    /// <summary>Rents from the inner pool; the inner pool's exceptions pass through unchanged.</summary>
+    /// <exception cref="ObjectDisposedException">The decorator was disposed.</exception>
+    public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
+    {
+        if (Volatile.Read(ref _disposed))
+        {
+            BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool));
+        }
+
+        IMemoryOwner<byte> inner = _inner.Rent(minBufferSize);
+        return new DiagnosticOwner(this, inner);
+    }
+
+    /// <summary>
+    /// Checks every quarantined buffer now and releases them to the inner pool; then throws the
+    /// writes after free found since the previous call, if any (each is reported once).
+    /// </summary>
+    /// <exception cref="UseAfterFreeException">A given-back buffer was written.</exception>
+    public void Verify()
+    {
+        lock (_lock)
+        {
+            while (_quarantine.Count > 0)
+            {
+                ReleaseLocked(_quarantine.Dequeue());
+            }
+
+            if (_violations.Count > 0)
+            {
+                // Each violation is reported once; the pool stays usable for the rest of the test or session.
+                UseAfterFreeException first = _violations[0];
+                int count = _violations.Count;
+                _violations.Clear();
+                throw count == 1
+                    ? first
+                    : new UseAfterFreeException($"{count} buffers were written after they were given back. First: {first.Message}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Flushes the quarantine (checking each buffer), disposes the inner pool if configured, and throws
+    /// if any write after free was found.
+    /// </summary>
+    protected override void Dispose(bool disposing)
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        try
+        {
+            Verify();
+        }
+        finally
+        {
+            if (_options.DisposeInner)
+            {
+                _inner.Dispose();
+            }
+        }
+    }
+
+    private void Returned(DiagnosticOwner owner)
+    {
+        if (_options.PoisonFreedMemory)
+        {
+            owner.InnerMemory.Span.Fill(_options.Poison);
+        }
+
+        lock (_lock)
+        {
+            if (_options.QuarantineLength == 0 || _disposed)
+            {
+                ReleaseLocked(owner);
+                return;
+            }
+
+            _quarantine.Enqueue(owner);
+            if (_quarantine.Count > _options.QuarantineLength)
+            {
+                ReleaseLocked(_quarantine.Dequeue());
+            }
+        }
+    }
+
+    private void ReleaseLocked(DiagnosticOwner owner)
+    {
+        if (_options.PoisonFreedMemory)
+        {
+            Span<byte> bytes = owner.InnerMemory.Span;
+            int bad = bytes.IndexOfAnyExcept(_options.Poison);
+            if (bad >= 0)
+            {
+                _violations.Add(new UseAfterFreeException(
+                    $"A {bytes.Length}-byte buffer was written after it was given back: byte {bad} is 0x{bytes[bad]:X2} instead of the poison 0x{_options.Poison:X2}."));
+            }
+        }
+
+        owner.ReleaseInner();
+    }
+
+    /// <summary>One rent: never recycled, so every misuse of this object is caught.</summary>
+    private sealed class DiagnosticOwner : IMemoryOwner<byte>
+    {
+        private readonly DiagnosticMemoryPool _pool;
+        private readonly Memory<byte> _memory;
+        private IMemoryOwner<byte>? _inner;
+        private int _disposed;
+
+        public DiagnosticOwner(DiagnosticMemoryPool pool, IMemoryOwner<byte> inner)
+        {
+            _pool = pool;
+            _inner = inner;
+            _memory = inner.Memory;
+        }
+
+        public Memory<byte> Memory
+        {
+            get
+            {
+                if (Volatile.Read(ref _disposed) != 0)
+                {
+                    BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool) + " buffer", "The buffer was used after it was given back to the pool (Memory read after Dispose).");
+                }
+
+                return _memory;
+            }
+        }
+
+        /// <summary>The memory, for the pool's poisoning and checks after the renter is done.</summary>
+        public Memory<byte> InnerMemory => _memory;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            {
+                BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool) + " buffer", "The buffer was given back to the pool twice (Dispose called twice).");
+            }
+
+            _pool.Returned(this);
+        }
+
+        public void ReleaseInner()
+        {
+            IMemoryOwner<byte>? inner = _inner;
+            _inner = null;
+            inner?.Dispose();
+        }
+    }
+}

@@ -1,0 +1,295 @@
+using System.Buffers;
+using System.Runtime.ExceptionServices;
+using PageFrag.Frag;
+using PageFrag.Pages;
+
+namespace PageFrag.Buffers;
+
+/// <summary>
+/// An owned chain of buffers (fragments, and page blocks or pinned arrays for large writes) seen as one
+/// <see cref="ReadOnlySequence{T}"/>: what a <see cref="FragBufferWriter"/> hands over, or what a caller
+/// assembles from fragments with <see cref="Append"/>. Disposing the chain frees every buffer in it.
+/// </summary>
+/// <remarks>
+/// <para><b>Threading.</b> A chain has one owner at a time: appending, reading and disposing are not
+/// synchronized. The owner may pass it to another thread and dispose it there (freeing fragments is safe
+/// from any thread).</para>
+/// <para><b>Reuse.</b> To keep writers allocation-free, chain and segment objects are recycled after
+/// <see cref="Dispose"/>. A second <see cref="Dispose"/> right after the first is ignored, as with .NET's
+/// own disposables, and members throw <see cref="ObjectDisposedException"/>; but once the object has been
+/// handed out again, a stale reference (or a <see cref="ReadOnlySequence{T}"/> taken before the dispose)
+/// sees someone else's data. Treat a disposed chain like freed memory.</para>
+/// <para><b>Sockets.</b> Every buffer lies in a pinned array, so <see cref="AsArraySegments"/> gives the
+/// list a gather send takes (<c>Socket.SendAsync(IList&lt;ArraySegment&lt;byte&gt;&gt;)</c>,
+/// <c>SocketAsyncEventArgs.BufferList</c>), and the memory stays put during the I/O.</para>
+/// </remarks>
+public sealed class FragmentChain : IDisposable
+{
+    // Recycled chains; 64 covers a few in flight per core on the machines PageFrag targets.
+    private static readonly ObjectStash<FragmentChain> s_stash = new(64);
+
+    // A chain keeps at most this many spare segment objects between uses.
+    private const int MaxSpareSegments = 32;
+
+    private ObjectStash<FragmentChain>? _home;
+    private FragmentSegment? _first;
+    private FragmentSegment? _last;
+    private FragmentSegment? _spare;
+    private int _spareCount;
+    private int _count;
+    private long _length;
+    private long _trueSize;
+    private bool _disposed;
+    private List<ArraySegment<byte>>? _arraySegments;
+    private bool _arraySegmentsStale = true;
+
+    /// <summary>Creates an empty chain.</summary>
+    public FragmentChain()
+    {
+    }
+
+    /// <summary>The bytes in the chain.</summary>
+    public long Length
+    {
+        get
+        {
+            ThrowIfDisposed();
+            return _length;
+        }
+    }
+
+    /// <summary>
+    /// The memory the chain keeps from reuse: the fragments' true sizes (alignment padding included) plus
+    /// whole blocks and arrays. This, not <see cref="Length"/>, is what to charge a connection's budget.
+    /// </summary>
+    public long TrueSize
+    {
+        get
+        {
+            ThrowIfDisposed();
+            return _trueSize;
+        }
+    }
+
+    /// <summary>Buffers in the chain; contiguous writes are coalesced into one.</summary>
+    public int SegmentCount
+    {
+        get
+        {
+            ThrowIfDisposed();
+            return _count;
+        }
+    }
+
+    /// <summary>The bytes as a sequence, valid until the chain is disposed.</summary>
+    public ReadOnlySequence<byte> Sequence
+    {
+        get
+        {
+            ThrowIfDisposed();
+            if (_first is null)
+            {
+                return ReadOnlySequence<byte>.Empty;
+            }
+
+            return _first == _last
+                ? new ReadOnlySequence<byte>(_first.Memory)
+                : new ReadOnlySequence<byte>(_first, 0, _last!, _last!.Memory.Length);
+        }
+    }
+
+    /// <summary>
+    /// Takes ownership of <paramref name="fragment"/> and appends it: the chain frees it on dispose.
+    /// </summary>
+    /// <exception cref="ArgumentException">The fragment is empty.</exception>
+    /// <exception cref="ObjectDisposedException">The chain was disposed.</exception>
+    public void Append(in PageFragment fragment)
+    {
+        ThrowIfDisposed();
+        if (fragment.IsEmpty)
+        {
+            throw new ArgumentException("The fragment is empty: it came from a failed or default allocation.", nameof(fragment));
+        }
+
+        AppendFragment(fragment);
+    }
+
+    /// <summary>
+    /// The buffers as array segments of their pinned backing arrays, for gather sends. The list is owned
+    /// by the chain and rebuilt after an append: do not modify it, and do not use it after the chain is
+    /// disposed. Allocation-free once the chain has built a list of that size.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The chain was disposed.</exception>
+    public IList<ArraySegment<byte>> AsArraySegments()
+    {
+        ThrowIfDisposed();
+        List<ArraySegment<byte>> list = _arraySegments ??= new List<ArraySegment<byte>>(Math.Max(_count, 4));
+        if (_arraySegmentsStale)
+        {
+            list.Clear();
+            for (FragmentSegment? s = _first; s is not null; s = (FragmentSegment?)s.Next)
+            {
+                list.Add(SequenceSegments.ToArraySegment(s.Memory));
+            }
+
+            _arraySegmentsStale = false;
+        }
+
+        return list;
+    }
+
+    /// <summary>
+    /// Frees every buffer of the chain and recycles the chain object. A second call before the object is
+    /// reused does nothing. Any thread, but not concurrently with other use of the chain.
+    /// </summary>
+    /// <exception cref="PageFragDoubleFreeException">
+    /// A fragment of the chain had already been freed by someone else; the rest of the chain is still freed.
+    /// </exception>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        ExceptionDispatchInfo? failure = ReleaseAll();
+        _disposed = true;
+        if (_home is null || !_home.TryReturn(this))
+        {
+            s_stash.TryReturn(this);
+        }
+
+        failure?.Throw();
+    }
+
+    // ------------------------------------------------------------------ used by FragBufferWriter
+
+    /// <summary>
+    /// An empty chain, recycled when one is available. A writer passes its own stash as
+    /// <paramref name="home"/>, so that its chains come back to it and its steady state does not depend
+    /// on what other writers take from the shared stash.
+    /// </summary>
+    internal static FragmentChain RentEmpty(ObjectStash<FragmentChain>? home)
+    {
+        FragmentChain? chain = home?.TryTake() ?? s_stash.TryTake();
+        if (chain is null)
+        {
+            return new FragmentChain { _home = home };
+        }
+
+        chain._disposed = false;
+        chain._home = home;
+        return chain;
+    }
+
+    internal FragmentSegment? Last => _last;
+
+    internal bool IsDisposed => _disposed;
+
+    internal void AppendFragment(in PageFragment fragment)
+    {
+        FragmentSegment segment = NewSegment();
+        segment.SetFragment(fragment, _length);
+        Link(segment, fragment.Length, fragment.TrueSize);
+    }
+
+    internal void AppendBlock(Page block, int used)
+    {
+        FragmentSegment segment = NewSegment();
+        segment.SetBlock(block, used, _length);
+        Link(segment, used, block.Length);
+    }
+
+    internal void AppendArray(byte[] array, int used)
+    {
+        FragmentSegment segment = NewSegment();
+        segment.SetArray(array, used, _length);
+        Link(segment, used, array.Length);
+    }
+
+    /// <summary>The last segment grew by <paramref name="bytes"/> (written) and <paramref name="trueBytes"/> (consumed).</summary>
+    internal void LastGrew(int bytes, int trueBytes)
+    {
+        _length += bytes;
+        _trueSize += trueBytes;
+        _arraySegmentsStale = true;
+    }
+
+    /// <summary>Frees every buffer and empties the chain, keeping the object. The first failure is returned, not thrown.</summary>
+    internal ExceptionDispatchInfo? ReleaseAll()
+    {
+        ExceptionDispatchInfo? failure = null;
+        FragmentSegment? s = _first;
+        while (s is not null)
+        {
+            var next = (FragmentSegment?)s.Next;
+            try
+            {
+                s.Release();
+            }
+            catch (Exception e) when (failure is null)
+            {
+                failure = ExceptionDispatchInfo.Capture(e);
+                s.Clear();
+            }
+
+            if (_spareCount < MaxSpareSegments)
+            {
+                s.NextSpare = _spare;
+                _spare = s;
+                _spareCount++;
+            }
+
+            s = next;
+        }
+
+        _first = null;
+        _last = null;
+        _count = 0;
+        _length = 0;
+        _trueSize = 0;
+        _arraySegments?.Clear();
+        _arraySegmentsStale = true;
+        return failure;
+    }
+
+    private FragmentSegment NewSegment()
+    {
+        FragmentSegment? s = _spare;
+        if (s is null)
+        {
+            return new FragmentSegment();
+        }
+
+        _spare = s.NextSpare;
+        s.NextSpare = null;
+        _spareCount--;
+        return s;
+    }
+
+    private void Link(FragmentSegment segment, int bytes, int trueBytes)
+    {
+        if (_last is null)
+        {
+            _first = segment;
+        }
+        else
+        {
+            _last.Link(segment);
+        }
+
+        _last = segment;
+        _count++;
+        _length += bytes;
+        _trueSize += trueBytes;
+        _arraySegmentsStale = true;
+    }
+
+    private void ThrowIfDisposed()
+    {
+        if (_disposed)
+        {
+            BufferThrowHelper.Disposed(nameof(FragmentChain));
+        }
+    }
+}

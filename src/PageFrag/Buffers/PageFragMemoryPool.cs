@@ -1,0 +1,370 @@
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using PageFrag.Frag;
+using PageFrag.Pages;
+
+namespace PageFrag.Buffers;
+
+/// <summary>
+/// A <see cref="MemoryPool{T}"/> whose buffers are fragments carved from large pinned pages: a drop-in
+/// <c>PipeOptions.Pool</c>, and (through <c>PageFrag.AspNetCore</c>) Kestrel's pool. Small rents share a
+/// 32 KiB page instead of taking a 4 KiB block each, and every buffer's memory is a segment of a pinned
+/// array (<c>MemoryMarshal.TryGetArray</c> succeeds), as sockets need.
+/// </summary>
+/// <remarks>
+/// <para><b>Sizes.</b> <c>Rent(-1)</c> gives <see cref="DefaultBufferSize"/> bytes. Other sizes are
+/// rounded up to a multiple of 64 bytes (a cache line, so that buffers freed on different threads never
+/// share one; <c>Rent(0)</c> gives 64). Up to 4096 bytes, and up to 32768 while the CPU's cache holds an
+/// order-3 page, the buffer is a fragment; above that, or when memory is too fragmented for an order-3
+/// page, it is a dedicated page block of the smallest sufficient order, and its <c>Memory</c> is the whole
+/// block. <see cref="MaxBufferSize"/> is <see cref="PageFragMemoryPoolOptions.MaxBufferSize"/>.</para>
+/// <para><b>Threading.</b> <see cref="Rent"/> and disposing a buffer are safe from any thread. The pool
+/// keeps one <see cref="PageFragCache"/> per CPU, each behind its own lock (the kernel's per-CPU cache with
+/// a local lock): a rent takes the lock of the CPU it runs on, or of any free one if that is busy, so the
+/// lock is uncontended in practice; a trim can drain every cache safely, which per-thread caches would not
+/// allow. A buffer may be disposed on any thread.</para>
+/// <para><b>Owners are recycled.</b> The <see cref="IMemoryOwner{T}"/> objects are pooled per CPU, so
+/// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. As with <see cref="MemoryPool{T}.Shared"/>,
+/// a second <c>Dispose</c> is ignored and <c>Memory</c> after <c>Dispose</c> throws
+/// <see cref="ObjectDisposedException"/>, but only until the owner object is rented again: after that a
+/// stale reference aliases the new renter's buffer (Kestrel's pool has the same property). Wrap the pool in
+/// a <c>DiagnosticMemoryPool</c> to catch double disposal and use after disposal reliably.</para>
+/// <para><b>Memory.</b> Pages come from <see cref="PageFragMemoryPoolOptions.Allocator"/>. When it refuses
+/// one (memory limit, injected fault), <c>Rent</c> throws <see cref="InsufficientMemoryException"/> and
+/// nothing changes. <see cref="Trim"/> gives idle pages back; nothing trims on its own (the Kestrel
+/// factory runs a timer).</para>
+/// </remarks>
+public sealed class PageFragMemoryPool : MemoryPool<byte>
+{
+    /// <summary>What <c>Rent(-1)</c> gives: 4096 bytes, the block size Kestrel and Pipelines expect by default.</summary>
+    public const int DefaultBufferSize = PageConstants.PageSize;
+
+    // Rents are rounded to a cache line: no false sharing between buffers owned by different threads.
+    internal const int Granule = 64;
+
+    // Owner objects a CPU slot keeps at most; the rest are left to the garbage collector.
+    private const int OwnerStashCapacity = 256;
+
+    private readonly PageAllocator _allocator;
+    private readonly bool _ownsAllocator;
+    private readonly CpuSlot[] _slots;
+    private readonly int _maxBufferSize;
+    private volatile bool _disposed;
+
+    /// <summary>Creates a pool.</summary>
+    /// <param name="options">Settings, or null for the defaults.</param>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
+    public PageFragMemoryPool(PageFragMemoryPoolOptions? options = null)
+    {
+        options ??= new PageFragMemoryPoolOptions();
+        PageAllocator allocator = options.Allocator ?? new PageAllocator();
+        try
+        {
+            options.Validate(allocator);
+        }
+        catch when (options.Allocator is null)
+        {
+            allocator.Dispose();
+            throw;
+        }
+
+        _allocator = allocator;
+        _ownsAllocator = options.Allocator is null;
+        _maxBufferSize = options.MaxBufferSize;
+        _slots = new CpuSlot[Math.Max(1, Environment.ProcessorCount)];
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            _slots[i] = new CpuSlot(_allocator, options.OwnersPerCpu);
+        }
+    }
+
+    /// <summary>The largest buffer <see cref="Rent"/> accepts (<see cref="PageFragMemoryPoolOptions.MaxBufferSize"/>).</summary>
+    public override int MaxBufferSize => _maxBufferSize;
+
+    /// <summary>The allocator the pool takes its pages from.</summary>
+    public PageAllocator Allocator => _allocator;
+
+    /// <summary>
+    /// Rents a buffer of at least <paramref name="minBufferSize"/> bytes (<see cref="DefaultBufferSize"/>
+    /// for -1). Dispose the owner to give it back. Any thread.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="minBufferSize"/> is below -1 or above <see cref="MaxBufferSize"/>.</exception>
+    /// <exception cref="InsufficientMemoryException">The allocator could not supply a page.</exception>
+    /// <exception cref="ObjectDisposedException">The pool was disposed.</exception>
+    public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
+    {
+        int size = minBufferSize == -1 ? DefaultBufferSize : minBufferSize;
+        if ((uint)size > (uint)_maxBufferSize)
+        {
+            BufferThrowHelper.RentSize(minBufferSize, _maxBufferSize);
+        }
+
+        int rounded = size <= Granule ? Granule : (size + (Granule - 1)) & ~(Granule - 1);
+        CpuSlot slot = EnterSlot();
+        FragmentMemoryOwner? owner;
+        try
+        {
+            // Checked under the slot lock: Dispose drains each slot under it, so no rent can refill a
+            // cache that Dispose has already drained.
+            if (_disposed)
+            {
+                BufferThrowHelper.Disposed(nameof(PageFragMemoryPool));
+            }
+
+            owner = slot.RentLocked(rounded);
+        }
+        finally
+        {
+            slot.Lock.Exit();
+        }
+
+        if (owner is null)
+        {
+            BufferThrowHelper.OutOfPages(rounded);
+        }
+
+        return owner;
+    }
+
+    /// <summary>
+    /// Gives free page space back: drains the per-CPU caches (their current pages return to the allocator
+    /// once the fragments still out on them are freed) and, when the pool owns its allocator, releases the
+    /// allocator's entirely free arenas. With <paramref name="idleOnly"/>, only caches that served no rent
+    /// since the previous trim are drained (the others are marked, so an idle period of one trim interval
+    /// is enough): the eviction a periodic timer runs. Any thread.
+    /// </summary>
+    /// <returns>The bytes of free page space given back by the caches.</returns>
+    public long Trim(bool idleOnly = false)
+    {
+        long evicted = 0;
+        foreach (CpuSlot slot in _slots)
+        {
+            lock (slot.Lock)
+            {
+                evicted += slot.TrimLocked(idleOnly);
+            }
+        }
+
+        if (_ownsAllocator && !_disposed)
+        {
+            _allocator.Trim();
+        }
+
+        return evicted;
+    }
+
+    /// <summary>A snapshot of the pool's counters (takes each CPU slot's lock briefly). Any thread.</summary>
+    public PageFragMemoryPoolStats GetStats()
+    {
+        long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0;
+        foreach (CpuSlot slot in _slots)
+        {
+            lock (slot.Lock)
+            {
+                rents += slot.Rents;
+                rented += slot.RentedBytes;
+                blocks += slot.DedicatedBlocks;
+                allocated += slot.AllocatedBytes;
+                evicted += slot.EvictedBytes;
+                pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset;
+                reused += slot.Cache.PagesReused;
+            }
+
+            returns += Interlocked.Read(ref slot.Returns);
+            returned += Interlocked.Read(ref slot.ReturnedBytes);
+        }
+
+        return new PageFragMemoryPoolStats
+        {
+            Rents = rents,
+            RentedBytes = rented,
+            Returns = returns,
+            OutstandingBytes = rented - returned,
+            DedicatedBlocks = blocks,
+            AllocatedBytes = allocated,
+            PooledBytes = pooled,
+            EvictedBytes = evicted,
+            PagesReused = reused,
+        };
+    }
+
+    /// <summary>
+    /// Drains every cache and retires the pool: <see cref="Rent"/> then throws
+    /// <see cref="ObjectDisposedException"/>. Buffers still out stay valid and may be disposed later. A pool
+    /// that owns its allocator disposes it too.
+    /// </summary>
+    protected override void Dispose(bool disposing)
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        foreach (CpuSlot slot in _slots)
+        {
+            lock (slot.Lock)
+            {
+                slot.TrimLocked(idleOnly: false);
+            }
+        }
+
+        if (_ownsAllocator)
+        {
+            _allocator.Dispose();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private CpuSlot EnterSlot()
+    {
+        CpuSlot[] slots = _slots;
+        int start = (int)((uint)Thread.GetCurrentProcessorId() % (uint)slots.Length);
+        CpuSlot home = slots[start];
+        if (home.Lock.TryEnter())
+        {
+            return home;
+        }
+
+        return EnterSlotContended(start);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private CpuSlot EnterSlotContended(int start)
+    {
+        // The thread was preempted on this CPU by another renter, or migrated: any free slot will do.
+        CpuSlot[] slots = _slots;
+        for (int i = 1; i < slots.Length; i++)
+        {
+            CpuSlot slot = slots[(start + i) % slots.Length];
+            if (slot.Lock.TryEnter())
+            {
+                return slot;
+            }
+        }
+
+        slots[start].Lock.Enter();
+        return slots[start];
+    }
+
+    /// <summary>
+    /// One CPU's share of the pool: a fragment cache and a stash of owner objects behind one lock, plus
+    /// the counters. Rent-side fields are written under <see cref="Lock"/>; the return counters with
+    /// interlocked adds from any thread.
+    /// </summary>
+    internal sealed class CpuSlot
+    {
+        public readonly Lock Lock = new();
+        public readonly PageFragCache Cache;
+        private readonly PageAllocator _allocator;
+        private readonly FragmentMemoryOwner?[] _owners = new FragmentMemoryOwner?[OwnerStashCapacity];
+        private int _ownerCount;
+        private long _seenPagesAllocated;
+
+        // Under Lock.
+        public long Rents;
+        public long RentedBytes;
+        public long DedicatedBlocks;
+        public long AllocatedBytes;
+        public long EvictedBytes;
+        public bool Active;
+
+        // Any thread, interlocked: buffers come back wherever their user finishes with them.
+        public long Returns;
+        public long ReturnedBytes;
+
+        public CpuSlot(PageAllocator allocator, int owners)
+        {
+            _allocator = allocator;
+            Cache = new PageFragCache(allocator);
+            for (int i = 0; i < owners; i++)
+            {
+                _owners[_ownerCount++] = new FragmentMemoryOwner(this);
+            }
+        }
+
+        /// <summary>Serves one rent of <paramref name="size"/> (already rounded); null when no page could be had.</summary>
+        public FragmentMemoryOwner? RentLocked(int size)
+        {
+            FragmentMemoryOwner owner;
+            if (_ownerCount > 0)
+            {
+                owner = _owners[--_ownerCount]!;
+                _owners[_ownerCount] = null;
+            }
+            else
+            {
+                owner = new FragmentMemoryOwner(this);
+            }
+
+            int trueSize;
+            if (size <= PageFragCache.MaxFragmentSize && Cache.TryAlloc(size, out PageFragment fragment))
+            {
+                owner.SetFragment(fragment);
+                trueSize = fragment.TrueSize;
+                long pages = Cache.PagesAllocated;
+                if (pages != _seenPagesAllocated)
+                {
+                    _seenPagesAllocated = pages;
+                    AllocatedBytes += Cache.CurrentPageSize;
+                }
+            }
+            else
+            {
+                // Above 4 KiB on an order-0 page, or the cache could not refill: a block of its own.
+                int order = size <= PageConstants.PageSize ? 0 : BitOperations.Log2((uint)(size - 1)) + 1 - PageConstants.PageShift;
+                if (!_allocator.TryAllocPages(order, AllocFlags.None, out Page block))
+                {
+                    StashLocked(owner);
+                    return null;
+                }
+
+                owner.SetBlock(block);
+                trueSize = block.Length;
+                DedicatedBlocks++;
+                AllocatedBytes += trueSize;
+            }
+
+            Rents++;
+            RentedBytes += trueSize;
+            Active = true;
+            return owner;
+        }
+
+        /// <summary>A buffer of this slot came back (any thread); its owner object is kept if the lock is free.</summary>
+        public void Returned(FragmentMemoryOwner owner, int trueSize)
+        {
+            Interlocked.Increment(ref Returns);
+            Interlocked.Add(ref ReturnedBytes, trueSize);
+            if (Lock.TryEnter())
+            {
+                StashLocked(owner);
+                Lock.Exit();
+            }
+        }
+
+        public long TrimLocked(bool idleOnly)
+        {
+            if (idleOnly && Active)
+            {
+                Active = false;
+                return 0;
+            }
+
+            Active = false;
+            long free = Cache.CurrentPageSize - Cache.Offset;
+            Cache.Drain();
+            EvictedBytes += free;
+            return free;
+        }
+
+        private void StashLocked(FragmentMemoryOwner owner)
+        {
+            if (_ownerCount < _owners.Length)
+            {
+                _owners[_ownerCount++] = owner;
+            }
+        }
+    }
+}

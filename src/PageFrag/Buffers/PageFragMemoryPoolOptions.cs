@@ -1,0 +1,51 @@
+using PageFrag.Frag;
+using PageFrag.Pages;
+
+namespace PageFrag.Buffers;
+
+/// <summary>Settings of a <see cref="PageFragMemoryPool"/>, checked when the pool is created.</summary>
+/// <remarks>
+/// Defaults: a private <see cref="PageAllocator"/> with default options that the pool disposes with
+/// itself; <see cref="MaxBufferSize"/> 32768; 16 owner objects kept ready per CPU.
+/// </remarks>
+public sealed class PageFragMemoryPoolOptions
+{
+    /// <summary>The default <see cref="MaxBufferSize"/>: 32768 bytes, the fragment cache's big page.</summary>
+    public const int DefaultMaxBufferSize = PageFragCache.MaxFragmentSize;
+
+    /// <summary>
+    /// Where pages come from. Null (the default) gives the pool a private allocator with default options,
+    /// which <see cref="PageFragMemoryPool.Trim"/> trims and the pool disposes. A given allocator stays
+    /// the caller's: the pool neither trims nor disposes it.
+    /// </summary>
+    public PageAllocator? Allocator { get; init; }
+
+    /// <summary>
+    /// The largest <c>Rent</c> accepted, reported as <see cref="System.Buffers.MemoryPool{T}.MaxBufferSize"/>:
+    /// from 4096 to the allocator's largest block (<c>4096 &lt;&lt; MaxOrder</c>, 4 MiB with default
+    /// arenas). Requests above 4096 bytes that the fragment cache cannot serve get a page block of their
+    /// own. <c>System.IO.Pipelines</c> serves larger requests from <c>ArrayPool</c> by itself.
+    /// Default <see cref="DefaultMaxBufferSize"/>.
+    /// </summary>
+    public int MaxBufferSize { get; init; } = DefaultMaxBufferSize;
+
+    /// <summary>
+    /// Owner objects created up front for each CPU slot, so that renting stays allocation-free from the
+    /// first call while at most this many buffers per CPU are out. From 0 to 1024. Default 16.
+    /// </summary>
+    public int OwnersPerCpu { get; init; } = 16;
+
+    internal void Validate(PageAllocator allocator)
+    {
+        int largest = PageConstants.PageSize << allocator.MaxOrder;
+        if (MaxBufferSize < PageConstants.PageSize || MaxBufferSize > largest)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(MaxBufferSize), MaxBufferSize, $"MaxBufferSize must be between 4096 and the allocator's largest block ({largest} bytes).");
+        }
+
+        if (OwnersPerCpu < 0 || OwnersPerCpu > 1024)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(OwnersPerCpu), OwnersPerCpu, "OwnersPerCpu must be between 0 and 1024.");
+        }
+    }
+}
