@@ -71,6 +71,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         _allocator = allocator;
         _ownsAllocator = options.Allocator is null;
+        Name = options.Name;
         _maxBufferSize = options.MaxBufferSize;
         _slots = new CpuSlot[Math.Max(1, Environment.ProcessorCount)];
         for (int i = 0; i < _slots.Length; i++)
@@ -84,6 +85,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
     /// <summary>The allocator the pool takes its pages from.</summary>
     public PageAllocator Allocator => _allocator;
+
+    /// <summary>Who uses the pool (<see cref="PageFragMemoryPoolOptions.Name"/>), or null.</summary>
+    public string? Name { get; }
+
+    /// <summary>True once the pool was disposed.</summary>
+    public bool IsDisposed => _disposed;
 
     /// <summary>
     /// Rents a buffer of at least <paramref name="minBufferSize"/> bytes (<see cref="DefaultBufferSize"/>

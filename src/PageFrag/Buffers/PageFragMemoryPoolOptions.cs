@@ -30,6 +30,12 @@ public sealed class PageFragMemoryPoolOptions
     public int MaxBufferSize { get; init; } = DefaultMaxBufferSize;
 
     /// <summary>
+    /// Who uses the pool (Kestrel passes "sockets", "kestrel", …): reported as the owner tag of the
+    /// pool's metrics. Default null (no owner).
+    /// </summary>
+    public string? Name { get; init; }
+
+    /// <summary>
     /// Owner objects created up front for each CPU slot, so that renting stays allocation-free from the
     /// first call while at most this many buffers per CPU are out. From 0 to 1024. Default 16.
     /// </summary>

@@ -1,0 +1,174 @@
+using System.Buffers;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Options;
+using PageFrag.Buffers;
+using PageFrag.Pages;
+
+namespace PageFrag.AspNetCore;
+
+/// <summary>
+/// Kestrel's <see cref="IMemoryPoolFactory{T}"/> on PageFrag: every pool it creates (one per socket I/O
+/// queue, and the ones Kestrel itself asks for) is a <see cref="PageFragMemoryPool"/> over one page
+/// allocator that the factory owns, so that sockets receive into and send from fragments of large pinned
+/// pages. Register it with <c>services.AddPageFragMemoryPool()</c>.
+/// </summary>
+/// <remarks>
+/// <para><b>Trimming.</b> Kestrel's own pool is evicted from the server heartbeat; a replacement factory
+/// gets none, so this one runs a timer (<see cref="PageFragMemoryPoolFactoryOptions.TrimInterval"/>):
+/// each tick drains the caches that stayed idle for a whole interval and gives entirely free arenas back
+/// to the garbage collector.</para>
+/// <para><b>Lifetime.</b> The pools live on the factory's allocator: disposing the factory (the DI
+/// container does it at shutdown, after Kestrel has disposed its pools) disposes any pool still alive and
+/// the allocator. Buffers still out stay valid memory and may be returned later.</para>
+/// <para><b>Threading.</b> Every member is safe from any thread.</para>
+/// </remarks>
+public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDisposable
+{
+    private readonly PageFragMemoryPoolFactoryOptions _options;
+    private readonly PageAllocator _allocator;
+    private readonly Lock _lock = new();
+    private readonly List<PageFragMemoryPool> _pools = [];
+    private readonly List<MemoryPool<byte>> _handedOut = [];
+    private readonly ITimer? _timer;
+    private long _poolsCreated;
+    private long _trims;
+    private bool _disposed;
+
+    /// <summary>Creates the factory from DI options.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
+    public PageFragMemoryPoolFactory(IOptions<PageFragMemoryPoolFactoryOptions> options)
+        : this(options?.Value ?? throw new ArgumentNullException(nameof(options)), TimeProvider.System)
+    {
+    }
+
+    /// <summary>Creates the factory; <paramref name="timeProvider"/> drives the trim timer (tests pass a manual one).</summary>
+    internal PageFragMemoryPoolFactory(PageFragMemoryPoolFactoryOptions options, TimeProvider timeProvider)
+    {
+        options.Validate();
+        _options = options;
+        _allocator = new PageAllocator(options.AllocatorOptions);
+        try
+        {
+            // Checks MaxBufferSize against this allocator now rather than at Kestrel's first bind.
+            new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = _allocator, MaxBufferSize = options.MaxBufferSize, OwnersPerCpu = 0 }).Dispose();
+        }
+        catch
+        {
+            _allocator.Dispose();
+            throw;
+        }
+
+        if (options.TrimInterval != Timeout.InfiniteTimeSpan)
+        {
+            _timer = timeProvider.CreateTimer(static state => ((PageFragMemoryPoolFactory)state!).TrimIdle(), this, options.TrimInterval, options.TrimInterval);
+        }
+    }
+
+    /// <summary>The allocator every pool of this factory takes its pages from.</summary>
+    public PageAllocator Allocator => _allocator;
+
+    /// <summary>Pools created so far.</summary>
+    public long PoolsCreated => Interlocked.Read(ref _poolsCreated);
+
+    /// <summary>Trim passes run so far (by the timer or <see cref="Trim"/>).</summary>
+    public long Trims => Interlocked.Read(ref _trims);
+
+    /// <summary>The pools created and not yet disposed (a snapshot).</summary>
+    public IReadOnlyList<PageFragMemoryPool> Pools
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _pools.Where(p => !p.IsDisposed).ToArray();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Creates a pool for <paramref name="options"/>' owner (its name tags the pool's metrics), wrapped in
+    /// a <see cref="DiagnosticMemoryPool"/> when so configured.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The factory was disposed.</exception>
+    public MemoryPool<byte> Create(MemoryPoolOptions? options = null)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions
+            {
+                Allocator = _allocator,
+                MaxBufferSize = _options.MaxBufferSize,
+                Name = options?.Owner,
+            });
+            MemoryPool<byte> result = _options.UseDiagnosticPool ? new DiagnosticMemoryPool(pool, _options.DiagnosticOptions) : pool;
+            _pools.Add(pool);
+            _handedOut.Add(result);
+            _poolsCreated++;
+            return result;
+        }
+    }
+
+    /// <summary>Gives back all free memory now: drains every cache of every pool and releases free arenas.</summary>
+    public void Trim() => TrimCore(idleOnly: false);
+
+    /// <summary>One timer tick: what the timer runs every interval (a test hook as well).</summary>
+    internal void TrimIdle() => TrimCore(idleOnly: true);
+
+    /// <summary>Stops trimming, disposes the pools still alive and then the allocator.</summary>
+    public void Dispose()
+    {
+        _timer?.Dispose();
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            foreach (MemoryPool<byte> pool in _handedOut)
+            {
+                try
+                {
+                    pool.Dispose();
+                }
+                catch (UseAfterFreeException)
+                {
+                    // Already reported by the diagnostic pool's own Verify/Dispose; shutdown goes on.
+                }
+            }
+
+            _pools.Clear();
+            _handedOut.Clear();
+            _allocator.Dispose();
+        }
+    }
+
+    private void TrimCore(bool idleOnly)
+    {
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            for (int i = _pools.Count - 1; i >= 0; i--)
+            {
+                if (_pools[i].IsDisposed)
+                {
+                    _pools.RemoveAt(i);
+                    _handedOut.RemoveAt(i);
+                }
+                else
+                {
+                    _pools[i].Trim(idleOnly);
+                }
+            }
+
+            _allocator.Trim();
+            _trims++;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+using System.Buffers;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Options;
+using PageFrag.Buffers;
+using PageFrag.Tests.Infrastructure;
+
+namespace PageFrag.AspNetCore.Tests;
+
+public class PageFragMemoryPoolFactoryTests
+{
+    [Fact]
+    public void The_timer_trims_idle_pools_on_every_tick()
+    {
+        var time = new ManualTimeProvider();
+        using var factory = new PageFragMemoryPoolFactory(new PageFragMemoryPoolFactoryOptions(), time);
+        Assert.Equal(PageFragMemoryPoolFactoryOptions.DefaultTrimInterval, time.Period);
+        MemoryPool<byte> pool = factory.Create(new MemoryPoolOptions { Owner = "sockets" });
+        Assert.Equal("sockets", Assert.IsType<PageFragMemoryPool>(pool).Name);
+        pool.Rent(100).Dispose();
+        long cached = factory.Allocator.PagesInUse;
+        Assert.NotEqual(0, cached);
+
+        time.Fire();
+        Assert.Equal(1, factory.Trims);
+        Assert.Equal(cached, factory.Allocator.PagesInUse);
+
+        time.Fire();
+        Assert.Equal(2, factory.Trims);
+        Assert.Equal(0, factory.Allocator.PagesInUse);
+        Assert.Equal(0, factory.Allocator.GetStats().Arenas);
+        pool.Dispose();
+        Leaks.AssertNone(factory.Allocator);
+    }
+
+    [Fact]
+    public void Disposed_pools_are_forgotten_by_the_next_trim()
+    {
+        using var factory = new PageFragMemoryPoolFactory(new PageFragMemoryPoolFactoryOptions { TrimInterval = Timeout.InfiniteTimeSpan }, TimeProvider.System);
+        MemoryPool<byte> a = factory.Create();
+        MemoryPool<byte> b = factory.Create();
+        a.Dispose();
+        Assert.Single(factory.Pools);
+        factory.Trim();
+        Assert.Equal(2, factory.PoolsCreated);
+        b.Dispose();
+        Leaks.AssertNone(factory.Allocator);
+    }
+
+    [Fact]
+    public void Disposing_the_factory_disposes_the_pools_still_alive_and_Create_then_throws()
+    {
+        var factory = new PageFragMemoryPoolFactory(new PageFragMemoryPoolFactoryOptions { TrimInterval = Timeout.InfiniteTimeSpan }, TimeProvider.System);
+        var pool = (PageFragMemoryPool)factory.Create();
+        IMemoryOwner<byte> late = pool.Rent(100);
+        factory.Dispose();
+        factory.Dispose();
+        Assert.True(pool.IsDisposed);
+        Assert.Throws<ObjectDisposedException>(() => pool.Rent(1));
+        Assert.Equal(typeof(PageFragMemoryPoolFactory).FullName, Assert.Throws<ObjectDisposedException>(() => factory.Create()).ObjectName);
+        late.Memory.Span.Fill(1);
+        late.Dispose();
+        Assert.Equal(0, factory.Allocator.PagesInUse);
+    }
+
+    [Fact]
+    public void The_diagnostic_option_wraps_every_pool()
+    {
+        using var factory = new PageFragMemoryPoolFactory(new PageFragMemoryPoolFactoryOptions { UseDiagnosticPool = true, TrimInterval = Timeout.InfiniteTimeSpan }, TimeProvider.System);
+        MemoryPool<byte> pool = factory.Create();
+        var diagnostic = Assert.IsType<DiagnosticMemoryPool>(pool);
+        Assert.IsType<PageFragMemoryPool>(diagnostic.Inner);
+        IMemoryOwner<byte> owner = pool.Rent(10);
+        owner.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => owner.Dispose());
+        pool.Dispose();
+        Leaks.AssertNone(factory.Allocator);
+    }
+
+    [Fact]
+    public void Bad_options_are_rejected_when_the_factory_is_created()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new PageFragMemoryPoolFactory(Options.Create(new PageFragMemoryPoolFactoryOptions { TrimInterval = TimeSpan.Zero })));
+        Assert.Equal("TrimInterval", e.ParamName);
+        Assert.StartsWith("TrimInterval must be positive (at most 49 days) or Timeout.InfiniteTimeSpan.", e.Message);
+
+        e = Assert.Throws<ArgumentOutOfRangeException>(() => new PageFragMemoryPoolFactory(Options.Create(new PageFragMemoryPoolFactoryOptions { MaxBufferSize = 100 })));
+        Assert.Equal("MaxBufferSize", e.ParamName);
+
+        Assert.Throws<ArgumentNullException>(() => new PageFragMemoryPoolFactory(null!));
+    }
+
+    /// <summary>A time provider whose single timer fires when the test says so.</summary>
+    private sealed class ManualTimeProvider : TimeProvider
+    {
+        private TimerCallback? _callback;
+        private object? _state;
+
+        public TimeSpan Period { get; private set; }
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            _callback = callback;
+            _state = state;
+            Period = period;
+            return new ManualTimer(this);
+        }
+
+        public void Fire() => _callback!(_state);
+
+        private sealed class ManualTimer(ManualTimeProvider owner) : ITimer
+        {
+            public bool Change(TimeSpan dueTime, TimeSpan period)
+            {
+                owner.Period = period;
+                return true;
+            }
+
+            public void Dispose() => owner._callback = null;
+
+            public ValueTask DisposeAsync()
+            {
+                Dispose();
+                return ValueTask.CompletedTask;
+            }
+        }
+    }
+}
