@@ -97,20 +97,18 @@ public class FragBufferWriterTests
     [Fact]
     public void A_fragment_that_ends_its_page_block_is_not_extended_into_the_next_block()
     {
-        // Two adjacent order-3 blocks, arranged so that the cache takes the lower one first: the bytes
-        // after the first page are address-contiguous with it, but belong to another block.
+        // Two adjacent order-3 blocks, handed to the cache lower one first: the bytes after the first page
+        // are address-contiguous with it, but belong to another block.
         using PageAllocator allocator = Leaks.NewAllocator();
-        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page a));
-        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page b));
-        Page low = a.Index < b.Index ? a : b;
-        Page high = a.Index < b.Index ? b : a;
-        allocator.FreePages(high);
-        allocator.FreePages(low);
+        (Page low, Page high) = TakeAdjacentBlocks(allocator);
         var cache = new PageFragCache(allocator);
         using (var writer = new FragBufferWriter(cache))
         {
+            GiveBack(allocator, low);
             Fill(writer.GetSpan(PageFragCache.MaxFragmentSize), 0);
+            Assert.Equal(low, cache.CurrentPage);
             writer.Advance(PageFragCache.MaxFragmentSize);
+            GiveBack(allocator, high);
             Span<byte> next = writer.GetSpan(100);
             Assert.Equal(high, cache.CurrentPage);
             Fill(next[..100], PageFragCache.MaxFragmentSize);
@@ -124,19 +122,37 @@ public class FragBufferWriterTests
         Leaks.AssertNone(allocator);
     }
 
+    /// <summary>Allocates both order-3 blocks of a fresh 64 KiB arena, lower one first in the result.</summary>
+    private static (Page Low, Page High) TakeAdjacentBlocks(PageAllocator allocator)
+    {
+        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page a));
+        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page b));
+        return a.Index < b.Index ? (a, b) : (b, a);
+    }
+
+    /// <summary>
+    /// Frees a block and moves it to the buddy lists, so that the next refill gets it whichever CPU the
+    /// thread runs on (a block left on one CPU's per-CPU list is invisible from another).
+    /// </summary>
+    private static void GiveBack(PageAllocator allocator, Page block)
+    {
+        allocator.FreePages(block);
+        allocator.DrainPerCpuLists();
+    }
+
     [Fact]
     public void CommitNoRef_refuses_to_extend_a_fragment_into_the_next_page_block()
     {
         // Regression test for PageFragCache.CommitNoRef(in, int, ref): it used to accept a previous
         // fragment that ends its own block when the next block had the same generation.
         using PageAllocator allocator = Leaks.NewAllocator();
-        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page a));
-        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page b));
-        allocator.FreePages(a.Index < b.Index ? b : a);
-        allocator.FreePages(a.Index < b.Index ? a : b);
+        (Page low, Page high) = TakeAdjacentBlocks(allocator);
         var cache = new PageFragCache(allocator);
+        GiveBack(allocator, low);
         Assert.True(cache.TryAlloc(PageFragCache.MaxFragmentSize, out PageFragment first));
+        GiveBack(allocator, high);
         Assert.True(cache.TryPrepare(1, out PreparedFragment prepared));
+        Assert.Equal(high, prepared.Page);
         Assert.Equal(first.Address + first.Length, prepared.Address);
         Assert.Equal(first.Generation, cache.CurrentPage.Descriptor.Generation);
 
