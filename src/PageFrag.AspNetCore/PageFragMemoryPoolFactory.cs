@@ -2,6 +2,7 @@ using System.Buffers;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Options;
 using PageFrag.Buffers;
+using PageFrag.Diagnostics;
 using PageFrag.Pages;
 
 namespace PageFrag.AspNetCore;
@@ -30,22 +31,26 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
     private readonly List<PageFragMemoryPool> _pools = [];
     private readonly List<MemoryPool<byte>> _handedOut = [];
     private readonly ITimer? _timer;
+    private readonly PageFragMetrics? _metrics;
     private long _poolsCreated;
     private long _trims;
     private bool _disposed;
 
     /// <summary>Creates the factory from DI options.</summary>
+    /// <param name="options">The factory's settings.</param>
+    /// <param name="metrics">When given, every pool and the allocator report to its <c>PageFrag</c> meter.</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
-    public PageFragMemoryPoolFactory(IOptions<PageFragMemoryPoolFactoryOptions> options)
-        : this(options?.Value ?? throw new ArgumentNullException(nameof(options)), TimeProvider.System)
+    public PageFragMemoryPoolFactory(IOptions<PageFragMemoryPoolFactoryOptions> options, PageFragMetrics? metrics = null)
+        : this(options?.Value ?? throw new ArgumentNullException(nameof(options)), TimeProvider.System, metrics)
     {
     }
 
     /// <summary>Creates the factory; <paramref name="timeProvider"/> drives the trim timer (tests pass a manual one).</summary>
-    internal PageFragMemoryPoolFactory(PageFragMemoryPoolFactoryOptions options, TimeProvider timeProvider)
+    internal PageFragMemoryPoolFactory(PageFragMemoryPoolFactoryOptions options, TimeProvider timeProvider, PageFragMetrics? metrics = null)
     {
         options.Validate();
         _options = options;
+        _metrics = metrics;
         _allocator = new PageAllocator(options.AllocatorOptions);
         try
         {
@@ -58,6 +63,7 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
             throw;
         }
 
+        _metrics?.Track(_allocator);
         if (options.TrimInterval != Timeout.InfiniteTimeSpan)
         {
             _timer = timeProvider.CreateTimer(static state => ((PageFragMemoryPoolFactory)state!).TrimIdle(), this, options.TrimInterval, options.TrimInterval);
@@ -101,6 +107,7 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
                 MaxBufferSize = _options.MaxBufferSize,
                 Name = options?.Owner,
             });
+            _metrics?.Track(pool);
             MemoryPool<byte> result = _options.UseDiagnosticPool ? new DiagnosticMemoryPool(pool, _options.DiagnosticOptions) : pool;
             _pools.Add(pool);
             _handedOut.Add(result);

@@ -1,4 +1,5 @@
 using PageFrag.Buffers;
+using PageFrag.Diagnostics;
 using PageFrag.Frag;
 using PageFrag.Pages;
 

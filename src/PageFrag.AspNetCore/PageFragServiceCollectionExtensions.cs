@@ -1,7 +1,9 @@
+using System.Diagnostics.Metrics;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using PageFrag.AspNetCore;
+using PageFrag.Diagnostics;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
@@ -10,7 +12,8 @@ public static class PageFragServiceCollectionExtensions
 {
     /// <summary>
     /// Replaces Kestrel's <see cref="IMemoryPoolFactory{T}"/> with a <see cref="PageFragMemoryPoolFactory"/>,
-    /// so that the socket transport and Kestrel rent their buffers from PageFrag pools.
+    /// so that the socket transport and Kestrel rent their buffers from PageFrag pools, and registers the
+    /// <c>PageFrag</c> meter (<see cref="PageFragMetrics"/>, created through the app's <see cref="IMeterFactory"/>).
     /// </summary>
     /// <remarks>
     /// Call it after Kestrel is registered (<c>WebApplication.CreateBuilder</c> has already done so; with
@@ -28,6 +31,7 @@ public static class PageFragServiceCollectionExtensions
             options.Configure(configure);
         }
 
+        services.TryAddSingleton(static sp => new PageFragMetrics(sp.GetService<IMeterFactory>()));
         services.RemoveAll<IMemoryPoolFactory<byte>>();
         services.TryAddSingleton<PageFragMemoryPoolFactory>();
         services.AddSingleton<IMemoryPoolFactory<byte>>(static sp => sp.GetRequiredService<PageFragMemoryPoolFactory>());

@@ -1,8 +1,10 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.DependencyInjection;
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Options;
 using PageFrag.Buffers;
+using PageFrag.Diagnostics;
 using PageFrag.Tests.Infrastructure;
 
 namespace PageFrag.AspNetCore.Tests;
@@ -120,6 +122,54 @@ public class KestrelTests
             Assert.Equal("hello", await client.GetStringAsync("/hello"));
         }
 
+        await app.StopAndAssertNoLeaksAsync();
+    }
+
+    [Fact]
+    public async Task The_PageFrag_meter_reports_the_rents_and_pages_of_Kestrels_pools()
+    {
+        await using KestrelApp app = await KestrelApp.StartAsync();
+        PageFragMetrics metrics = app.App.Services.GetRequiredService<PageFragMetrics>();
+        using (var client = new HttpClient { BaseAddress = app.Address })
+        {
+            KestrelApp.AssertPattern(await client.GetByteArrayAsync("/bytes/100000"), 100_000);
+        }
+
+        var rented = new Dictionary<string, long>();
+        long pagesInUse = -1;
+        using (var listener = new MeterListener())
+        {
+            listener.InstrumentPublished = (instrument, l) =>
+            {
+                if (ReferenceEquals(instrument.Meter, metrics.Meter))
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            };
+            listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+            {
+                if (instrument.Name == "pagefrag.pages.in_use")
+                {
+                    pagesInUse = value;
+                }
+                else if (instrument.Name == "pagefrag.memory_pool.rented")
+                {
+                    foreach (KeyValuePair<string, object?> tag in tags)
+                    {
+                        if (tag.Key == "pagefrag.memory_pool.owner")
+                        {
+                            rented[(string)tag.Value!] = rented.GetValueOrDefault((string)tag.Value!) + value;
+                        }
+                    }
+                }
+            });
+            listener.Start();
+            listener.RecordObservableInstruments();
+        }
+
+        Assert.Equal("PageFrag", metrics.Meter.Name);
+        Assert.True(rented.Values.Sum() > 0, "no rented bytes reported: " + string.Join(", ", rented));
+        Assert.True(pagesInUse >= 0);
         await app.StopAndAssertNoLeaksAsync();
     }
 }

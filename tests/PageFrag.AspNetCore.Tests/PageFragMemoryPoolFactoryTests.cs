@@ -2,6 +2,7 @@ using System.Buffers;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Options;
 using PageFrag.Buffers;
+using PageFrag.Diagnostics;
 using PageFrag.Tests.Infrastructure;
 
 namespace PageFrag.AspNetCore.Tests;

@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.IO.Pipelines;
 using System.Runtime.InteropServices;
 using PageFrag.Buffers;
+using PageFrag.Diagnostics;
 using PageFrag.Pages;
 using PageFrag.Tests.Infrastructure;
 using static PageFrag.Tests.Buffers.BufferTestSupport;

@@ -1,4 +1,4 @@
-namespace PageFrag.Buffers;
+namespace PageFrag.Diagnostics;
 
 /// <summary>
 /// Thrown by a <see cref="DiagnosticMemoryPool"/> when a buffer was written after it was given back: its

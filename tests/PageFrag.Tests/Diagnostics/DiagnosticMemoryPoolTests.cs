@@ -1,10 +1,11 @@
 using System.Buffers;
 using PageFrag.Buffers;
+using PageFrag.Diagnostics;
 using PageFrag.Pages;
 using PageFrag.Tests.Infrastructure;
 using static PageFrag.Tests.Buffers.BufferTestSupport;
 
-namespace PageFrag.Tests.Buffers;
+namespace PageFrag.Tests.Diagnostics;
 
 public class DiagnosticMemoryPoolTests
 {

@@ -1,6 +1,9 @@
 using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using PageFrag.Buffers;
 
-namespace PageFrag.Buffers;
+namespace PageFrag.Diagnostics;
 
 /// <summary>
 /// A debugging decorator for any <see cref="MemoryPool{T}"/> of bytes (typically a
@@ -18,7 +21,11 @@ namespace PageFrag.Buffers;
 /// <item>a given-back buffer is filled with <see cref="DiagnosticMemoryPoolOptions.Poison"/> and held in a
 /// quarantine; when it leaves (pushed out by newer ones, or by <see cref="Verify"/> and <see cref="MemoryPool{T}.Dispose()"/>)
 /// its bytes are checked, and overwritten poison is recorded as a <see cref="UseAfterFreeException"/>,
-/// thrown by the next <see cref="Verify"/> or by <c>Dispose</c>.</item>
+/// thrown by the next <see cref="Verify"/> or by <c>Dispose</c>;</item>
+/// <item>with <see cref="DiagnosticMemoryPoolOptions.LeakDetection"/>, tracked rents remember their stack
+/// trace: <see cref="GetOutstanding"/> lists those not given back yet (check it at the end of a test), and
+/// an owner garbage collected without <c>Dispose</c> is reported to
+/// <see cref="DiagnosticMemoryPoolOptions.LeakDetected"/> and <see cref="GetLeaks"/>.</item>
 /// </list>
 /// <para>Threading: as the inner pool. Renting and disposing buffers are safe from any thread; the
 /// quarantine takes a lock.</para>
@@ -30,6 +37,9 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
     private readonly Lock _lock = new();
     private readonly Queue<DiagnosticOwner> _quarantine = new();
     private readonly List<UseAfterFreeException> _violations = [];
+    private readonly ConcurrentDictionary<LeakRecord, byte> _outstanding = new();
+    private readonly ConcurrentQueue<LeakReport> _leaks = new();
+    private long _rents;
     private bool _disposed;
 
     /// <summary>Wraps <paramref name="inner"/>.</summary>
@@ -72,7 +82,50 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
         }
 
         IMemoryOwner<byte> inner = _inner.Rent(minBufferSize);
-        return new DiagnosticOwner(this, inner);
+        LeakRecord? record = null;
+        if (ShouldTrack())
+        {
+            // Skip this frame: the report starts at the caller of Rent.
+            record = new LeakRecord(inner.Memory.Length, new StackTrace(1, fNeedFileInfo: true).ToString());
+            _outstanding.TryAdd(record, 0);
+        }
+
+        return new DiagnosticOwner(this, inner, record);
+    }
+
+    /// <summary>Tracked buffers rented and not yet given back, with where they were rented. Any thread.</summary>
+    public IReadOnlyList<LeakReport> GetOutstanding() =>
+        _outstanding.Keys.Select(r => new LeakReport(r.Length, r.RentedAt, Collected: false)).ToArray();
+
+    /// <summary>Tracked buffers found garbage collected without having been disposed, so far. Any thread.</summary>
+    public IReadOnlyList<LeakReport> GetLeaks() => _leaks.ToArray();
+
+    private bool ShouldTrack() => _options.LeakDetection switch
+    {
+        LeakDetectionLevel.Paranoid => true,
+        LeakDetectionLevel.Sampled => Interlocked.Increment(ref _rents) % _options.SamplingInterval == 0,
+        _ => false,
+    };
+
+    private void Leaked(DiagnosticOwner owner, LeakRecord record)
+    {
+        _outstanding.TryRemove(record, out _);
+        if (_options.ReclaimLeakedBuffers)
+        {
+            owner.ReleaseInner();
+        }
+
+        var report = new LeakReport(record.Length, record.RentedAt, Collected: true);
+        _leaks.Enqueue(report);
+        try
+        {
+            _options.LeakDetected?.Invoke(report);
+        }
+        catch (Exception e)
+        {
+            // A throwing callback on the finalizer thread would end the process; say so where it is visible.
+            Debug.Fail("DiagnosticMemoryPoolOptions.LeakDetected threw: " + e);
+        }
     }
 
     /// <summary>
@@ -158,15 +211,28 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             int bad = bytes.IndexOfAnyExcept(_options.Poison);
             if (bad >= 0)
             {
+                string where = owner.Record is { } r ? $" Rented at:{Environment.NewLine}{r.RentedAt}" : "";
                 _violations.Add(new UseAfterFreeException(
-                    $"A {bytes.Length}-byte buffer was written after it was given back: byte {bad} is 0x{bytes[bad]:X2} instead of the poison 0x{_options.Poison:X2}."));
+                    $"A {bytes.Length}-byte buffer was written after it was given back: byte {bad} is 0x{bytes[bad]:X2} instead of the poison 0x{_options.Poison:X2}.{where}"));
             }
         }
 
         owner.ReleaseInner();
     }
 
-    /// <summary>One rent: never recycled, so every misuse of this object is caught.</summary>
+    /// <summary>Where a tracked buffer came from. Kept apart from the owner so that the owner can be collected.</summary>
+    private sealed record LeakRecord(int Length, string RentedAt)
+    {
+        // Identity, not value, equality: two rents from the same line are two records.
+        public bool Equals(LeakRecord? other) => ReferenceEquals(this, other);
+
+        public override int GetHashCode() => System.Runtime.CompilerServices.RuntimeHelpers.GetHashCode(this);
+    }
+
+    /// <summary>
+    /// One rent: never recycled, so every misuse of this object is caught. Tracked owners keep their
+    /// finalizer, which reports them if they are collected without Dispose; the others suppress it.
+    /// </summary>
     private sealed class DiagnosticOwner : IMemoryOwner<byte>
     {
         private readonly DiagnosticMemoryPool _pool;
@@ -174,12 +240,27 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
         private IMemoryOwner<byte>? _inner;
         private int _disposed;
 
-        public DiagnosticOwner(DiagnosticMemoryPool pool, IMemoryOwner<byte> inner)
+        public DiagnosticOwner(DiagnosticMemoryPool pool, IMemoryOwner<byte> inner, LeakRecord? record)
         {
             _pool = pool;
             _inner = inner;
             _memory = inner.Memory;
+            Record = record;
+            if (record is null)
+            {
+                GC.SuppressFinalize(this);
+            }
         }
+
+        ~DiagnosticOwner()
+        {
+            if (Volatile.Read(ref _disposed) == 0 && Record is { } record)
+            {
+                _pool.Leaked(this, record);
+            }
+        }
+
+        public LeakRecord? Record { get; }
 
         public Memory<byte> Memory
         {
@@ -201,7 +282,14 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
         {
             if (Interlocked.Exchange(ref _disposed, 1) != 0)
             {
-                BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool) + " buffer", "The buffer was given back to the pool twice (Dispose called twice).");
+                string where = Record is { } r ? $" Rented at:{Environment.NewLine}{r.RentedAt}" : "";
+                BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool) + " buffer", "The buffer was given back to the pool twice (Dispose called twice)." + where);
+            }
+
+            if (Record is { } record)
+            {
+                _pool._outstanding.TryRemove(record, out _);
+                GC.SuppressFinalize(this);
             }
 
             _pool.Returned(this);

@@ -1,0 +1,143 @@
+using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
+using PageFrag.Buffers;
+using PageFrag.Pages;
+
+namespace PageFrag.Diagnostics;
+
+/// <summary>
+/// The <c>PageFrag</c> meter: the memory pool instruments shaped like Kestrel's
+/// <c>aspnetcore.memory_pool.*</c> (pooled, allocated, evicted, rented) plus the page-level truth (pages in
+/// use and in arenas, buffers outstanding, truesize held), for the pools and allocators given to
+/// <see cref="Track(PageFragMemoryPool)"/>.
+/// </summary>
+/// <remarks>
+/// <para>Every instrument is observable: it reads counters that the pools and allocators keep anyway
+/// (the pools count rents under their per-CPU lock and returns with one interlocked add per CPU stripe),
+/// and its callback runs only while a listener has enabled it. So the meter adds no branch and no work to
+/// any allocation or free path, which is what guarding push instruments with <c>.Enabled</c> achieves
+/// in Kestrel's <c>MemoryPoolMetrics</c>, taken one step further.</para>
+/// <list type="table">
+/// <listheader><term>instrument</term><description>kind, unit: meaning</description></listheader>
+/// <item><term>pagefrag.memory_pool.pooled</term><description>up-down counter, By: free bytes in the pool's cached pages, ready for rents</description></item>
+/// <item><term>pagefrag.memory_pool.allocated</term><description>counter, By: bytes of pages and blocks the pool took from its allocator</description></item>
+/// <item><term>pagefrag.memory_pool.evicted</term><description>counter, By: free page bytes given back by trimming</description></item>
+/// <item><term>pagefrag.memory_pool.rented</term><description>counter, By: bytes rented (true sizes)</description></item>
+/// <item><term>pagefrag.memory_pool.outstanding</term><description>up-down counter, {buffer}: buffers rented and not given back (fragments outstanding)</description></item>
+/// <item><term>pagefrag.memory_pool.truesize_held</term><description>up-down counter, By: memory those buffers keep from reuse</description></item>
+/// <item><term>pagefrag.pages.in_use</term><description>up-down counter, {page}: pages handed out by the allocator (caches and pools included)</description></item>
+/// <item><term>pagefrag.pages.total</term><description>up-down counter, {page}: pages in the allocator's arenas</description></item>
+/// </list>
+/// <para>Pool measurements carry <c>pagefrag.memory_pool.owner</c> (the pool's name, when it has one) and
+/// <c>pagefrag.memory_pool.id</c>; allocator measurements carry <c>pagefrag.allocator.id</c>. Ids are
+/// assigned in tracking order.</para>
+/// <para>Threading: any thread. Tracked objects are held weakly; disposed pools stop reporting.</para>
+/// </remarks>
+public sealed class PageFragMetrics : IDisposable
+{
+    /// <summary>The meter's name.</summary>
+    public const string MeterName = "PageFrag";
+
+    private readonly Meter _meter;
+    private readonly bool _ownsMeter;
+    private readonly ConditionalWeakTable<PageFragMemoryPool, Tracked> _pools = new();
+    private readonly ConditionalWeakTable<PageAllocator, Tracked> _allocators = new();
+    private int _nextPoolId;
+    private int _nextAllocatorId;
+    private long _observations;
+
+    /// <summary>Creates the meter, through <paramref name="meterFactory"/> when given (the DI way), else directly.</summary>
+    public PageFragMetrics(IMeterFactory? meterFactory = null)
+    {
+        _ownsMeter = meterFactory is null;
+        _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
+
+        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.pooled", () => ObservePools(static s => s.PooledBytes), "By",
+            "Free bytes in the pool's cached pages, ready for the next rents.");
+        _meter.CreateObservableCounter("pagefrag.memory_pool.allocated", () => ObservePools(static s => s.AllocatedBytes), "By",
+            "Bytes of pages and blocks the pool took from its page allocator.");
+        _meter.CreateObservableCounter("pagefrag.memory_pool.evicted", () => ObservePools(static s => s.EvictedBytes), "By",
+            "Free page bytes the pool gave back when trimmed.");
+        _meter.CreateObservableCounter("pagefrag.memory_pool.rented", () => ObservePools(static s => s.RentedBytes), "By",
+            "Bytes rented from the pool (true sizes).");
+        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.outstanding", () => ObservePools(static s => s.OutstandingBuffers), "{buffer}",
+            "Buffers rented and not yet given back.");
+        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.truesize_held", () => ObservePools(static s => s.OutstandingBytes), "By",
+            "Memory kept from reuse by the buffers rented and not yet given back.");
+        _meter.CreateObservableUpDownCounter("pagefrag.pages.in_use", () => ObserveAllocators(static a => a.PagesInUse), "{page}",
+            "Pages handed out by the page allocator, including those held by caches and pools.");
+        _meter.CreateObservableUpDownCounter("pagefrag.pages.total", () => ObserveAllocators(static a => a.GetStats().TotalPages), "{page}",
+            "Pages in the page allocator's arenas.");
+    }
+
+    /// <summary>The meter (to filter on in a <see cref="MeterListener"/>).</summary>
+    public Meter Meter => _meter;
+
+    /// <summary>Observation callbacks run so far (they run only while a listener is enabled).</summary>
+    internal long Observations => Interlocked.Read(ref _observations);
+
+    /// <summary>Reports <paramref name="pool"/> and its allocator until the pool is disposed or collected.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="pool"/> is null.</exception>
+    public void Track(PageFragMemoryPool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        _pools.TryAdd(pool, new Tracked(Interlocked.Increment(ref _nextPoolId)));
+        Track(pool.Allocator);
+    }
+
+    /// <summary>Reports <paramref name="allocator"/>'s pages until it is collected.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="allocator"/> is null.</exception>
+    public void Track(PageAllocator allocator)
+    {
+        ArgumentNullException.ThrowIfNull(allocator);
+        _allocators.TryAdd(allocator, new Tracked(Interlocked.Increment(ref _nextAllocatorId)));
+    }
+
+    /// <summary>Disposes the meter if this object created it (a meter from an <see cref="IMeterFactory"/> belongs to the factory).</summary>
+    public void Dispose()
+    {
+        if (_ownsMeter)
+        {
+            _meter.Dispose();
+        }
+    }
+
+    private IEnumerable<Measurement<long>> ObservePools(Func<PageFragMemoryPoolStats, long> field)
+    {
+        Interlocked.Increment(ref _observations);
+        var measurements = new List<Measurement<long>>();
+        foreach (KeyValuePair<PageFragMemoryPool, Tracked> entry in _pools)
+        {
+            PageFragMemoryPool pool = entry.Key;
+            if (pool.IsDisposed)
+            {
+                continue;
+            }
+
+            KeyValuePair<string, object?> id = new("pagefrag.memory_pool.id", entry.Value.Id);
+            long value = field(pool.GetStats());
+            measurements.Add(pool.Name is null
+                ? new Measurement<long>(value, id)
+                : new Measurement<long>(value, id, new KeyValuePair<string, object?>("pagefrag.memory_pool.owner", pool.Name)));
+        }
+
+        return measurements;
+    }
+
+    private IEnumerable<Measurement<long>> ObserveAllocators(Func<PageAllocator, long> field)
+    {
+        Interlocked.Increment(ref _observations);
+        var measurements = new List<Measurement<long>>();
+        foreach (KeyValuePair<PageAllocator, Tracked> entry in _allocators)
+        {
+            measurements.Add(new Measurement<long>(field(entry.Key), new KeyValuePair<string, object?>("pagefrag.allocator.id", entry.Value.Id)));
+        }
+
+        return measurements;
+    }
+
+    private sealed class Tracked(int id)
+    {
+        public int Id { get; } = id;
+    }
+}
