@@ -176,10 +176,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 evicted += slot.EvictedBytes;
                 pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset;
                 reused += slot.Cache.PagesReused;
+                returns += slot.Returns;
+                returned += slot.ReturnedBytes;
             }
 
-            returns += Interlocked.Read(ref slot.Returns);
-            returned += Interlocked.Read(ref slot.ReturnedBytes);
+            returns += Interlocked.Read(ref slot.ContendedReturns);
+            returned += Interlocked.Read(ref slot.ContendedReturnedBytes);
         }
 
         return new PageFragMemoryPoolStats
@@ -257,8 +259,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
     /// <summary>
     /// One CPU's share of the pool: a fragment cache and a stash of owner objects behind one lock, plus
-    /// the counters. Rent-side fields are written under <see cref="Lock"/>; the return counters with
-    /// interlocked adds from any thread.
+    /// the counters, written under <see cref="Lock"/> except the contended-return pair (interlocked).
     /// </summary>
     internal sealed class CpuSlot
     {
@@ -277,9 +278,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         public long EvictedBytes;
         public bool Active;
 
-        // Any thread, interlocked: buffers come back wherever their user finishes with them.
+        // Returns counted under Lock when the returning thread gets it (the usual case), and with interlocked
+        // adds when it does not: two pairs, so that the plain and the atomic updates never race.
         public long Returns;
         public long ReturnedBytes;
+        public long ContendedReturns;
+        public long ContendedReturnedBytes;
 
         public CpuSlot(PageAllocator allocator, int owners)
         {
@@ -342,12 +346,18 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         /// <summary>A buffer of this slot came back (any thread); its owner object is kept if the lock is free.</summary>
         public void Returned(FragmentMemoryOwner owner, int trueSize)
         {
-            Interlocked.Increment(ref Returns);
-            Interlocked.Add(ref ReturnedBytes, trueSize);
             if (Lock.TryEnter())
             {
+                Returns++;
+                ReturnedBytes += trueSize;
                 StashLocked(owner);
                 Lock.Exit();
+            }
+            else
+            {
+                // Never wait on a renter: count atomically and leave the owner object to the collector.
+                Interlocked.Increment(ref ContendedReturns);
+                Interlocked.Add(ref ContendedReturnedBytes, trueSize);
             }
         }
 
