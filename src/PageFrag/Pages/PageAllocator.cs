@@ -46,7 +46,10 @@ public sealed partial class PageAllocator : IDisposable
     /// </summary>
     public static PageAllocator Shared => s_shared.Value;
 
-    /// <summary>Creates an allocator. No memory is taken until the first allocation.</summary>
+    /// <summary>
+    /// Creates an allocator with its first arena, so that opportunistic allocations (which never grow the
+    /// arenas) have memory to try from the start, as a machine has free memory when it boots.
+    /// </summary>
     /// <param name="options">Settings, or null for the defaults.</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
     public PageAllocator(PageAllocatorOptions? options = null) : this(options, isShared: false)
@@ -81,6 +84,11 @@ public sealed partial class PageAllocator : IDisposable
         for (int i = 0; i < _perCpu.Length; i++)
         {
             _perCpu[i] = new PerCpuPages();
+        }
+
+        lock (_buddyLock)
+        {
+            TryGrowLocked();
         }
     }
 
@@ -517,32 +525,38 @@ public sealed partial class PageAllocator : IDisposable
             }
         }
 
-        if (mayGrow && !_disposed && _arenas.Length < _maxArenas)
+        if (mayGrow && TryGrowLocked() is Arena grown && grown.TryTake(order, out index))
         {
-            Arena grown;
-            try
-            {
-                grown = new Arena(this, _nextArenaId++, _arenaSize);
-            }
-            catch (OutOfMemoryException)
-            {
-                arena = null;
-                index = -1;
-                return false;
-            }
-
-            ArenaRegistry.Register(grown);
-            _arenas = [.. _arenas, grown];
-            if (grown.TryTake(order, out index))
-            {
-                arena = grown;
-                return true;
-            }
+            arena = grown;
+            return true;
         }
 
         arena = null;
         index = -1;
         return false;
+    }
+
+    /// <summary>Adds an arena if the limit allows. Caller holds the buddy lock.</summary>
+    private Arena? TryGrowLocked()
+    {
+        if (_disposed || _arenas.Length >= _maxArenas)
+        {
+            return null;
+        }
+
+        Arena grown;
+        try
+        {
+            grown = new Arena(this, _nextArenaId++, _arenaSize);
+        }
+        catch (OutOfMemoryException)
+        {
+            return null;
+        }
+
+        ArenaRegistry.Register(grown);
+        _arenas = [.. _arenas, grown];
+        return grown;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
