@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using PageFrag.Pages;
@@ -296,7 +297,11 @@ public sealed partial class PageFragCache
         if (_detectDoubleFree && fragment.Length >= MarkGranule)
         {
             // The mark makes a later Free of the dead handle throw; the next allocation clears it.
-            MarkFreed(fragment.Arena, fragment.ArenaOffset, "The fragment was already freed and cannot be aborted.");
+            if (!TryMarkFreed(fragment.Arena, fragment.ArenaOffset))
+            {
+                ThrowHelper.DoubleFree("The fragment was already freed and cannot be aborted.");
+            }
+
             _deadMark = fragment.ArenaOffset;
         }
 
@@ -344,9 +349,9 @@ public sealed partial class PageFragCache
             ThrowHelper.DoubleFree("The fragment's page was already returned to the allocator or reused: the fragment was freed before.");
         }
 
-        if (fragment.Length >= MarkGranule && arena.Owner.DetectDoubleFree)
+        if (fragment.Length >= MarkGranule && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, fragment.ArenaOffset))
         {
-            MarkFreed(arena, fragment.ArenaOffset, "The fragment was already freed.");
+            ThrowHelper.DoubleFree("The fragment was already freed.");
         }
 
         PageAllocator.PutBlockRef(arena, head);
@@ -358,12 +363,13 @@ public sealed partial class PageFragCache
     /// </summary>
     /// <exception cref="ArgumentException">No arena of this process owns the address.</exception>
     /// <exception cref="PageFragDoubleFreeException">The fragment at that address was already freed.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Free(nint address)
     {
         Arena? arena = ArenaRegistry.Find(address);
         if (arena is null)
         {
-            ThrowHelper.Argument(nameof(address), $"No PageFrag arena owns the address 0x{address:x}.");
+            ThrowNotOwned(address);
         }
 
         int offset = (int)(address - arena.BaseAddress);
@@ -371,12 +377,12 @@ public sealed partial class PageFragCache
         ref PageDescriptor d = ref arena.Pages[head];
         if ((d.Flags & PageFlags.Head) == 0)
         {
-            ThrowHelper.DoubleFree($"The page of address 0x{address:x} is not allocated: the fragment was already freed.");
+            ThrowPageNotAllocated(address);
         }
 
-        if (!d.TinyFragments && arena.Owner.DetectDoubleFree)
+        if (!d.TinyFragments && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, offset))
         {
-            MarkFreed(arena, offset, $"The fragment at 0x{address:x} was already freed.");
+            ThrowDoubleFreeAt(address);
         }
 
         PageAllocator.PutBlockRef(arena, head);
@@ -504,16 +510,39 @@ public sealed partial class PageFragCache
         _deadMark = -1;
     }
 
+    /// <summary>Sets the "freed" mark of the fragment starting at <paramref name="arenaOffset"/>; false if it was already set.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MarkFreed(Arena arena, int arenaOffset, string message)
+    private static bool TryMarkFreed(Arena arena, int arenaOffset)
     {
         int granule = arenaOffset >> Arena.MarkShift;
         long bit = 1L << (granule & 63);
-        if ((Interlocked.Or(ref arena.FreeMarks[granule >> 6], bit) & bit) != 0)
-        {
-            ThrowHelper.DoubleFree(message);
-        }
+        return (Interlocked.Or(ref arena.FreeMarks[granule >> 6], bit) & bit) == 0;
     }
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowBadSize(int size, string paramName) =>
+        ThrowHelper.ArgumentOutOfRange(paramName, size, $"The size must be between 1 and {MaxFragmentSize} bytes.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowBadAlignment(int alignment) =>
+        ThrowHelper.ArgumentOutOfRange(nameof(alignment), alignment, $"The alignment must be a power of two from 1 to {MaxAlignment}.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowNotOwned(nint address) =>
+        ThrowHelper.Argument(nameof(address), $"No PageFrag arena owns the address 0x{address:x}.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowPageNotAllocated(nint address) =>
+        ThrowHelper.DoubleFree($"The page of address 0x{address:x} is not allocated: the fragment was already freed.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowDoubleFreeAt(nint address) =>
+        ThrowHelper.DoubleFree($"The fragment at 0x{address:x} was already freed.");
 
     private void CheckPrepared(in PreparedFragment prepared, int usedSize)
     {
@@ -544,7 +573,7 @@ public sealed partial class PageFragCache
     {
         if ((uint)(size - 1) >= MaxFragmentSize)
         {
-            ThrowHelper.ArgumentOutOfRange(paramName, size, $"The size must be between 1 and {MaxFragmentSize} bytes.");
+            ThrowBadSize(size, paramName);
         }
     }
 
@@ -553,7 +582,7 @@ public sealed partial class PageFragCache
     {
         if (alignment <= 0 || alignment > MaxAlignment || !BitOperations.IsPow2(alignment))
         {
-            ThrowHelper.ArgumentOutOfRange(nameof(alignment), alignment, $"The alignment must be a power of two from 1 to {MaxAlignment}.");
+            ThrowBadAlignment(alignment);
         }
 
         return alignment - 1;
