@@ -20,11 +20,9 @@ internal static class FragKit
     /// A private allocator whose first arena already exists, entirely free on the buddy lists.
     /// </summary>
     /// <remarks>
-    /// The cache's order-3 attempt is <see cref="AllocFlags.Opportunistic"/>, which never grows arenas,
-    /// so on an allocator that has no arena yet the first refill falls back to order 0 (pinned by
-    /// <c>A_cold_allocator_gives_the_first_refill_an_order0_page</c>). Taking and returning one page
-    /// creates the arena; draining the per-CPU lists puts it back together as one free block, so the
-    /// first refill gets the order-3 page the kernel's cache would get. 256 KiB arenas (eight order-3
+    /// The cache's order-3 attempt is <see cref="AllocFlags.Opportunistic"/>, which never grows arenas;
+    /// the allocator creates its first arena up front. Taking and returning one page and draining the
+    /// per-CPU lists leaves that arena as one free block on the buddy lists. 256 KiB arenas (eight order-3
     /// blocks) because a per-CPU list pulls up to four order-3 blocks at a time and the opportunistic
     /// attempt never drains another CPU's list: a test whose thread migrates between two CPUs still
     /// finds order-3 blocks on the buddy lists.
