@@ -291,9 +291,9 @@ public sealed partial class PageAllocator : IDisposable
     public long PagesInUse => Volatile.Read(ref _pagesInUse);
 
     /// <summary>
-    /// Unregisters and drops every arena. Pages still in use stay valid memory for whoever holds them
-    /// (the arrays are garbage collected only once unreferenced), but their addresses no longer resolve
-    /// and allocations throw <see cref="ObjectDisposedException"/>.
+    /// Unregisters and drops every arena, and forgets the free blocks parked on the per-CPU lists. Pages
+    /// still in use stay valid memory for whoever holds them (the arrays are garbage collected only once
+    /// unreferenced), but their addresses no longer resolve and allocations throw <see cref="ObjectDisposedException"/>.
     /// </summary>
     /// <exception cref="InvalidOperationException">Called on <see cref="Shared"/>.</exception>
     public void Dispose()
@@ -318,6 +318,10 @@ public sealed partial class PageAllocator : IDisposable
 
             _arenas = [];
         }
+
+        // Blocks parked on the per-CPU lists belong to the dropped arenas: forget them too, so that the stats
+        // add up and the lists do not keep the arrays reachable. GiveToBuddy ignores them now that _disposed is set.
+        DrainPerCpuLists();
     }
 
     // ---- internal block interface used by the fragment cache and the page pool ----
@@ -427,6 +431,12 @@ public sealed partial class PageAllocator : IDisposable
             PerCpuPages pcp = _perCpu[CurrentCpu()];
             lock (pcp.Lock)
             {
+                // Checked again under the list's lock: Dispose drains each list after setting _disposed.
+                if (_disposed)
+                {
+                    return;
+                }
+
                 pcp.Push(order, arena, head);
                 if (pcp.Counts[order] > PerCpuPages.High(order))
                 {
