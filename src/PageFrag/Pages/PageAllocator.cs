@@ -46,10 +46,7 @@ public sealed partial class PageAllocator : IDisposable
     /// </summary>
     public static PageAllocator Shared => s_shared.Value;
 
-    /// <summary>
-    /// Creates an allocator with its first arena, so that opportunistic allocations (which never grow the
-    /// arenas) have memory to try from the start, as a machine has free memory when it boots.
-    /// </summary>
+    /// <summary>Creates an allocator. No memory is taken until the first allocation.</summary>
     /// <param name="options">Settings, or null for the defaults.</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
     public PageAllocator(PageAllocatorOptions? options = null) : this(options, isShared: false)
@@ -86,10 +83,6 @@ public sealed partial class PageAllocator : IDisposable
             _perCpu[i] = new PerCpuPages();
         }
 
-        lock (_buddyLock)
-        {
-            TryGrowLocked();
-        }
     }
 
     /// <summary>The options this allocator was created with.</summary>
@@ -143,7 +136,7 @@ public sealed partial class PageAllocator : IDisposable
     /// the count reaches zero.
     /// </summary>
     /// <exception cref="ArgumentException">The page is empty or belongs to another allocator.</exception>
-    /// <exception cref="PageFragDoubleFreeException">The block has no reference left.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The block has no reference left, or the handle is stale (the block was freed and reallocated since).</exception>
     public void FreePages(Page page)
     {
         if (page.Arena is null)
@@ -154,6 +147,11 @@ public sealed partial class PageAllocator : IDisposable
         if (!ReferenceEquals(page.Arena.Owner, this))
         {
             ThrowHelper.Argument(nameof(page), "The page belongs to another PageAllocator.");
+        }
+
+        if (page.Arena.Pages[page.Index].Generation != page.Generation)
+        {
+            ThrowHelper.DoubleFree("The page handle is stale: the block was freed and handed out again since, so this free would drop another owner's reference.");
         }
 
         PutBlockRef(page.Arena, page.Index);
@@ -535,7 +533,10 @@ public sealed partial class PageAllocator : IDisposable
             }
         }
 
-        if (mayGrow && TryGrowLocked() is Arena grown && grown.TryTake(order, out index))
+        // An allocator without any arena is a machine that has not booted its memory yet: even an
+        // opportunistic attempt may create the first arena, or the fragment cache's first page would always
+        // be order 0. Opportunistic attempts never add a second one.
+        if ((mayGrow || _arenas.Length == 0) && TryGrowLocked() is Arena grown && grown.TryTake(order, out index))
         {
             arena = grown;
             return true;

@@ -115,7 +115,8 @@ public class PageAllocatorModelTests
 
         if (flags == AllocFlags.Opportunistic)
         {
-            Assert.True(allocator.GetStats().Arenas <= arenasBefore, "an opportunistic allocation grew the arenas");
+            // Only the very first arena of an allocator that has none may come from an opportunistic attempt.
+            Assert.True(allocator.GetStats().Arenas <= Math.Max(arenasBefore, 1), "an opportunistic allocation grew the arenas");
         }
 
         if (!ok)

@@ -173,4 +173,25 @@ public class RefCountTests
 
     private static void AssertDisjoint(Page a, Page b) =>
         Assert.True(a.Address + a.Length <= b.Address || b.Address + b.Length <= a.Address, $"{a} overlaps {b}");
+
+    [Fact]
+    public void A_stale_handle_cannot_free_the_block_after_it_was_handed_to_a_new_owner()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        Page old = Alloc(allocator, 0);
+        allocator.FreePages(old);
+
+        // Order-0 blocks come back LIFO from the per-CPU list: the same block goes to the next owner.
+        Page reused = Alloc(allocator, 0);
+        Assert.Equal(old.Address, reused.Address);
+
+        var ex = Assert.Throws<PageFragDoubleFreeException>(() => allocator.FreePages(old));
+        Assert.Contains("stale", ex.Message);
+        Assert.Throws<InvalidOperationException>(() => old.AddRef());
+        Assert.Equal(1, reused.RefCount);
+        Assert.Equal(1, allocator.PagesInUse);
+
+        allocator.FreePages(reused);
+        AssertClean(allocator);
+    }
 }
