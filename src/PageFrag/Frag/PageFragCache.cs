@@ -261,7 +261,11 @@ public sealed partial class PageFragCache
     public int CommitNoRef(in PreparedFragment prepared, int usedSize, ref PageFragment previous)
     {
         CheckPrepared(prepared, usedSize);
+
+        // previous must also end at the cache's offset: a fragment ending beyond it was aborted and owns no
+        // reference, and an aligned preparation may start exactly where such a fragment used to end.
         if (!ReferenceEquals(previous.Arena, _arena) || previous.Generation != _generation ||
+            prepared.Offset != _offset ||
             previous.ArenaOffset + previous.Length != _pageStart + prepared.Offset)
         {
             ThrowHelper.InvalidOperation("The previous fragment does not end where the preparation starts, so the new bytes cannot be coalesced with it.");
