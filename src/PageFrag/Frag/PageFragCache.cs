@@ -374,9 +374,10 @@ public sealed partial class PageFragCache
             ThrowHelper.DoubleFree($"The page of address 0x{address:x} is not allocated: the fragment was already freed.");
         }
 
-        if (!d.TinyFragments && arena.Owner.DetectDoubleFree)
+        // The message is built only on the throw path: an interpolated argument would allocate on every free.
+        if (!d.TinyFragments && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, offset))
         {
-            MarkFreed(arena, offset, $"The fragment at 0x{address:x} was already freed.");
+            ThrowHelper.DoubleFree($"The fragment at 0x{address:x} was already freed.");
         }
 
         PageAllocator.PutBlockRef(arena, head);
@@ -507,12 +508,19 @@ public sealed partial class PageFragCache
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void MarkFreed(Arena arena, int arenaOffset, string message)
     {
-        int granule = arenaOffset >> Arena.MarkShift;
-        long bit = 1L << (granule & 63);
-        if ((Interlocked.Or(ref arena.FreeMarks[granule >> 6], bit) & bit) != 0)
+        if (!TryMarkFreed(arena, arenaOffset))
         {
             ThrowHelper.DoubleFree(message);
         }
+    }
+
+    /// <summary>Sets the freed mark of the fragment at <paramref name="arenaOffset"/>; false if it was already set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool TryMarkFreed(Arena arena, int arenaOffset)
+    {
+        int granule = arenaOffset >> Arena.MarkShift;
+        long bit = 1L << (granule & 63);
+        return (Interlocked.Or(ref arena.FreeMarks[granule >> 6], bit) & bit) == 0;
     }
 
     private void CheckPrepared(in PreparedFragment prepared, int usedSize)
