@@ -556,22 +556,20 @@ public class PageFragCacheBadInputTests
     }
 
     [Fact]
-    public void Freeing_an_aborted_fragment_is_a_double_free()
+    public void Aborted_bytes_go_to_the_next_fragment_which_frees_normally()
     {
+        // Freeing the aborted handle itself is a caller bug that is not detected (as in the kernel): the
+        // owner would have to clear a mark that freeing threads write without atomics, which could turn
+        // into a false double-free report. See docs/kernel-map.md.
         using PageAllocator allocator = FragKit.NewAllocator();
         var cache = new PageFragCache(allocator);
         Assert.True(cache.TryAlloc(100, out PageFragment a));
         Assert.True(cache.TryAlloc(100, out PageFragment aborted));
         cache.Abort(aborted);
         Page page = cache.CurrentPage;
-
-        FragKit.Throws<PageFragDoubleFreeException>(() => aborted.Free(), null, "The fragment was already freed");
-        FragKit.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(aborted.Address), null, "was already freed");
-
         Assert.Equal(FragKit.FreshRefCount, page.RefCount);
         Assert.Equal(100, cache.Offset);
 
-        // The next fragment takes the aborted bytes and can be freed normally.
         Assert.True(cache.TryAlloc(100, out PageFragment next));
         Assert.Equal(aborted.Address, next.Address);
         next.Free();

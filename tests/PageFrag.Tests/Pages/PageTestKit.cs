@@ -48,23 +48,7 @@ internal static class PageTestKit
     /// bounded number of times, at moments the background tiering chooses, whereas an allocation in the code
     /// under test shows up in every round. So one clean round out of many is required, not every round.
     /// </remarks>
-    public static void AssertSteadyStateAllocatesNothing(Action round, int maxRounds = 100)
-    {
-        round();
-        var measured = new long[maxRounds];
-        for (int i = 0; i < maxRounds; i++)
-        {
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            round();
-            measured[i] = GC.GetAllocatedBytesForCurrentThread() - before;
-            if (measured[i] == 0)
-            {
-                return;
-            }
-        }
-
-        Assert.Fail($"every round allocated: {string.Join(", ", measured)} bytes");
-    }
+    public static void AssertSteadyStateAllocatesNothing(Action round, int maxRounds = 100) => ZeroAlloc.AssertSteadyState(round, maxRounds);
 
     public static int[] FreeBlocks(PageAllocator allocator) => [.. allocator.GetStats().FreeBlocksPerOrder];
 
