@@ -64,6 +64,32 @@ public class FragAllocFreeBenchmarks : FragCacheBenchmark
         return sum;
     }
 
+    /// <summary>
+    /// The same without double-free detection (<c>PageAllocatorOptions.DetectDoubleFree</c> off):
+    /// the free is one atomic decrement instead of an atomic OR on the mark bitmap and a decrement.
+    /// </summary>
+    [Benchmark(OperationsPerInvoke = Operations)]
+    public long PageFragNoDoubleFreeCheck()
+    {
+        PageFragCache cache = UncheckedCache;
+        int size = Size;
+        long sum = 0;
+        for (int i = 0; i < Operations; i++)
+        {
+            if (!cache.TryAlloc(size, out PageFragment fragment))
+            {
+                ThrowAllocFailed(size);
+            }
+
+            Span<byte> buffer = fragment.Span;
+            Stamp.Write(buffer, i);
+            sum += Stamp.Read(buffer);
+            PageFragCache.Free(in fragment);
+        }
+
+        return sum;
+    }
+
     /// <summary>Free by address (page_frag_free(va)): the arena is found through the address registry.</summary>
     [Benchmark(OperationsPerInvoke = Operations)]
     public long PageFragFreeByAddress()

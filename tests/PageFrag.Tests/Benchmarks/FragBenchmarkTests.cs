@@ -27,8 +27,8 @@ public class FragBenchmarkTests
     [MemberData(nameof(AllBenchmarks))]
     public void Every_benchmark_gives_its_suite_checksum_twice_in_a_row_and_leaks_no_page(string suite, int size, string benchmark)
     {
-        using PageAllocator allocator = Leaks.NewAllocator(ArenaSize);
-        FragCacheBenchmark bench = Create(suite, size, allocator);
+        using var allocators = new Allocators();
+        FragCacheBenchmark bench = Create(suite, size, allocators);
         MethodInfo method = bench.GetType().GetMethod(benchmark)!;
 
         bench.GlobalSetup();
@@ -37,17 +37,18 @@ public class FragBenchmarkTests
         Assert.Equal(bench.ExpectedChecksum, (long)method.Invoke(bench, null)!);
         Assert.Equal(bench.ExpectedChecksum, (long)method.Invoke(bench, null)!);
         Assert.True(bench.Cache.CurrentPageSize is 0 or PageFragCache.MaxFragmentSize, "the PageFrag variants must run on 32 KiB pages");
+        Assert.True(bench.UncheckedCache.CurrentPageSize is 0 or PageFragCache.MaxFragmentSize, "the PageFrag variants must run on 32 KiB pages");
         bench.GlobalCleanup();
 
-        Leaks.AssertNone(allocator);
+        allocators.AssertNoLeaks();
     }
 
     [Theory]
     [MemberData(nameof(PageFragBenchmarks))]
     public void PageFrag_benchmarks_allocate_nothing_on_the_GC_heap(string suite, int size, string benchmark)
     {
-        using PageAllocator allocator = Leaks.NewAllocator(ArenaSize);
-        FragCacheBenchmark bench = Create(suite, size, allocator);
+        using var allocators = new Allocators();
+        FragCacheBenchmark bench = Create(suite, size, allocators);
         bench.GlobalSetup();
         Func<long> run = bench.GetType().GetMethod(benchmark)!.CreateDelegate<Func<long>>(bench);
 
@@ -62,14 +63,14 @@ public class FragBenchmarkTests
         bench.GlobalCleanup();
 
         Assert.Equal(rounds * bench.ExpectedChecksum, sum);
-        Leaks.AssertNone(allocator);
+        allocators.AssertNoLeaks();
     }
 
     [Fact]
     public void Clean_up_fails_the_run_when_a_benchmark_left_a_fragment_behind()
     {
-        using PageAllocator allocator = Leaks.NewAllocator(ArenaSize);
-        var bench = new FragAllocFreeBenchmarks { Size = 12, Allocator = allocator };
+        using var allocators = new Allocators();
+        var bench = new FragAllocFreeBenchmarks { Size = 12, Allocator = allocators.Checked, UncheckedAllocator = allocators.Unchecked };
         bench.GlobalSetup();
         Assert.True(bench.Cache.TryAlloc(12, out PageFragment forgotten));
 
@@ -78,7 +79,7 @@ public class FragBenchmarkTests
 
         // The cache was drained before the check, so the forgotten fragment is the page's last reference.
         forgotten.Free();
-        Leaks.AssertNone(allocator);
+        allocators.AssertNoLeaks();
     }
 
     private static TheoryData<string, int, string> Cases(Func<MethodInfo, bool> filter)
@@ -106,12 +107,33 @@ public class FragBenchmarkTests
         return data;
     }
 
-    private static FragCacheBenchmark Create(string suite, int size, PageAllocator allocator)
+    private static FragCacheBenchmark Create(string suite, int size, Allocators allocators)
     {
         Type type = typeof(FragCacheBenchmark).Assembly.GetType($"PageFrag.Benchmarks.{suite}", throwOnError: true)!;
         var bench = (FragCacheBenchmark)Activator.CreateInstance(type)!;
         type.GetProperty("Size")!.SetValue(bench, size);
-        bench.Allocator = allocator;
+        bench.Allocator = allocators.Checked;
+        bench.UncheckedAllocator = allocators.Unchecked;
         return bench;
+    }
+
+    /// <summary>The two private allocators a suite runs on, checked for leaks and disposed together.</summary>
+    private sealed class Allocators : IDisposable
+    {
+        public PageAllocator Checked { get; } = Leaks.NewAllocator(ArenaSize);
+
+        public PageAllocator Unchecked { get; } = new(new PageAllocatorOptions { ArenaSize = ArenaSize, DetectDoubleFree = false });
+
+        public void AssertNoLeaks()
+        {
+            Leaks.AssertNone(Checked);
+            Leaks.AssertNone(Unchecked);
+        }
+
+        public void Dispose()
+        {
+            Checked.Dispose();
+            Unchecked.Dispose();
+        }
     }
 }
