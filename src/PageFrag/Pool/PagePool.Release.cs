@@ -38,11 +38,17 @@ public sealed partial class PagePool
         }
 
         // page_pool_disable_direct_recycling: from now on no thread is the owner.
-        Volatile.Write(ref _ownerThreadId, NoOwner);
+        Volatile.Write(ref _owner, null);
         _destroyStart = Stopwatch.GetTimestamp();
         _nextWarning = _destroyStart + ToTicks(Options.StallWarningInterval);
         FreeFrag();
-        long inflight = Scrub(includeCache: true);
+        long inflight;
+        lock (_releaseLock)
+        {
+            // The lock makes this the ring's only consumer, against a concurrent RetryRelease.
+            inflight = Scrub(includeCache: true);
+        }
+
         if (inflight == 0)
         {
             FinishRelease();

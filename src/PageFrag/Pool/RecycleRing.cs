@@ -4,12 +4,13 @@ namespace PageFrag.Pool;
 
 /// <summary>
 /// The pool's recycle ring (the kernel's <c>ptr_ring</c>): a bounded lock-free queue that any thread may push
-/// into and that the owner (refill) or the release path (scrub) pops from.
+/// into and that one consumer at a time pops from: the owner (refill) while the pool is alive, the release path
+/// (scrub, under the pool's release lock) once it is disposed.
 /// </summary>
 /// <remarks>
 /// D. Vyukov's bounded queue: each slot carries a sequence number that says whose turn it is. A producer claims
-/// a position with one compare-exchange and publishes the item by advancing the slot's sequence; a consumer does
-/// the mirror image. Full and empty are seen without locks and never block. Capacity is a power of two so that
+/// a position with one compare-exchange and publishes the item by advancing the slot's sequence; the single
+/// consumer reads the slot once its sequence says it is published and hands it to the next lap. Full and empty are seen without locks and never block. Capacity is a power of two so that
 /// a position maps to a slot with a mask.
 /// </remarks>
 internal sealed class RecycleRing
@@ -65,37 +66,31 @@ internal sealed class RecycleRing
         }
     }
 
+    /// <summary>
+    /// Pops one entry. Single consumer: the caller must be the only thread popping (the pool's owner while it
+    /// is alive, the release path under its lock afterwards), so no compare-exchange is needed on this side.
+    /// </summary>
     public bool TryDequeue(out NetMem item)
     {
-        long pos = Volatile.Read(ref _positions.Dequeue);
-        while (true)
+        long pos = _positions.Dequeue;
+        ref Slot slot = ref _slots[(int)pos & _mask];
+        if (Volatile.Read(ref slot.Sequence) != pos + 1)
         {
-            ref Slot slot = ref _slots[(int)pos & _mask];
-            long diff = Volatile.Read(ref slot.Sequence) - (pos + 1);
-            if (diff == 0)
-            {
-                long seen = Interlocked.CompareExchange(ref _positions.Dequeue, pos + 1, pos);
-                if (seen == pos)
-                {
-                    item = slot.Item;
-                    slot.Item = default;
-                    Volatile.Write(ref slot.Sequence, pos + _mask + 1);
-                    return true;
-                }
-
-                pos = seen;
-            }
-            else if (diff < 0)
-            {
-                item = default;
-                return false;
-            }
-            else
-            {
-                pos = Volatile.Read(ref _positions.Dequeue);
-            }
+            item = default;
+            return false;
         }
+
+        item = slot.Item;
+        slot.Item = default;
+
+        // Hand the slot to the producer of the next lap, then publish the new position for Count.
+        Volatile.Write(ref slot.Sequence, pos + _mask + 1);
+        Volatile.Write(ref _positions.Dequeue, pos + 1);
+        return true;
     }
+
+    /// <summary>Entries ever pushed (the pool's "ring" recycle count, free of an extra counter).</summary>
+    public long TotalEnqueued => Volatile.Read(ref _positions.Enqueue);
 
     /// <summary>True when the next slot to pop holds nothing (__ptr_ring_empty); a hint under concurrency.</summary>
     public bool IsEmpty
