@@ -264,8 +264,10 @@ public sealed partial class PageFragCache
 
         // previous must also end at the cache's offset: a fragment ending beyond it was aborted and owns no
         // reference, and an aligned preparation may start exactly where such a fragment used to end.
+        // And previous must start on the cache's page: a fragment that ends its own block is address-contiguous
+        // with the next block, which may be the cache's page with an equal generation number.
         if (!ReferenceEquals(previous.Arena, _arena) || previous.Generation != _generation ||
-            prepared.Offset != _offset ||
+            prepared.Offset != _offset || previous.ArenaOffset < _pageStart ||
             previous.ArenaOffset + previous.Length != _pageStart + prepared.Offset)
         {
             ThrowHelper.InvalidOperation("The previous fragment does not end where the preparation starts, so the new bytes cannot be coalesced with it.");
