@@ -75,6 +75,7 @@ internal sealed class RecordingMapper : IDmaMapper
     public int Maps;
     public int Unmaps;
     public bool FailMaps;
+    public int ThrowOnMap = -1;
     public readonly List<(ulong Address, int Offset, int Length)> Syncs = [];
 
     public bool TryMap(NetMem netmem, out ulong deviceAddress)
@@ -85,6 +86,11 @@ internal sealed class RecordingMapper : IDmaMapper
             {
                 deviceAddress = 0;
                 return false;
+            }
+
+            if (Maps == ThrowOnMap)
+            {
+                throw new InvalidOperationException("IOMMU fault");
             }
 
             Maps++;
