@@ -68,4 +68,63 @@ public class PagePoolZeroAllocationTests
             }
         }
     }
+
+    [Fact]
+    public void Alloc_on_the_owner_and_free_on_another_thread_allocate_nothing_on_either_side()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 1 << 20);
+        PagePool pool = NewPool(allocator);
+        const int Batch = 200;
+        const int Rounds = 60;
+        var buffers = new PagePoolBuffer[Batch];
+        using var go = new SemaphoreSlim(0);
+        using var done = new SemaphoreSlim(0);
+        long consumerBytes = -1;
+        var consumer = new Thread(() =>
+        {
+            long start = 0;
+            for (int r = 0; r < Rounds; r++)
+            {
+                go.Wait();
+                if (r == Rounds / 2)
+                {
+                    start = GC.GetAllocatedBytesForCurrentThread();
+                }
+
+                for (int i = 0; i < Batch; i++)
+                {
+                    buffers[i].Free();
+                }
+
+                done.Release();
+            }
+
+            consumerBytes = GC.GetAllocatedBytesForCurrentThread() - start;
+        });
+        consumer.Start();
+
+        long ownerStart = 0;
+        for (int r = 0; r < Rounds; r++)
+        {
+            if (r == Rounds / 2)
+            {
+                ownerStart = GC.GetAllocatedBytesForCurrentThread();
+            }
+
+            for (int i = 0; i < Batch; i++)
+            {
+                Assert.True(pool.TryAlloc(i % 2 == 0 ? 256 : 3000, out buffers[i]));
+            }
+
+            go.Release();
+            done.Wait();
+        }
+
+        long ownerBytes = GC.GetAllocatedBytesForCurrentThread() - ownerStart;
+        consumer.Join();
+        Assert.Equal(0, ownerBytes);
+        Assert.Equal(0, consumerBytes);
+        Assert.True(pool.GetStats().RecycleRing > 0);
+        DisposeAndAssertNoLeak(pool, allocator);
+    }
 }
