@@ -380,6 +380,11 @@ public sealed partial class PageFragCache
             ThrowPageNotAllocated(address);
         }
 
+        if (d.Pool is not null)
+        {
+            ThrowPoolPage(address);
+        }
+
         if (!d.TinyFragments && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, offset))
         {
             ThrowDoubleFreeAt(address);
@@ -537,6 +542,11 @@ public sealed partial class PageFragCache
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowBadAlignment(int alignment) =>
         ThrowHelper.ArgumentOutOfRange(nameof(alignment), alignment, $"The alignment must be a power of two from 1 to {MaxAlignment}.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowPoolPage(nint address) =>
+        ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} belongs to a page pool buffer, not to a fragment cache: return it to its pool.");
 
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -245,7 +245,7 @@ public enum PagePoolWarningKind
     NegativeInFlight,
 }
 
-/// <summary>A warning from a disposed <see cref="PagePool"/>'s release.</summary>
+/// <summary>A warning from a disposed <see cref="PagePool"/>'s release. Immutable, any thread.</summary>
 public sealed class PagePoolWarningEventArgs : EventArgs
 {
     /// <summary>Creates the arguments.</summary>

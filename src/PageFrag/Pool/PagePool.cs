@@ -338,44 +338,57 @@ public sealed partial class PagePool : IDisposable
         int[] indexes = _bulkIndexes;
         int got = _allocator.TryAllocBulk(_allocFlags, arenas, indexes);
         NetMem[] cache = _cache;
-        int count = _cacheCount;
         Arena? lastArena = null;
         HostPageArea? area = null;
-        for (int i = 0; i < got; i++)
+        int i = 0;
+        try
         {
-            Arena a = arenas[i]!;
-            arenas[i] = null;
-            if (!ReferenceEquals(a, lastArena))
+            for (; i < got; i++)
             {
-                area = HostPageArea.For(a);
-                lastArena = a;
-            }
+                Arena a = arenas[i]!;
+                arenas[i] = null;
+                if (!ReferenceEquals(a, lastArena))
+                {
+                    area = HostPageArea.For(a);
+                    lastArena = a;
+                }
 
-            var page = new NetMem(area!, indexes[i], 0);
-            if (TryAdmit(ref page))
+                var page = new NetMem(area!, indexes[i], 0);
+                if (TryAdmit(ref page))
+                {
+                    // Published page by page, so that a mapper throwing halfway loses nothing.
+                    cache[_cacheCount++] = page;
+                }
+            }
+        }
+        finally
+        {
+            // Only after an exception: the pages of the batch not yet admitted go back to the allocator.
+            for (i++; i < got; i++)
             {
-                cache[count++] = page;
+                PageAllocator.PutBlockRef(arenas[i]!, indexes[i]);
+                arenas[i] = null;
             }
         }
 
-        return PopAfterSlow(count, out netmem);
+        return PopAfterSlow(out netmem);
     }
 
     private bool TryAllocFromProvider(IMemoryProvider provider, out NetMem netmem)
     {
         Span<NetMem> into = _bulkNetMems.AsSpan(0, _order == 0 ? AllocCacheRefill : 1);
-        int got;
+        int got = provider.AllocNetMems(this, into);
+        if ((uint)got > (uint)into.Length)
+        {
+            into.Clear();
+            ThrowHelper.InvalidOperation($"The memory provider reported {got} units for a span of {into.Length}.");
+        }
+
+        NetMem[] cache = _cache;
+        int i = 0;
         try
         {
-            got = provider.AllocNetMems(this, into);
-            if ((uint)got > (uint)into.Length)
-            {
-                ThrowHelper.InvalidOperation($"The memory provider reported {got} units for a span of {into.Length}.");
-            }
-
-            NetMem[] cache = _cache;
-            int count = _cacheCount;
-            for (int i = 0; i < got; i++)
+            for (; i < got; i++)
             {
                 NetMem page = into[i];
                 into[i] = default;
@@ -386,20 +399,27 @@ public sealed partial class PagePool : IDisposable
 
                 if (TryAdmit(ref page))
                 {
-                    cache[count++] = page;
+                    cache[_cacheCount++] = page;
                 }
             }
-
-            return PopAfterSlow(count, out netmem);
         }
         finally
         {
-            into.Clear();
+            // Only after an exception: what the provider gave and the pool did not take goes back to it.
+            // The unit that caused the exception is left alone: it may be another pool's.
+            for (i++; i < got; i++)
+            {
+                provider.ReleaseNetMem(this, into[i]);
+                into[i] = default;
+            }
         }
+
+        return PopAfterSlow(out netmem);
     }
 
-    private bool PopAfterSlow(int count, out NetMem netmem)
+    private bool PopAfterSlow(out NetMem netmem)
     {
+        int count = _cacheCount;
         if (count > 0)
         {
             count--;
@@ -437,7 +457,19 @@ public sealed partial class PagePool : IDisposable
 
         if (_dmaMap && area.NeedsDmaMapping)
         {
-            if (!_mapper.TryMap(page, out ulong address))
+            bool mapped;
+            ulong address;
+            try
+            {
+                mapped = _mapper.TryMap(page, out address);
+            }
+            catch
+            {
+                GiveBack(page);
+                throw;
+            }
+
+            if (!mapped)
             {
                 GiveBack(page);
                 return false;

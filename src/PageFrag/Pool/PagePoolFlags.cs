@@ -1,6 +1,6 @@
 namespace PageFrag.Pool;
 
-/// <summary>What a <see cref="PagePool"/> does for the device (PP_FLAG_*).</summary>
+/// <summary>What a <see cref="PagePool"/> does for the device (PP_FLAG_*). A plain value, any thread.</summary>
 [Flags]
 public enum PagePoolFlags
 {

@@ -7,7 +7,9 @@ namespace PageFrag.Pool;
 /// created.
 /// </summary>
 /// <remarks>
-/// Defaults: <see cref="PageAllocator.Shared"/>, order 0, a recycle ring of 1024 entries, node -1 (the host's
+/// Set the properties before handing the object to <see cref="PagePool"/>; the pool keeps it and reads it from
+/// any thread afterwards, so do not share one instance with code that could still change it (init-only
+/// properties make that hard anyway). Defaults: <see cref="PageAllocator.Shared"/>, order 0, a recycle ring of 1024 entries, node -1 (the host's
 /// node), no DMA flags, <see cref="MaxLen"/> 0, <see cref="Offset"/> 0, no memory provider, a
 /// <see cref="HostDmaMapper"/>, <see cref="AllocFlags.None"/>, a release retry every second and a stall warning
 /// every 60 seconds.

@@ -40,7 +40,8 @@ internal static class PoolThrowHelper
 
 /// <summary>
 /// Thrown when CPU code tries to read or write provider memory registered as unreadable (device memory, as with
-/// devmem TCP). Consumers of such memory get (offset, length) tokens instead of bytes.
+/// devmem TCP). Consumers of such memory get (offset, length) tokens instead of bytes. Thrown on whichever thread
+/// touched the memory; nothing is changed by the failed access.
 /// </summary>
 public sealed class NetMemUnreadableException : InvalidOperationException
 {

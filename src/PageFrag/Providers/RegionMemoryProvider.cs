@@ -7,7 +7,7 @@ using PageFrag.Pool;
 namespace PageFrag.Providers;
 
 /// <summary>Settings of a <see cref="RegionMemoryProvider"/>.</summary>
-/// <remarks>Defaults: 4096-byte chunks, readable, areas of up to 1 GiB.</remarks>
+/// <remarks>Read once, by the provider's constructor. Defaults: 4096-byte chunks, readable, areas of up to 1 GiB.</remarks>
 public sealed class RegionMemoryProviderOptions
 {
     /// <summary>Bytes per chunk, a power of two from 4096; must equal the page size of the pool it serves.

@@ -100,6 +100,27 @@ public class PagePoolDmaTests
     }
 
     [Fact]
+    public void A_mapper_that_throws_halfway_through_a_bulk_loses_no_page()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        var mapper = new RecordingMapper { ThrowOnMap = 3 };
+        PagePool pool = NewPool(allocator, flags: PagePoolFlags.DmaMap, mapper: mapper);
+        InvalidOperationException ex = Assert.Throws<InvalidOperationException>(() => pool.TryAllocNetMem(out _));
+        Assert.Equal("IOMMU fault", ex.Message);
+        Assert.Equal(3, pool.PagesHeld);
+        Assert.Equal(3, pool.CachedPages);
+        Assert.Equal(3, allocator.PagesInUse);
+
+        // The three mapped pages are usable.
+        mapper.ThrowOnMap = -1;
+        Assert.True(pool.TryAllocNetMem(out NetMem m));
+        Assert.Equal(1, pool.GetStats().AllocFast);
+        pool.RecycleDirect(m);
+        DisposeAndAssertNoLeak(pool, allocator);
+        Assert.Equal(mapper.Maps, mapper.Unmaps);
+    }
+
+    [Fact]
     public void The_host_mapper_maps_identity_and_counts_syncs()
     {
         using PageAllocator allocator = Leaks.NewAllocator();

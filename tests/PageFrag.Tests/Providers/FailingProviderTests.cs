@@ -138,6 +138,41 @@ public class FailingProviderTests
         Leaks.AssertNone(allocator);
     }
 
+    [Fact]
+    public void What_a_provider_gave_after_a_bad_unit_goes_back_to_it()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        using RegionMemoryProvider region = RegionMemoryProvider.FromArray(new byte[8 * 4096]);
+        var provider = new GoodBadGoodProvider(region);
+        PagePool pool = NewPool(allocator, provider: provider);
+        InvalidOperationException ex = Assert.Throws<InvalidOperationException>(() => pool.TryAllocNetMem(out _));
+        Assert.StartsWith("The memory provider returned an empty unit", ex.Message, StringComparison.Ordinal);
+        Assert.Equal(1, pool.PagesHeld);
+        Assert.Equal(7, region.FreeChunks); // the good one after the bad one was released
+        pool.Dispose();
+        Assert.True(pool.IsReleased);
+        Assert.Equal(8, region.FreeChunks);
+        Leaks.AssertNone(allocator);
+    }
+
+    /// <summary>Returns a good chunk, an empty handle, and another good chunk.</summary>
+    private sealed class GoodBadGoodProvider(RegionMemoryProvider region) : IMemoryProvider
+    {
+        public void Init(PagePool pool) => region.Init(pool);
+
+        public int AllocNetMems(PagePool pool, Span<NetMem> netmems)
+        {
+            Assert.Equal(2, region.AllocNetMems(pool, netmems[..2]));
+            netmems[2] = netmems[1];
+            netmems[1] = default;
+            return 3;
+        }
+
+        public void ReleaseNetMem(PagePool pool, NetMem netmem) => region.ReleaseNetMem(pool, netmem);
+
+        public void Destroy(PagePool pool) => region.Destroy(pool);
+    }
+
     /// <summary>Hands out chunk 0 on every call: the second call gives the pool a chunk it already holds.</summary>
     private sealed class DuplicatingProvider(RegionMemoryProvider region) : IMemoryProvider
     {
