@@ -93,6 +93,39 @@ public class SpscRingTests
         Assert.Equal(count, ring.Consumed);
     }
 
+    [Fact]
+    public void After_a_full_ring_the_producer_waits_until_half_the_ring_is_free()
+    {
+        var ring = new SpscRing<nint>(16);
+        var control = new RunControl();
+        SpscRing<nint>.Producer producer = ring.GetProducer();
+        for (int i = 1; i <= 16; i++)
+        {
+            Assert.True(producer.TryPush(i));
+        }
+
+        Assert.False(producer.TryPush(17));
+        long popped = 0;
+        var waiter = new Thread(() =>
+        {
+            producer.WaitForRoom(control);
+            Volatile.Write(ref popped, ring.Consumed);
+        });
+        waiter.Start();
+
+        // Give back one slot at a time; the waiter must not return before eight are free.
+        SpscRing<nint>.Consumer consumer = ring.GetConsumer();
+        for (int i = 0; i < 8; i++)
+        {
+            Assert.False(waiter.Join(TimeSpan.FromMilliseconds(i == 0 ? 200 : 20)), $"returned with {i} free slots");
+            Assert.True(consumer.TryPop(out _));
+            consumer.Publish();
+        }
+
+        Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "the producer did not see half the ring free");
+        Assert.Equal(8, Volatile.Read(ref popped));
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(1)]
