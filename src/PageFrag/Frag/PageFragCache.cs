@@ -358,6 +358,38 @@ public sealed partial class PageFragCache
     }
 
     /// <summary>
+    /// Frees a fragment on the thread that owns this cache. A fragment of the cache's current page gives its
+    /// reference back to the cache's bias, with no atomic operation: the page's count is settled when the
+    /// cache leaves the page, as for the references it never handed out. Any other fragment is freed as by
+    /// <see cref="Free(in PageFragment)"/>.
+    /// </summary>
+    /// <remarks>
+    /// Not in the kernel, whose <c>page_frag_free</c> always does an atomic decrement. Like every instance
+    /// member it must only be called by the cache's owner; fragments freed by other threads use the static
+    /// <see cref="Free(in PageFragment)"/>. The double-free check is the same as the static one's.
+    /// </remarks>
+    /// <exception cref="ArgumentException">The fragment is empty.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The fragment was already freed, or its page was returned or reused since.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void FreeLocal(in PageFragment fragment)
+    {
+        // An empty fragment never matches: its arena is null only when ours is too, and then _size is 0.
+        if (ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
+            (uint)(fragment.ArenaOffset - _pageStart) < (uint)_size)
+        {
+            if (fragment.Length >= MarkGranule && _arena!.Owner.DetectDoubleFree && !TryMarkFreed(_arena, fragment.ArenaOffset))
+            {
+                ThrowHelper.DoubleFree("The fragment was already freed.");
+            }
+
+            _bias++;
+            return;
+        }
+
+        Free(in fragment);
+    }
+
+    /// <summary>
     /// Frees the fragment that starts at <paramref name="address"/>, whichever cache or allocator it came
     /// from (page_frag_free(va)). Safe from any thread; finding the page is constant time and lock-free.
     /// </summary>

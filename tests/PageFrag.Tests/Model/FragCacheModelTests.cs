@@ -22,7 +22,7 @@ public class FragCacheModelTests
 
     private sealed record Probe(int MinSize) : Op;
 
-    private sealed record FreeOne(int Pick, bool ByAddress) : Op;
+    private sealed record FreeOne(int Pick, int How) : Op;
 
     private sealed record AbortLast : Op;
 
@@ -39,7 +39,7 @@ public class FragCacheModelTests
         (30, Gen.Select(s_size, s_align, (s, a) => (Op)new Alloc(s, a))),
         (12, Gen.Select(s_size, s_align, Gen.Int[1, 100], Gen.Bool, (s, a, u, c) => (Op)new PrepareCommit(s, a, u, c))),
         (4, s_size.Select(s => (Op)new Probe(s))),
-        (35, Gen.Select(Gen.Int[0, 1000], Gen.Bool, (p, b) => (Op)new FreeOne(p, b))),
+        (35, Gen.Select(Gen.Int[0, 1000], Gen.Int[0, 2], (p, h) => (Op)new FreeOne(p, h))),
         (5, Gen.Const((Op)new AbortLast())),
         (2, Gen.Const((Op)new DrainCache())));
 
@@ -211,16 +211,28 @@ public class FragCacheModelTests
                 {
                     int i = fr.Pick % live.Count;
                     PageFragment f = live[i];
-                    if (fr.ByAddress)
+                    switch (fr.How)
                     {
-                        PageFragCache.Free(f.Address);
+                        case 0:
+                            PageFragCache.Free(f.Address);
+                            break;
+                        case 1:
+                            f.Free();
+                            break;
+                        default:
+                            cache.FreeLocal(f);
+                            break;
+                    }
+
+                    if (fr.How == 2 && model.Live[i].Page == model.Page)
+                    {
+                        // The owner's free of a fragment on the current page goes back to the bias.
+                        model.CacheBias++;
                     }
                     else
                     {
-                        f.Free();
+                        model.Put(model.Live[i].Page, 1);
                     }
-
-                    model.Put(model.Live[i].Page, 1);
                     live.RemoveAt(i);
                     model.Live.RemoveAt(i);
                     break;
