@@ -1,10 +1,43 @@
+using System.CommandLine;
+using PageFrag.Cli.Commands;
+using PageFrag.Cli.Infrastructure;
+
 namespace PageFrag.Cli;
 
+/// <summary>
+/// The <c>pagefrag</c> tool. Each subcommand lives in its own class under <c>Commands/</c> and contributes
+/// a <see cref="Command"/> through a <c>Create(CliIO)</c> factory listed in <see cref="s_commands"/>.
+/// </summary>
 internal static class Program
 {
-    private static int Main(string[] args)
+    private static readonly Func<CliIO, Command>[] s_commands =
+    [
+        TestCommand.Create,
+    ];
+
+    private static int Main(string[] args) => Run(args, CliIO.FromConsole());
+
+    /// <summary>Parses and runs a command line; tests call this in-process with their own writers.</summary>
+    public static int Run(string[] args, CliIO io)
     {
-        Console.WriteLine("pagefrag: under construction");
-        return 0;
+        var root = new RootCommand("pagefrag: the Linux networking buffer memory subsystem for .NET, measured.");
+        foreach (Func<CliIO, Command> create in s_commands)
+        {
+            root.Add(create(io));
+        }
+
+        ParseResult parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            foreach (System.CommandLine.Parsing.ParseError error in parse.Errors)
+            {
+                io.Error.WriteLine($"pagefrag: {error.Message}");
+            }
+
+            io.Error.WriteLine("Run 'pagefrag --help' or 'pagefrag <command> --help' for usage.");
+            return ExitCodes.Usage;
+        }
+
+        return parse.Invoke(new InvocationConfiguration { Output = io.Out, Error = io.Error });
     }
 }

@@ -70,7 +70,7 @@ public readonly struct PageFragment : IEquatable<PageFragment>
     public unsafe byte* Pointer => (byte*)Address;
 
     /// <summary>Drops the fragment's page reference (page_frag_free). Any thread.</summary>
-    /// <exception cref="InvalidOperationException">The handle is empty.</exception>
+    /// <exception cref="ArgumentException">The handle is empty.</exception>
     /// <exception cref="PageFragDoubleFreeException">The fragment was already freed, or its page moved on.</exception>
     public void Free() => PageFragCache.Free(this);
 

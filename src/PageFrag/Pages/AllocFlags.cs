@@ -14,8 +14,9 @@ public enum AllocFlags
 
     /// <summary>
     /// An opportunistic attempt (__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC without direct reclaim):
-    /// succeeds only from memory the arenas already have, never grows them, never drains the
-    /// per-CPU lists and never touches the reserve. The fragment cache's order-3 try uses it.
+    /// succeeds only from memory the arenas already have, never adds an arena (except the very first one
+    /// of an allocator that has none), never drains the per-CPU lists and never touches the reserve. The
+    /// fragment cache's order-3 try uses it.
     /// </summary>
     Opportunistic = 1,
 

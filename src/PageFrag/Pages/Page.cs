@@ -11,10 +11,15 @@ public readonly struct Page : IEquatable<Page>
     internal readonly Arena? Arena;
     internal readonly int Index;
 
+    // The block's generation when the handle was made: a handle kept after the block was freed and handed
+    // to someone else no longer matches, so it cannot drop the new owner's reference.
+    internal readonly int Generation;
+
     internal Page(Arena arena, int index)
     {
         Arena = arena;
         Index = index;
+        Generation = arena.Pages[index].Generation;
     }
 
     /// <summary>True for the default value and for the result of a failed allocation.</summary>
@@ -49,6 +54,11 @@ public readonly struct Page : IEquatable<Page>
     public void AddRef()
     {
         ref PageDescriptor d = ref Descriptor;
+        if (d.Generation != Generation)
+        {
+            ThrowHelper.InvalidOperation("Cannot take a reference through a stale handle: the block was freed and handed out again since.");
+        }
+
         int seen = Volatile.Read(ref d.RefCount);
         while (true)
         {
@@ -82,7 +92,7 @@ public readonly struct Page : IEquatable<Page>
         }
     }
 
-    /// <inheritdoc/>
+    /// <summary>Same block of memory (a handle from before an in-place reuse equals one from after it).</summary>
     public bool Equals(Page other) => ReferenceEquals(Arena, other.Arena) && Index == other.Index;
 
     /// <inheritdoc/>

@@ -82,6 +82,7 @@ public sealed partial class PageAllocator : IDisposable
         {
             _perCpu[i] = new PerCpuPages();
         }
+
     }
 
     /// <summary>The options this allocator was created with.</summary>
@@ -135,7 +136,7 @@ public sealed partial class PageAllocator : IDisposable
     /// the count reaches zero.
     /// </summary>
     /// <exception cref="ArgumentException">The page is empty or belongs to another allocator.</exception>
-    /// <exception cref="PageFragDoubleFreeException">The block has no reference left.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The block has no reference left, or the handle is stale (the block was freed and reallocated since).</exception>
     public void FreePages(Page page)
     {
         if (page.Arena is null)
@@ -146,6 +147,11 @@ public sealed partial class PageAllocator : IDisposable
         if (!ReferenceEquals(page.Arena.Owner, this))
         {
             ThrowHelper.Argument(nameof(page), "The page belongs to another PageAllocator.");
+        }
+
+        if (page.Arena.Pages[page.Index].Generation != page.Generation)
+        {
+            ThrowHelper.DoubleFree("The page handle is stale: the block was freed and handed out again since, so this free would drop another owner's reference.");
         }
 
         PutBlockRef(page.Arena, page.Index);
@@ -283,9 +289,9 @@ public sealed partial class PageAllocator : IDisposable
     public long PagesInUse => Volatile.Read(ref _pagesInUse);
 
     /// <summary>
-    /// Unregisters and drops every arena. Pages still in use stay valid memory for whoever holds them
-    /// (the arrays are garbage collected only once unreferenced), but their addresses no longer resolve
-    /// and allocations throw <see cref="ObjectDisposedException"/>.
+    /// Unregisters and drops every arena, and forgets the free blocks parked on the per-CPU lists. Pages
+    /// still in use stay valid memory for whoever holds them (the arrays are garbage collected only once
+    /// unreferenced), but their addresses no longer resolve and allocations throw <see cref="ObjectDisposedException"/>.
     /// </summary>
     /// <exception cref="InvalidOperationException">Called on <see cref="Shared"/>.</exception>
     public void Dispose()
@@ -310,6 +316,10 @@ public sealed partial class PageAllocator : IDisposable
 
             _arenas = [];
         }
+
+        // Blocks parked on the per-CPU lists belong to the dropped arenas: forget them too, so that the stats
+        // add up and the lists do not keep the arrays reachable. GiveToBuddy ignores them now that _disposed is set.
+        DrainPerCpuLists();
     }
 
     // ---- internal block interface used by the fragment cache and the page pool ----
@@ -419,6 +429,12 @@ public sealed partial class PageAllocator : IDisposable
             PerCpuPages pcp = _perCpu[CurrentCpu()];
             lock (pcp.Lock)
             {
+                // Checked again under the list's lock: Dispose drains each list after setting _disposed.
+                if (_disposed)
+                {
+                    return;
+                }
+
                 pcp.Push(order, arena, head);
                 if (pcp.Counts[order] > PerCpuPages.High(order))
                 {
@@ -517,32 +533,41 @@ public sealed partial class PageAllocator : IDisposable
             }
         }
 
-        if (mayGrow && !_disposed && _arenas.Length < _maxArenas)
+        // An allocator without any arena is a machine that has not booted its memory yet: even an
+        // opportunistic attempt may create the first arena, or the fragment cache's first page would always
+        // be order 0. Opportunistic attempts never add a second one.
+        if ((mayGrow || _arenas.Length == 0) && TryGrowLocked() is Arena grown && grown.TryTake(order, out index))
         {
-            Arena grown;
-            try
-            {
-                grown = new Arena(this, _nextArenaId++, _arenaSize);
-            }
-            catch (OutOfMemoryException)
-            {
-                arena = null;
-                index = -1;
-                return false;
-            }
-
-            ArenaRegistry.Register(grown);
-            _arenas = [.. _arenas, grown];
-            if (grown.TryTake(order, out index))
-            {
-                arena = grown;
-                return true;
-            }
+            arena = grown;
+            return true;
         }
 
         arena = null;
         index = -1;
         return false;
+    }
+
+    /// <summary>Adds an arena if the limit allows. Caller holds the buddy lock.</summary>
+    private Arena? TryGrowLocked()
+    {
+        if (_disposed || _arenas.Length >= _maxArenas)
+        {
+            return null;
+        }
+
+        Arena grown;
+        try
+        {
+            grown = new Arena(this, _nextArenaId++, _arenaSize);
+        }
+        catch (OutOfMemoryException)
+        {
+            return null;
+        }
+
+        ArenaRegistry.Register(grown);
+        _arenas = [.. _arenas, grown];
+        return grown;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

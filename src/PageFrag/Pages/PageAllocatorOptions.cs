@@ -37,8 +37,12 @@ public sealed class PageAllocatorOptions
 
     /// <summary>
     /// Whether frees of fragments are checked against a per-arena bitmap (one bit per 8 bytes, 1.6 % of
-    /// the arena) so that a second free of the same fragment throws instead of corrupting the page's
-    /// reference count. Costs one interlocked OR per free. Default true.
+    /// the arena) so that a second free of the same fragment throws <see cref="PageFragDoubleFreeException"/>
+    /// instead of corrupting the page's reference count. The mark is a plain write, not an atomic one, so
+    /// two threads freeing neighbouring fragments at the same instant may lose a mark: detection is then
+    /// missed, never reported falsely. Fragments shorter than 8 bytes are not marked, and once a page holds
+    /// one, frees by address on that page are not checked (the address alone cannot tell which fragment it
+    /// is). Default true.
     /// </summary>
     public bool DetectDoubleFree { get; init; } = true;
 

@@ -1,0 +1,228 @@
+using System.Runtime.CompilerServices;
+using PageFrag.Pages;
+
+namespace PageFrag.Pool;
+
+// Fragments: the pool's current "frag page" is carved front to back, as the fragment cache does, but the
+// reference counted per fragment is the pool's pp_ref_count, so a fragment page comes back to the pool, not to
+// the allocator.
+//
+//   frag page: [ frag 0 | frag 1 | frag 2 |            free            ]
+//               0                          ^ _fragOffset               ^ PageSize
+//   pp_ref_count = BiasMax - (fragments already freed)     (set once when the page starts)
+//   _fragUsers   = fragments handed out                     (owner-local, no atomics)
+//
+// When the page is full, the pool drops its unused bias (BiasMax - _fragUsers). If that brings the count to
+// zero, every fragment is already free and the page is reused in place; otherwise the last fragment freed
+// recycles it.
+public sealed partial class PagePool
+{
+    /// <summary>The bias a fresh fragment page starts with (BIAS_MAX): more than any page can have fragments.</summary>
+    internal const long BiasMax = long.MaxValue >> 1;
+
+    private NetMem _fragPage;
+    private int _fragOffset;
+    private int _fragLimit;
+    private long _fragUsers;
+
+    /// <summary>
+    /// Carves <paramref name="size"/> bytes, rounded up to <see cref="FragmentAlignment"/>, from the pool's
+    /// current fragment page (page_pool_alloc_frag). The buffer's <see cref="PagePoolBuffer.TrueSize"/> is the
+    /// rounded size. Owner thread.
+    /// </summary>
+    /// <returns>False, with an empty buffer, when a new page was needed and none could be had.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="size"/> is not between 1 and <see cref="PageSize"/>.</exception>
+    /// <exception cref="InvalidOperationException">Not called on the owner thread.</exception>
+    /// <exception cref="ObjectDisposedException">The pool was disposed.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryAllocFrag(int size, out PagePoolBuffer buffer)
+    {
+        CheckOwner();
+        CheckSize(size);
+        int aligned = (size + (FragmentAlignment - 1)) & ~(FragmentAlignment - 1);
+        if (!TryCarve(aligned, out int offset))
+        {
+            buffer = default;
+            return false;
+        }
+
+        buffer = new PagePoolBuffer(_fragPage, offset, size, aligned, isFragment: true);
+        return true;
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="size"/> bytes the cheapest honest way (page_pool_alloc): a whole page when
+    /// <c>size * 2 &gt; PageSize</c>, else a fragment; when that fragment leaves too little room for another of
+    /// the same size, the rest of the page is added to it and to its <see cref="PagePoolBuffer.TrueSize"/>, so
+    /// the holder is charged for the memory it really keeps. Owner thread.
+    /// </summary>
+    /// <inheritdoc cref="TryAllocFrag"/>
+    public bool TryAlloc(int size, out PagePoolBuffer buffer)
+    {
+        CheckOwner();
+        CheckSize(size);
+        if (size > _maxSize >> 1)
+        {
+            if (TryAllocNetMemCore(out NetMem page))
+            {
+                buffer = new PagePoolBuffer(page, 0, size, _maxSize, isFragment: false);
+                return true;
+            }
+
+            buffer = default;
+            return false;
+        }
+
+        int aligned = (size + (FragmentAlignment - 1)) & ~(FragmentAlignment - 1);
+        if (!TryCarve(aligned, out int offset))
+        {
+            buffer = default;
+            return false;
+        }
+
+        int trueSize = aligned;
+        if (_fragOffset + aligned > _maxSize)
+        {
+            // No room for another fragment of this size: the tail would sit unused while this buffer keeps the
+            // page alive, so it is this buffer's cost (the truesize fix asked for in the mono-frag review).
+            trueSize = _maxSize - offset;
+            _fragOffset = _maxSize;
+        }
+
+        buffer = new PagePoolBuffer(_fragPage, offset, size, trueSize, isFragment: true);
+        return true;
+    }
+
+    /// <summary>Bytes of the current fragment page already handed out (0 without one). Owner thread.</summary>
+    public int FragmentOffset => _fragOffset;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool TryCarve(int aligned, out int offset)
+    {
+        offset = _fragOffset;
+        if (offset + aligned <= _fragLimit)
+        {
+            _fragOffset = offset + aligned;
+            _fragUsers++;
+            return true;
+        }
+
+        return TryCarveSlow(aligned, out offset);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool TryCarveSlow(int aligned, out int offset)
+    {
+        offset = 0;
+        NetMem page = default;
+        if (_fragLimit != 0)
+        {
+            page = DrainFrag();
+        }
+
+        _fragPage = default;
+        _fragLimit = 0;
+        _fragOffset = 0;
+        _fragUsers = 0;
+        if (page.IsEmpty && !TryAllocNetMemCore(out page))
+        {
+            return false;
+        }
+
+        NetMemArea area = page.Area!;
+        ref PageDescriptor d = ref area.Descriptors[page.Index];
+
+        // page_pool_fragment_netmem(BIAS_MAX): the page is ours alone, one store is enough.
+        Volatile.Write(ref d.PpRefCount, BiasMax);
+        if (area.DetectDoubleFree)
+        {
+            // One mark word covers 512 bytes, and pages start on 4096: the page never shares a word.
+            Array.Clear(area.FreeMarks, page.AreaOffset >> 9, Math.Max(1, _maxSize >> 9));
+        }
+
+        _fragPage = page;
+        _fragLimit = _maxSize;
+        _fragUsers = 1;
+        _fragOffset = aligned;
+        return true;
+    }
+
+    /// <summary>
+    /// page_pool_drain_frag: drop the unused bias of the full fragment page. Returns the page, under a new
+    /// generation, when every fragment was already free and it can be reused in place; else an empty handle.
+    /// </summary>
+    private NetMem DrainFrag()
+    {
+        NetMem page = _fragPage;
+        ref PageDescriptor d = ref page.Descriptor;
+        if (Unref(ref d, BiasMax - _fragUsers) != 0)
+        {
+            // Fragments are still out; the last one freed recycles the page.
+            return default;
+        }
+
+        if (Volatile.Read(ref d.RefCount) == 1 && (d.Flags & PageFlags.PfMemalloc) == 0)
+        {
+            if (_dmaSync)
+            {
+                SyncForDevice(page, ref d, -1);
+            }
+
+            int generation = d.Generation + 1;
+            d.Generation = generation;
+            _recycleCached++;
+            _allocFast++;
+            return new NetMem(page.Area!, page.Index, generation);
+        }
+
+        Interlocked.Increment(ref Stripe.ReleasedRefcnt);
+        ReturnPage(page);
+        return default;
+    }
+
+    /// <summary>page_pool_free_frag: on destroy, give up the bias of the current fragment page.</summary>
+    private void FreeFrag()
+    {
+        if (_fragLimit == 0)
+        {
+            return;
+        }
+
+        NetMem page = _fragPage;
+        long drain = BiasMax - _fragUsers;
+        _fragPage = default;
+        _fragLimit = 0;
+        _fragOffset = 0;
+        _fragUsers = 0;
+        if (Unref(ref page.Descriptor, drain) == 0)
+        {
+            ReturnPage(page);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void MarkFragmentFreed(in PagePoolBuffer buffer)
+    {
+        NetMemArea area = buffer.NetMem.Area!;
+        if (!area.DetectDoubleFree)
+        {
+            return;
+        }
+
+        int granule = (buffer.NetMem.AreaOffset + buffer.Offset) >> 3;
+        long bit = 1L << (granule & 63);
+        if ((Interlocked.Or(ref area.FreeMarks[granule >> 6], bit) & bit) != 0)
+        {
+            ThrowHelper.DoubleFree("The fragment was already freed.");
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CheckSize(int size)
+    {
+        if ((uint)(size - 1) >= (uint)_maxSize)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(size), size, $"The size must be between 1 and the pool's page size ({_maxSize} bytes).");
+        }
+    }
+}

@@ -1,0 +1,887 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using PageFrag.Pages;
+
+namespace PageFrag.Pool;
+
+/// <summary>
+/// A page pool (the kernel's <c>page_pool</c>): recycles pages, with their device mapping, for one receive
+/// queue. Pages are handed out whole (<see cref="TryAllocNetMem"/>) or carved into fragments
+/// (<see cref="TryAllocFrag"/>, <see cref="TryAlloc"/>), and come back to the pool instead of the allocator when
+/// their last user lets go.
+/// </summary>
+/// <remarks>
+/// <para><b>Where a page comes from</b>, fastest first:</para>
+/// <code>
+///   alloc cache  128 entries, owner thread only, no atomics         (stat: fast)
+///      ↑ refill up to 64 when empty
+///   recycle ring pool_size entries, lock-free, any thread pushes    (refill / empty / waive)
+///      ↑
+///   allocator    64 order-0 pages per batch (1 returned, 63 cached) or one high-order page
+///                (slow / slow_high_order), or the memory provider
+/// </code>
+/// <para><b>Where it goes back</b>: every pool page carries a pool reference count (<c>pp_ref_count</c>) that
+/// starts at 1 for a whole page ("mono-frag") or at a large bias for a fragment page. A put drops references
+/// with one rule for both: if the count equals what is dropped, the caller was last and nothing is written;
+/// otherwise an atomic subtract, and reaching zero resets the count to 1. The last put recycles the page: into
+/// the cache when called on the owner thread with <c>allowDirect</c> (cached, or cache_full), else into the
+/// ring (ring, or ring_full and the page goes back to the allocator). A page that someone else also holds (its
+/// page reference count is not 1) or that came from the emergency reserve is released instead
+/// (released_refcnt).</para>
+/// <para><b>Threading.</b> The pool has an owner thread (the kernel's NAPI context): the thread that created it,
+/// or the last one that called <see cref="SetOwnerThread"/>. Only the owner allocates (other threads get an
+/// <see cref="InvalidOperationException"/>), and only puts made on the owner thread with <c>allowDirect</c> use
+/// the cache; <c>allowDirect</c> from any other thread is ignored and the page takes the ring. Puts, frees and
+/// <see cref="GetStats()"/> are safe from any thread. Moving ownership is the caller's job: the old owner must
+/// have stopped using the pool before the new one calls <see cref="SetOwnerThread"/>.</para>
+/// <para><b>Release.</b> <see cref="Dispose"/> (page_pool_destroy) empties the cache and the ring; pages still in
+/// flight keep the pool alive and are returned to the allocator as they come back. A timer retries every
+/// <see cref="PagePoolOptions.ReleaseRetryPeriod"/> and raises <see cref="Warning"/> after each
+/// <see cref="PagePoolOptions.StallWarningInterval"/>; the last page returned frees the pool
+/// (<see cref="IsReleased"/>). Call <see cref="Dispose"/> on the owner thread, or after the owner has stopped.</para>
+/// </remarks>
+public sealed partial class PagePool : IDisposable
+{
+    /// <summary>Entries of the owner's array cache (PP_ALLOC_CACHE_SIZE).</summary>
+    public const int AllocCacheSize = 128;
+
+    /// <summary>Pages moved per refill from the ring, and pages per bulk allocation (PP_ALLOC_CACHE_REFILL).</summary>
+    public const int AllocCacheRefill = 64;
+
+    /// <summary>Fragment sizes are rounded up to this (the DMA cache alignment: one cache line).</summary>
+    public const int FragmentAlignment = 64;
+
+    private const int StateAlive = 0;
+    private const int StateDestroying = 1;
+    private const int StateFreed = 2;
+
+    private static int s_nextId;
+
+    // ---- owner side: touched only by the owner thread (or by Dispose once the owner has stopped) ----
+    private readonly NetMem[] _cache = new NetMem[AllocCacheSize];
+    private int _cacheCount;
+
+    // The owner is compared by reference: Thread.CurrentThread is an inlined thread-static read, while
+    // Environment.CurrentManagedThreadId costs a call (several ns) on every alloc and put.
+    private Thread? _owner;
+    private int _preferredNode;
+    private long _holdCount;
+    private long _allocFast;
+    private long _allocSlow;
+    private long _allocSlowHighOrder;
+    private long _allocEmpty;
+    private long _allocRefill;
+    private long _allocWaive;
+    private long _recycleCached;
+    private long _recycleCacheFull;
+    private readonly Arena?[] _bulkArenas = new Arena?[AllocCacheRefill];
+    private readonly int[] _bulkIndexes = new int[AllocCacheRefill];
+    private readonly NetMem[] _bulkNetMems = new NetMem[AllocCacheRefill];
+
+    // ---- any thread ----
+    private readonly RecycleRing _ring;
+    private readonly RecycleStripe[] _stripes;
+    private long _releaseCount;
+    private int _state;
+
+    // ---- configuration ----
+    private readonly PageAllocator _allocator;
+    private readonly IMemoryProvider? _provider;
+    private readonly IDmaMapper _mapper;
+    private readonly AllocFlags _allocFlags;
+    private readonly int _order;
+    private readonly int _maxSize;
+    private readonly int _maxLen;
+    private readonly int _offset;
+    private readonly bool _dmaMap;
+    private readonly bool _dmaSync;
+
+    /// <summary>Creates a pool owned by the calling thread. No page is taken until the first allocation.</summary>
+    /// <param name="options">Parameters, or null for the defaults (see <see cref="PagePoolOptions"/>).</param>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
+    /// <exception cref="ArgumentException">Inconsistent DMA flags.</exception>
+    /// <remarks>Whatever the memory provider's <see cref="IMemoryProvider.Init"/> throws propagates.</remarks>
+    public PagePool(PagePoolOptions? options = null)
+    {
+        options ??= new PagePoolOptions();
+        _allocator = options.Allocator ?? PageAllocator.Shared;
+        options.Validate(_allocator);
+        Options = options;
+        Id = Interlocked.Increment(ref s_nextId);
+        _order = options.Order;
+        _maxSize = PageConstants.PageSize << _order;
+        _maxLen = options.MaxLen;
+        _offset = options.Offset;
+        _dmaMap = (options.Flags & PagePoolFlags.DmaMap) != 0;
+        _dmaSync = (options.Flags & PagePoolFlags.DmaSyncForDevice) != 0;
+        _allocFlags = options.AllocFlags;
+        _mapper = options.DmaMapper ?? new HostDmaMapper();
+        _provider = options.MemoryProvider;
+        _preferredNode = options.Node == -1 ? 0 : options.Node;
+        _ring = new RecycleRing(options.PoolSize);
+        _stripes = new RecycleStripe[Math.Max(1, Environment.ProcessorCount)];
+        _owner = Thread.CurrentThread;
+        _provider?.Init(this);
+    }
+
+    /// <summary>The parameters the pool was created with.</summary>
+    public PagePoolOptions Options { get; }
+
+    /// <summary>A process-wide number naming the pool in warnings.</summary>
+    public int Id { get; }
+
+    /// <summary>The allocator host pages come from.</summary>
+    public PageAllocator Allocator => _allocator;
+
+    /// <summary>The memory provider, or null for host pages from <see cref="Allocator"/>.</summary>
+    public IMemoryProvider? MemoryProvider => _provider;
+
+    /// <summary>The device mapper.</summary>
+    public IDmaMapper DmaMapper => _mapper;
+
+    /// <summary>Order of the pool's pages.</summary>
+    public int Order => _order;
+
+    /// <summary>Size of the pool's pages: 4096 &lt;&lt; <see cref="Order"/>.</summary>
+    public int PageSize => _maxSize;
+
+    /// <summary>Entries of the recycle ring (the pool size rounded up to a power of two).</summary>
+    public int RingCapacity => _ring.Capacity;
+
+    /// <summary>The managed thread id of the owner thread (0 once disposed).</summary>
+    public int OwnerThreadId => Volatile.Read(ref _owner)?.ManagedThreadId ?? 0;
+
+    /// <summary>True when the calling thread is the pool's owner.</summary>
+    public bool IsOwnerThread => ReferenceEquals(Thread.CurrentThread, Volatile.Read(ref _owner));
+
+    /// <summary>The preferred memory node of recycled pages.</summary>
+    public int Node => _preferredNode;
+
+    /// <summary>Pages in the owner's cache (owner thread for an exact value).</summary>
+    public int CachedPages => _cacheCount;
+
+    /// <summary>Pages in the recycle ring (exact when the pool is quiet).</summary>
+    public int RingPages => _ring.Count;
+
+    /// <summary>Pages the pool has taken from the allocator or the provider (pages_state_hold_cnt).</summary>
+    public long PagesHeld => Volatile.Read(ref _holdCount);
+
+    /// <summary>Pages the pool has given back (pages_state_release_cnt).</summary>
+    public long PagesReleased => Interlocked.Read(ref _releaseCount);
+
+    /// <summary>Pages taken and not yet given back: in the cache, in the ring or in use.</summary>
+    public long InFlight => PagesHeld - PagesReleased;
+
+    /// <summary>True once <see cref="Dispose"/> was called.</summary>
+    public bool IsDisposed => Volatile.Read(ref _state) != StateAlive;
+
+    /// <summary>True once the pool was disposed and every page came back: it holds nothing any more.</summary>
+    public bool IsReleased => Volatile.Read(ref _state) == StateFreed;
+
+    /// <summary>
+    /// Makes the calling thread the pool's owner (the NAPI context moving). The previous owner must have
+    /// stopped allocating and recycling directly.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The pool was disposed.</exception>
+    public void SetOwnerThread()
+    {
+        if (IsDisposed)
+        {
+            ThrowHelper.ObjectDisposed(nameof(PagePool));
+        }
+
+        Volatile.Write(ref _owner, Thread.CurrentThread);
+    }
+
+    /// <summary>Changes the preferred node (page_pool_nid_changed): pages of other nodes found in the ring
+    /// from now on are released (waive). Owner thread.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="node"/> is below -1.</exception>
+    public void SetNode(int node)
+    {
+        CheckOwner();
+        if (node < -1)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(node), node, "The node must be -1 (the host's node) or a node number.");
+        }
+
+        _preferredNode = node == -1 ? 0 : node;
+    }
+
+    // ------------------------------------------------------------------ allocation
+
+    /// <summary>
+    /// Allocates a whole page with <c>pp_ref_count</c> 1 (page_pool_alloc_netmems / page_pool_dev_alloc_pages).
+    /// Owner thread.
+    /// </summary>
+    /// <returns>False, with an empty handle, when the cache and ring are empty and the allocator or provider has
+    /// nothing (memory limit, injected fault, mapping failure).</returns>
+    /// <exception cref="InvalidOperationException">Not called on the owner thread.</exception>
+    /// <exception cref="ObjectDisposedException">The pool was disposed.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryAllocNetMem(out NetMem netmem)
+    {
+        if (!ReferenceEquals(Thread.CurrentThread, _owner))
+        {
+            PoolThrowHelper.NotOwner(this);
+        }
+
+        return TryAllocNetMemCore(out netmem);
+    }
+
+    /// <summary>Allocates a whole page as a buffer of <see cref="PageSize"/> bytes. Owner thread.</summary>
+    /// <inheritdoc cref="TryAllocNetMem"/>
+    public bool TryAllocPage(out PagePoolBuffer buffer)
+    {
+        if (TryAllocNetMem(out NetMem netmem))
+        {
+            buffer = new PagePoolBuffer(netmem, 0, _maxSize, _maxSize, isFragment: false);
+            return true;
+        }
+
+        buffer = default;
+        return false;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool TryAllocNetMemCore(out NetMem netmem)
+    {
+        NetMem[] cache = _cache;
+        int n = _cacheCount - 1;
+        if ((uint)n < (uint)cache.Length)
+        {
+            // Field by field: a recycle has usually just stored this slot field by field, and one wide load
+            // of narrower fresh stores cannot be forwarded from the store buffer (a stall of tens of cycles).
+            ref NetMem slot = ref cache[n];
+            netmem = new NetMem(slot.Area!, slot.Index, slot.Generation);
+            _cacheCount = n;
+            _allocFast++;
+            return true;
+        }
+
+        return TryAllocSlow(out netmem);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool TryAllocSlow(out NetMem netmem)
+    {
+        if (TryRefillFromRing(out netmem))
+        {
+            return true;
+        }
+
+        return _provider is null ? TryAllocFromAllocator(out netmem) : TryAllocFromProvider(_provider, out netmem);
+    }
+
+    /// <summary>page_pool_refill_alloc_cache: move up to 64 pages of the preferred node from the ring.</summary>
+    private bool TryRefillFromRing(out NetMem netmem)
+    {
+        if (_ring.IsEmpty)
+        {
+            _allocEmpty++;
+            netmem = default;
+            return false;
+        }
+
+        NetMem[] cache = _cache;
+        int count = _cacheCount;
+        while (count < AllocCacheRefill && _ring.TryDequeue(out NetMem page))
+        {
+            int node = page.Area!.NodeId;
+            if (node == -1 || node == _preferredNode)
+            {
+                cache[count++] = page;
+            }
+            else
+            {
+                // Wrong node: release this one and let the allocator serve the node we want now.
+                ReturnPage(page);
+                _allocWaive++;
+                break;
+            }
+        }
+
+        if (count > 0)
+        {
+            count--;
+            netmem = cache[count];
+            _cacheCount = count;
+            _allocRefill++;
+            return true;
+        }
+
+        _cacheCount = 0;
+        netmem = default;
+        return false;
+    }
+
+    /// <summary>__page_pool_alloc_netmems_slow: a bulk of order-0 pages, or one high-order page.</summary>
+    private bool TryAllocFromAllocator(out NetMem netmem)
+    {
+        if (_order > 0)
+        {
+            // No bulk for high orders, as in the kernel: one block per call.
+            if (_allocator.TryAllocBlock(_order, _allocFlags, out Arena? arena, out int index))
+            {
+                netmem = new NetMem(HostPageArea.For(arena), index, 0);
+                if (TryAdmit(ref netmem))
+                {
+                    _allocSlowHighOrder++;
+                    return true;
+                }
+            }
+
+            netmem = default;
+            return false;
+        }
+
+        Arena?[] arenas = _bulkArenas;
+        int[] indexes = _bulkIndexes;
+        int got = _allocator.TryAllocBulk(_allocFlags, arenas, indexes);
+        NetMem[] cache = _cache;
+        Arena? lastArena = null;
+        HostPageArea? area = null;
+        int i = 0;
+        try
+        {
+            for (; i < got; i++)
+            {
+                Arena a = arenas[i]!;
+                arenas[i] = null;
+                if (!ReferenceEquals(a, lastArena))
+                {
+                    area = HostPageArea.For(a);
+                    lastArena = a;
+                }
+
+                var page = new NetMem(area!, indexes[i], 0);
+                if (TryAdmit(ref page))
+                {
+                    // Published page by page, so that a mapper throwing halfway loses nothing.
+                    cache[_cacheCount++] = page;
+                }
+            }
+        }
+        finally
+        {
+            // Only after an exception: the pages of the batch not yet admitted go back to the allocator.
+            for (i++; i < got; i++)
+            {
+                PageAllocator.PutBlockRef(arenas[i]!, indexes[i]);
+                arenas[i] = null;
+            }
+        }
+
+        return PopAfterSlow(out netmem);
+    }
+
+    private bool TryAllocFromProvider(IMemoryProvider provider, out NetMem netmem)
+    {
+        Span<NetMem> into = _bulkNetMems.AsSpan(0, _order == 0 ? AllocCacheRefill : 1);
+        int got = provider.AllocNetMems(this, into);
+        if ((uint)got > (uint)into.Length)
+        {
+            into.Clear();
+            ThrowHelper.InvalidOperation($"The memory provider reported {got} units for a span of {into.Length}.");
+        }
+
+        NetMem[] cache = _cache;
+        int i = 0;
+        try
+        {
+            for (; i < got; i++)
+            {
+                NetMem page = into[i];
+                into[i] = default;
+                if (page.IsEmpty || page.Length != _maxSize)
+                {
+                    ThrowHelper.InvalidOperation($"The memory provider returned an empty unit or one that is not {_maxSize} bytes.");
+                }
+
+                if (TryAdmit(ref page))
+                {
+                    cache[_cacheCount++] = page;
+                }
+            }
+        }
+        finally
+        {
+            // Only after an exception: what the provider gave and the pool did not take goes back to it.
+            // The unit that caused the exception is left alone: it may be another pool's.
+            for (i++; i < got; i++)
+            {
+                provider.ReleaseNetMem(this, into[i]);
+                into[i] = default;
+            }
+        }
+
+        return PopAfterSlow(out netmem);
+    }
+
+    private bool PopAfterSlow(out NetMem netmem)
+    {
+        int count = _cacheCount;
+        if (count > 0)
+        {
+            count--;
+            netmem = _cache[count];
+            _cacheCount = count;
+            if (_order == 0)
+            {
+                _allocSlow++;
+            }
+            else
+            {
+                _allocSlowHighOrder++;
+            }
+
+            return true;
+        }
+
+        _cacheCount = 0;
+        netmem = default;
+        return false;
+    }
+
+    /// <summary>
+    /// page_pool_dma_map + page_pool_set_pp_info: map (host pages, with DmaMap), stamp the pool fields, count
+    /// the page as held. On a mapping failure the page goes straight back.
+    /// </summary>
+    private bool TryAdmit(ref NetMem page)
+    {
+        NetMemArea area = page.Area!;
+        ref PageDescriptor d = ref area.Descriptors[page.Index];
+        if (d.Pool is not null)
+        {
+            ThrowHelper.InvalidOperation("The memory provider returned memory that a page pool still holds.");
+        }
+
+        if (_dmaMap && area.NeedsDmaMapping)
+        {
+            bool mapped;
+            ulong address;
+            try
+            {
+                mapped = _mapper.TryMap(page, out address);
+            }
+            catch
+            {
+                GiveBack(page);
+                throw;
+            }
+
+            if (!mapped)
+            {
+                GiveBack(page);
+                return false;
+            }
+
+            d.DmaAddress = address;
+            if (_dmaSync)
+            {
+                SyncForDevice(page, ref d, _maxLen);
+            }
+        }
+
+        int generation = d.Generation + 1;
+        d.Generation = generation;
+        d.PpRefCount = 1;
+        d.Pool = this;
+        page = new NetMem(area, page.Index, generation);
+        _holdCount++;
+        return true;
+    }
+
+    // ------------------------------------------------------------------ recycling
+
+    /// <summary>
+    /// Drops one pool reference on <paramref name="netmem"/> and recycles the page if it was the last
+    /// (page_pool_put_netmem). Any thread.
+    /// </summary>
+    /// <param name="netmem">A page of this pool.</param>
+    /// <param name="dmaSyncSize">Bytes the device may have written, synced back on recycle (capped at MaxLen);
+    /// -1 for all of MaxLen.</param>
+    /// <param name="allowDirect">Recycle into the owner's cache; honoured only on the owner thread.</param>
+    /// <exception cref="ArgumentException">The handle is empty or the page belongs to another pool.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="dmaSyncSize"/> is below -1.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The page was already put back (double put) or returned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void PutPage(NetMem netmem, int dmaSyncSize, bool allowDirect)
+    {
+        ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (dmaSyncSize < -1)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
+        }
+
+        if (Unref(ref d, 1) == 0)
+        {
+            PutUnrefed(netmem, ref d, dmaSyncSize, allowDirect);
+        }
+    }
+
+    /// <summary>Puts a page and syncs all of MaxLen (page_pool_put_full_netmem). Any thread.</summary>
+    /// <inheritdoc cref="PutPage"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void PutFullPage(NetMem netmem, bool allowDirect) => PutPage(netmem, -1, allowDirect);
+
+    /// <summary>
+    /// Puts a page straight back into the cache (page_pool_recycle_direct). Meant for the owner thread; called
+    /// elsewhere it behaves like <c>PutFullPage(netmem, false)</c>.
+    /// </summary>
+    /// <inheritdoc cref="PutPage"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void RecycleDirect(NetMem netmem) => PutPage(netmem, -1, allowDirect: true);
+
+    /// <summary>Frees a buffer of this pool; <paramref name="allowDirect"/> is honoured only on the owner thread.</summary>
+    /// <exception cref="ArgumentException">The buffer is empty or belongs to another pool.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The buffer was already freed.</exception>
+    public void PutBuffer(in PagePoolBuffer buffer, bool allowDirect)
+    {
+        ref PageDescriptor d = ref CheckHeld(buffer.NetMem, nameof(buffer));
+        PutBufferCore(buffer, ref d, allowDirect);
+    }
+
+    /// <summary>
+    /// Frees a buffer of whichever pool holds its page (napi_pp_put_page). Any thread; on the pool's owner
+    /// thread the page may go back into the cache directly.
+    /// </summary>
+    /// <exception cref="ArgumentException">The buffer is empty.</exception>
+    /// <exception cref="PageFragDoubleFreeException">The buffer was already freed, or its page left the pool.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Free(in PagePoolBuffer buffer)
+    {
+        NetMem netmem = buffer.NetMem;
+        NetMemArea? area = netmem.Area;
+        if (area is null)
+        {
+            ThrowHelper.Argument(nameof(buffer), "The buffer is empty: it came from a failed or default allocation.");
+        }
+
+        ref PageDescriptor d = ref area.Descriptors[netmem.Index];
+        if (d.Pool is not PagePool pool)
+        {
+            PoolThrowHelper.NotPoolPage(nameof(buffer));
+            return;
+        }
+
+        if (d.Generation != netmem.Generation)
+        {
+            PoolThrowHelper.StaleHandle();
+        }
+
+        pool.PutBufferCore(buffer, ref d, ReferenceEquals(Thread.CurrentThread, pool._owner));
+    }
+
+    /// <summary>
+    /// Sets the pool reference count of a page the caller holds alone to <paramref name="count"/>, so that the
+    /// caller can hand out that many pieces and put each one (page_pool_fragment_netmem, the driver-managed
+    /// fragmentation of mlx5). Any thread that holds the page.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not positive or is above 2^62.</exception>
+    /// <exception cref="InvalidOperationException">The page is already shared (its count is not 1).</exception>
+    public void FragmentNetMem(NetMem netmem, long count)
+    {
+        ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (count < 1 || count > BiasMax)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be between 1 and 2^62.");
+        }
+
+        if (Volatile.Read(ref d.PpRefCount) != 1)
+        {
+            ThrowHelper.InvalidOperation("Only a page held by one user (pp_ref_count 1) can be fragmented.");
+        }
+
+        Volatile.Write(ref d.PpRefCount, count);
+    }
+
+    /// <summary>
+    /// Drops <paramref name="count"/> pool references at once and returns how many are left
+    /// (page_pool_unref_netmem). At 0 the caller was last and must call <see cref="PutUnrefedNetMem"/>.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not positive.</exception>
+    /// <exception cref="PageFragDoubleFreeException">More references dropped than held, or the page was already put back.</exception>
+    public long UnrefNetMem(NetMem netmem, long count)
+    {
+        ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (count < 1)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be positive.");
+        }
+
+        return Unref(ref d, count);
+    }
+
+    /// <summary>Recycles a page whose references <see cref="UnrefNetMem"/> dropped to zero
+    /// (page_pool_put_unrefed_netmem).</summary>
+    /// <inheritdoc cref="PutPage"/>
+    public void PutUnrefedNetMem(NetMem netmem, int dmaSyncSize, bool allowDirect)
+    {
+        ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (dmaSyncSize < -1)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
+        }
+
+        PutUnrefed(netmem, ref d, dmaSyncSize, allowDirect);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void PutBufferCore(in PagePoolBuffer buffer, ref PageDescriptor d, bool allowDirect)
+    {
+        if (buffer.IsFragment)
+        {
+            MarkFragmentFreed(buffer);
+        }
+
+        if (Unref(ref d, 1) == 0)
+        {
+            PutUnrefed(buffer.NetMem, ref d, -1, allowDirect);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ref PageDescriptor CheckHeld(in NetMem netmem, string paramName)
+    {
+        NetMemArea? area = netmem.Area;
+        if (area is null)
+        {
+            ThrowHelper.Argument(paramName, "The handle is empty: it came from a failed or default allocation.");
+        }
+
+        ref PageDescriptor d = ref area.Descriptors[netmem.Index];
+        object? pool = d.Pool;
+        if (!ReferenceEquals(pool, this))
+        {
+            if (pool is null)
+            {
+                PoolThrowHelper.NotPoolPage(paramName);
+            }
+
+            PoolThrowHelper.OtherPool(paramName);
+        }
+
+        if (d.Generation != netmem.Generation)
+        {
+            PoolThrowHelper.StaleHandle();
+        }
+
+        return ref d;
+    }
+
+    /// <summary>
+    /// page_pool_unref_netmem: "equal to what I drop → I was last, no write (reset to 1 if more than 1 was
+    /// dropped); otherwise atomic subtract; at zero reset to 1". The reset keeps every recyclable page at 1, so a
+    /// page allocated whole after being a fragment page needs no extra write.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static long Unref(ref PageDescriptor d, long count)
+    {
+        if (Volatile.Read(ref d.PpRefCount) == count)
+        {
+            if (count != 1)
+            {
+                Volatile.Write(ref d.PpRefCount, 1);
+            }
+
+            return 0;
+        }
+
+        return UnrefAtomic(ref d, count);
+    }
+
+    private static long UnrefAtomic(ref PageDescriptor d, long count)
+    {
+        long left = Interlocked.Add(ref d.PpRefCount, -count);
+        if (left > 0)
+        {
+            return left;
+        }
+
+        if (left < 0)
+        {
+            Interlocked.Add(ref d.PpRefCount, count);
+            PoolThrowHelper.RefUnderflow();
+        }
+
+        // The last two users raced past the equality test: the one that reached zero restores the invariant.
+        Volatile.Write(ref d.PpRefCount, 1);
+        return 0;
+    }
+
+    /// <summary>__page_pool_put_page + the ring: recycle a page whose last pool reference was dropped.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void PutUnrefed(NetMem netmem, ref PageDescriptor d, int dmaSyncSize, bool allowDirect)
+    {
+        if (Volatile.Read(ref d.RefCount) == 1 && (d.Flags & PageFlags.PfMemalloc) == 0 && Volatile.Read(ref _state) == StateAlive)
+        {
+            if (_dmaSync)
+            {
+                SyncForDevice(netmem, ref d, dmaSyncSize);
+            }
+
+            // A new generation makes every handle of the previous use stale, so a second put is caught.
+            int generation = d.Generation + 1;
+            d.Generation = generation;
+            var recycled = new NetMem(netmem.Area!, netmem.Index, generation);
+            if (allowDirect && ReferenceEquals(Thread.CurrentThread, _owner))
+            {
+                NetMem[] cache = _cache;
+                int n = _cacheCount;
+                if ((uint)n < (uint)cache.Length)
+                {
+                    cache[n] = recycled;
+                    _cacheCount = n + 1;
+                    _recycleCached++;
+                    return;
+                }
+
+                _recycleCacheFull++;
+            }
+
+            RecycleInRing(recycled);
+            return;
+        }
+
+        PutNotRecyclable(netmem);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void PutNotRecyclable(NetMem netmem)
+    {
+        // After Dispose every page goes back to the allocator; that is not a refcount release.
+        if (Volatile.Read(ref _state) == StateAlive)
+        {
+            Interlocked.Increment(ref Stripe.ReleasedRefcnt);
+        }
+
+        ReturnPage(netmem);
+    }
+
+    private void RecycleInRing(in NetMem recycled)
+    {
+        if (_ring.TryEnqueue(recycled))
+        {
+            // Counted by the ring's own position: no second atomic on this path.
+            return;
+        }
+
+        Interlocked.Increment(ref Stripe.RingFull);
+        ReturnPage(recycled);
+    }
+
+    private void SyncForDevice(in NetMem netmem, ref PageDescriptor d, int dmaSyncSize)
+    {
+        // (uint)-1 is the largest size, so "all" falls out of the min, as in the kernel.
+        int length = (int)Math.Min((uint)dmaSyncSize, (uint)_maxLen);
+        if (length > 0)
+        {
+            _mapper.SyncForDevice(netmem, d.DmaAddress, _offset, length);
+        }
+    }
+
+    /// <summary>
+    /// page_pool_return_page: the page leaves the pool. Unmap, clear the pool fields, give it to the allocator
+    /// (put_page, which frees it unless someone else holds a reference) or the provider, count the release.
+    /// </summary>
+    private void ReturnPage(in NetMem netmem)
+    {
+        NetMemArea area = netmem.Area!;
+        ref PageDescriptor d = ref area.Descriptors[netmem.Index];
+        if (_dmaMap && area.NeedsDmaMapping)
+        {
+            _mapper.Unmap(netmem, d.DmaAddress);
+            d.DmaAddress = 0;
+        }
+
+        d.Pool = null;
+        d.PpRefCount = 0;
+        try
+        {
+            GiveBack(netmem);
+        }
+        finally
+        {
+            long released = Interlocked.Increment(ref _releaseCount);
+            if (Volatile.Read(ref _state) != StateAlive && released == Volatile.Read(ref _holdCount))
+            {
+                FinishRelease();
+            }
+        }
+    }
+
+    private void GiveBack(in NetMem netmem)
+    {
+        if (_provider is null)
+        {
+            PageAllocator.PutBlockRef(((HostPageArea)netmem.Area!).Arena, netmem.Index);
+        }
+        else
+        {
+            _provider.ReleaseNetMem(this, netmem);
+        }
+    }
+
+    // ------------------------------------------------------------------ stats
+
+    /// <summary>Adds the pool's counters into <paramref name="stats"/> (page_pool_get_stats). Any thread.</summary>
+    public void GetStats(ref PagePoolStats stats)
+    {
+        stats.AllocFast += Volatile.Read(ref _allocFast);
+        stats.AllocSlow += Volatile.Read(ref _allocSlow);
+        stats.AllocSlowHighOrder += Volatile.Read(ref _allocSlowHighOrder);
+        stats.AllocEmpty += Volatile.Read(ref _allocEmpty);
+        stats.AllocRefill += Volatile.Read(ref _allocRefill);
+        stats.AllocWaive += Volatile.Read(ref _allocWaive);
+        stats.RecycleCached += Volatile.Read(ref _recycleCached);
+        stats.RecycleCacheFull += Volatile.Read(ref _recycleCacheFull);
+        stats.RecycleRing += _ring.TotalEnqueued;
+        foreach (ref RecycleStripe s in _stripes.AsSpan())
+        {
+            stats.RecycleRingFull += Volatile.Read(ref s.RingFull);
+            stats.RecycleReleasedRefcnt += Volatile.Read(ref s.ReleasedRefcnt);
+        }
+    }
+
+    /// <summary>A snapshot of the pool's counters. Any thread.</summary>
+    public PagePoolStats GetStats()
+    {
+        var stats = default(PagePoolStats);
+        GetStats(ref stats);
+        return stats;
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"PagePool {Id} (order {_order}, {InFlight} in flight{(IsReleased ? ", released" : IsDisposed ? ", disposed" : "")})";
+
+    // ------------------------------------------------------------------ helpers
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CheckOwner()
+    {
+        if (!ReferenceEquals(Thread.CurrentThread, _owner))
+        {
+            PoolThrowHelper.NotOwner(this);
+        }
+    }
+
+    private ref RecycleStripe Stripe
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => ref _stripes[(int)((uint)Thread.GetCurrentProcessorId() % (uint)_stripes.Length)];
+    }
+
+    /// <summary>
+    /// The counters any thread bumps (the kernel keeps recycle stats per CPU): one line per CPU so that
+    /// threads putting pages on different CPUs do not fight over one counter.
+    /// </summary>
+    [StructLayout(LayoutKind.Explicit, Size = 64)]
+    private struct RecycleStripe
+    {
+        [FieldOffset(0)]
+        public long RingFull;
+
+        [FieldOffset(8)]
+        public long ReleasedRefcnt;
+    }
+}

@@ -1,0 +1,148 @@
+using PageFrag.Cli.FragTest;
+
+namespace PageFrag.Tests.Cli;
+
+public class SpscRingTests
+{
+    [Fact]
+    public void A_ring_holds_exactly_its_capacity_and_gives_items_back_in_order()
+    {
+        var ring = new SpscRing<nint>(8);
+        SpscRing<nint>.Producer producer = ring.GetProducer();
+        SpscRing<nint>.Consumer consumer = ring.GetConsumer();
+
+        for (int i = 1; i <= 8; i++)
+        {
+            Assert.True(producer.TryPush(i));
+        }
+
+        Assert.False(producer.TryPush(9));
+        for (int i = 1; i <= 8; i++)
+        {
+            Assert.True(consumer.TryPop(out nint item));
+            Assert.Equal(i, item);
+        }
+
+        Assert.False(consumer.TryPop(out _));
+        Assert.True(producer.TryPush(9));
+
+        // Items are published in batches; a lone item becomes visible once the producer publishes.
+        producer.Publish();
+        Assert.True(consumer.TryPop(out nint last));
+        Assert.Equal(9, last);
+        consumer.Publish();
+        Assert.Equal(9, ring.Published);
+        Assert.Equal(9, ring.Consumed);
+    }
+
+    [Fact]
+    public void A_ring_does_not_keep_popped_objects_alive()
+    {
+        var ring = new SpscRing<byte[]>(4);
+        SpscRing<byte[]>.Producer producer = ring.GetProducer();
+        SpscRing<byte[]>.Consumer consumer = ring.GetConsumer();
+        WeakReference weak = PushAndPop(ref producer, ref consumer);
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+
+        Assert.False(weak.IsAlive);
+    }
+
+    [Fact]
+    public void Two_threads_pass_many_items_through_a_small_ring_in_order()
+    {
+        const int count = 200_000;
+        var ring = new SpscRing<nint>(16);
+        var control = new RunControl();
+        long mismatches = 0;
+        var consumerThread = new Thread(() =>
+        {
+            SpscRing<nint>.Consumer consumer = ring.GetConsumer();
+            for (nint expected = 1; expected <= count;)
+            {
+                if (consumer.TryPop(out nint item))
+                {
+                    mismatches += item == expected ? 0 : 1;
+                    expected++;
+                }
+                else
+                {
+                    consumer.WaitForItems(control);
+                }
+            }
+        });
+        consumerThread.Start();
+
+        SpscRing<nint>.Producer producer = ring.GetProducer();
+        for (nint next = 1; next <= count;)
+        {
+            if (producer.TryPush(next))
+            {
+                next++;
+            }
+            else
+            {
+                producer.WaitForRoom(control);
+            }
+        }
+
+        producer.Publish();
+        Assert.True(consumerThread.Join(TimeSpan.FromSeconds(20)), "the consumer did not finish");
+        Assert.Equal(0, mismatches);
+        Assert.Equal(count, ring.Consumed);
+    }
+
+    [Fact]
+    public void After_a_full_ring_the_producer_waits_until_half_the_ring_is_free()
+    {
+        var ring = new SpscRing<nint>(16);
+        var control = new RunControl();
+        SpscRing<nint>.Producer producer = ring.GetProducer();
+        for (int i = 1; i <= 16; i++)
+        {
+            Assert.True(producer.TryPush(i));
+        }
+
+        Assert.False(producer.TryPush(17));
+        long popped = 0;
+        var waiter = new Thread(() =>
+        {
+            producer.WaitForRoom(control);
+            Volatile.Write(ref popped, ring.Consumed);
+        });
+        waiter.Start();
+
+        // Give back one slot at a time; the waiter must not return before eight are free.
+        SpscRing<nint>.Consumer consumer = ring.GetConsumer();
+        for (int i = 0; i < 8; i++)
+        {
+            Assert.False(waiter.Join(TimeSpan.FromMilliseconds(i == 0 ? 200 : 20)), $"returned with {i} free slots");
+            Assert.True(consumer.TryPop(out _));
+            consumer.Publish();
+        }
+
+        Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "the producer did not see half the ring free");
+        Assert.Equal(8, Volatile.Read(ref popped));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(12)]
+    public void A_ring_size_that_is_not_a_power_of_two_of_at_least_2_is_rejected(int capacity)
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new SpscRing<nint>(capacity));
+        Assert.StartsWith("The ring size must be a power of two of at least 2.", e.Message);
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static WeakReference PushAndPop(ref SpscRing<byte[]>.Producer producer, ref SpscRing<byte[]>.Consumer consumer)
+    {
+        byte[] payload = new byte[100];
+        Assert.True(producer.TryPush(payload));
+        Assert.True(consumer.TryPop(out byte[] popped));
+        Assert.Same(payload, popped);
+        return new WeakReference(payload);
+    }
+}
