@@ -7,38 +7,50 @@ namespace PageFrag.Pages;
 /// kernel's <c>virt_to_page</c> that a process has to build itself.
 /// </summary>
 /// <remarks>
-/// A two-level radix table over the address space in 4 MiB slots: <c>level1[addr &gt;&gt; 34]</c> is a
-/// table of 4096 slots, and a slot holds the (usually one or two) arenas that overlap it. Writers
-/// (arena creation and trimming, both rare) take a lock and publish copies; readers see either the old
-/// or the new array, both valid.
+/// <para>A three-level radix table over the address space in 4 MiB slots: bits 46–56 of an address index
+/// the top table, bits 34–45 a middle table, bits 22–33 a leaf table whose entry holds the (usually one or
+/// two) arenas that overlap the slot. Writers (arena creation and trimming, both rare) take a lock and
+/// publish copies; readers see either the old or the new array, both valid.</para>
+/// <para>Every table is small (2048 or 4096 references) and only the tables on the path of a registered
+/// arena exist: a process whose arenas lie within 16 GiB of each other holds 80 KB of tables. A flat top
+/// level over all 57 address bits would be a 64 MiB array of references, which every full garbage
+/// collection scans and so brings into the process's resident memory.</para>
 /// </remarks>
 internal static class ArenaRegistry
 {
     private const int SlotShift = 22;
-    private const int Level2Bits = 12;
-    private const int Level1Shift = SlotShift + Level2Bits;
-    private const int Level1Count = 1 << (57 - Level1Shift); // room for 57-bit (5-level paging) addresses
+    private const int LeafBits = 12;
+    private const int MiddleBits = 12;
+    private const int MiddleShift = SlotShift + LeafBits;
+    private const int TopShift = MiddleShift + MiddleBits;
+    private const int TopCount = 1 << (57 - TopShift); // room for 57-bit (5-level paging) addresses
 
-    private static readonly Arena[]?[]?[] s_level1 = new Arena[]?[]?[Level1Count];
+    private static readonly Arena[]?[]?[]?[] s_top = new Arena[]?[]?[]?[TopCount];
     private static readonly Lock s_writeLock = new();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Arena? Find(nint address)
     {
         ulong a = (ulong)address;
-        ulong i1 = a >> Level1Shift;
-        if (i1 >= Level1Count)
+        ulong top = a >> TopShift;
+        if (top >= TopCount)
         {
             return null;
         }
 
-        Arena[]?[]? level2 = Volatile.Read(ref s_level1[i1]);
-        if (level2 is null)
+        Arena[]?[]?[]? middle = Volatile.Read(ref s_top[top]);
+        if (middle is null)
         {
             return null;
         }
 
-        Arena[]? slot = Volatile.Read(ref level2[(int)((a >> SlotShift) & ((1 << Level2Bits) - 1))]);
+        Arena[]?[]? leaf = Volatile.Read(ref middle[(int)((a >> MiddleShift) & ((1 << MiddleBits) - 1))]);
+        if (leaf is null)
+        {
+            return null;
+        }
+
+        Arena[]? slot = Volatile.Read(ref leaf[(int)((a >> SlotShift) & ((1 << LeafBits) - 1))]);
         if (slot is null)
         {
             return null;
@@ -53,6 +65,30 @@ internal static class ArenaRegistry
         }
 
         return null;
+    }
+
+    /// <summary>Bytes of reference tables the registry holds (its memory cost; a test hook).</summary>
+    internal static long TableBytes()
+    {
+        lock (s_writeLock)
+        {
+            long references = s_top.Length;
+            foreach (Arena[]?[]?[]? middle in s_top)
+            {
+                if (middle is null)
+                {
+                    continue;
+                }
+
+                references += middle.Length;
+                foreach (Arena[]?[]? leaf in middle)
+                {
+                    references += leaf?.Length ?? 0;
+                }
+            }
+
+            return references * IntPtr.Size;
+        }
     }
 
     public static void Register(Arena arena)
@@ -94,20 +130,29 @@ internal static class ArenaRegistry
         ulong last = ((ulong)arena.BaseAddress + (ulong)arena.ByteLength - 1) >> SlotShift;
         for (ulong s = first; s <= last; s++)
         {
-            ulong i1 = s >> Level2Bits;
-            if (i1 >= Level1Count)
+            ulong top = s >> (LeafBits + MiddleBits);
+            if (top >= TopCount)
             {
                 throw new PlatformNotSupportedException("Address space above 57 bits is not supported.");
             }
 
-            Arena[]?[]? level2 = s_level1[i1];
-            if (level2 is null)
+            // Tables are created on the way down and never removed: an empty leaf costs 32 KB.
+            Arena[]?[]?[]? middle = s_top[top];
+            if (middle is null)
             {
-                level2 = new Arena[]?[1 << Level2Bits];
-                Volatile.Write(ref s_level1[i1], level2);
+                middle = new Arena[]?[]?[1 << MiddleBits];
+                Volatile.Write(ref s_top[top], middle);
             }
 
-            action(level2, (int)(s & ((1 << Level2Bits) - 1)));
+            int m = (int)((s >> LeafBits) & ((1 << MiddleBits) - 1));
+            Arena[]?[]? leaf = middle[m];
+            if (leaf is null)
+            {
+                leaf = new Arena[]?[1 << LeafBits];
+                Volatile.Write(ref middle[m], leaf);
+            }
+
+            action(leaf, (int)(s & ((1 << LeafBits) - 1)));
         }
     }
 }

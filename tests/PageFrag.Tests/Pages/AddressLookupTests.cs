@@ -158,6 +158,30 @@ public class AddressLookupTests
         AssertClean(allocator);
     }
 
+    [Fact]
+    public void The_address_registry_stays_small_however_many_arenas_exist()
+    {
+        // Eight 16 MiB arenas: 128 MiB of address space over 32 or more slots of 4 MiB.
+        using var allocator = new PageAllocator(new PageAllocatorOptions { ArenaSize = 16 << 20 });
+        var blocks = new List<Page>();
+        for (int i = 0; i < 8; i++)
+        {
+            blocks.Add(Alloc(allocator, 12));
+        }
+
+        foreach (Page block in blocks)
+        {
+            Assert.True(PageAllocator.TryGetPage(block.Address + block.Length - 1, out Page found));
+            Assert.Equal(block, found);
+        }
+
+        // A flat table over the whole address space was 64 MiB of references, all of them scanned (and so
+        // made resident) by every full GC. The tables on the paths of these arenas are a few hundred KB.
+        Assert.InRange(ArenaRegistry.TableBytes(), 1, 1 << 20);
+        blocks.ForEach(allocator.FreePages);
+        AssertClean(allocator);
+    }
+
     private static void AssertNotFound(nint address)
     {
         Assert.False(PageAllocator.TryGetPage(address, out Page page), $"0x{address:x} was found");

@@ -1,0 +1,74 @@
+using System.IO.Pipelines;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace PageFrag.Examples.Kestrel;
+
+/// <summary>
+/// A small Kestrel app whose memory pool is chosen on the command line: Kestrel's own
+/// (<c>--pool default</c>) or PageFrag's (<c>--pool pagefrag</c>, the one line
+/// <c>builder.Services.AddPageFragMemoryPool()</c>). <c>bench/kestrel-wrk.sh</c> loads it with wrk.
+/// </summary>
+internal static class KestrelExample
+{
+    /// <summary>The pool names <c>--pool</c> accepts.</summary>
+    public static readonly string[] Pools = ["default", "pagefrag"];
+
+    /// <summary>
+    /// Builds the app: <c>GET /hello</c> (a 5-byte body) and <c>GET /bytes/{size}</c> (a body of
+    /// <c>size</c> bytes written through the response's <see cref="PipeWriter"/> in 4 KiB pieces).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>.</exception>
+    public static WebApplication Build(string pool, string urls)
+    {
+        if (!Pools.Contains(pool))
+        {
+            throw new ArgumentException($"Unknown pool '{pool}': use {string.Join(" or ", Pools)}.", nameof(pool));
+        }
+
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls(urls);
+        if (pool == "pagefrag")
+        {
+            builder.Services.AddPageFragMemoryPool();
+        }
+
+        WebApplication app = builder.Build();
+        app.MapGet("/hello", () => "hello");
+        app.MapGet("/bytes/{size:int}", WriteBytesAsync);
+        return app;
+    }
+
+    /// <summary>The byte at <paramref name="position"/> of a <c>/bytes</c> body.</summary>
+    public static byte Pattern(long position) => (byte)(position * 7);
+
+    private static async Task WriteBytesAsync(int size, HttpContext context)
+    {
+        if (size < 0 || size > 64 << 20)
+        {
+            context.Response.StatusCode = StatusCodes.Status400BadRequest;
+            return;
+        }
+
+        context.Response.ContentLength = size;
+        PipeWriter writer = context.Response.BodyWriter;
+        for (long written = 0; written < size;)
+        {
+            Span<byte> span = writer.GetSpan(4096);
+            int n = (int)Math.Min(span.Length, size - written);
+            for (int i = 0; i < n; i++)
+            {
+                span[i] = Pattern(written + i);
+            }
+
+            writer.Advance(n);
+            written += n;
+        }
+
+        await writer.FlushAsync();
+    }
+}

@@ -1,0 +1,32 @@
+using PageFrag.Examples.Kestrel;
+
+// Usage: PageFrag.Examples.Kestrel [--pool default|pagefrag] [--urls http://127.0.0.1:5080]
+string pool = "pagefrag", urls = "http://127.0.0.1:5080";
+for (int i = 0; i + 1 < args.Length; i += 2)
+{
+    switch (args[i])
+    {
+        case "--pool":
+            pool = args[i + 1];
+            break;
+        case "--urls":
+            urls = args[i + 1];
+            break;
+        default:
+            Console.Error.WriteLine($"Unknown option '{args[i]}'. Usage: [--pool default|pagefrag] [--urls URL]");
+            return 2;
+    }
+}
+
+try
+{
+    await using var app = KestrelExample.Build(pool, urls);
+    Console.WriteLine($"pool {pool}, listening on {urls}");
+    await app.RunAsync();
+    return 0;
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine(e.Message);
+    return 2;
+}
