@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using System.Runtime.CompilerServices;
 using PageFrag.Buffers;
 using PageFrag.Pages;
+using PageFrag.Pool;
 
 namespace PageFrag.Diagnostics;
 
@@ -27,10 +28,14 @@ namespace PageFrag.Diagnostics;
 /// <item><term>pagefrag.memory_pool.truesize_held</term><description>up-down counter, By: memory those buffers keep from reuse</description></item>
 /// <item><term>pagefrag.pages.in_use</term><description>up-down counter, {page}: pages handed out by the allocator (caches and pools included)</description></item>
 /// <item><term>pagefrag.pages.total</term><description>up-down counter, {page}: pages in the allocator's arenas</description></item>
+/// <item><term>pagefrag.page_pool.alloc</term><description>counter, {page}: the page pool's allocation counters (page_pool_get_stats), one series per <c>pagefrag.page_pool.alloc.kind</c>: fast, slow, slow_high_order, empty, refill, waive</description></item>
+/// <item><term>pagefrag.page_pool.recycle</term><description>counter, {page}: the recycle counters, one series per <c>pagefrag.page_pool.recycle.kind</c>: cached, cache_full, ring, ring_full, released_refcnt</description></item>
+/// <item><term>pagefrag.page_pool.in_flight</term><description>up-down counter, {page}: pages the pool took and has not given back (in its cache, its ring or in use)</description></item>
 /// </list>
 /// <para>Pool measurements carry <c>pagefrag.memory_pool.owner</c> (the pool's name, when it has one) and
-/// <c>pagefrag.memory_pool.id</c>; allocator measurements carry <c>pagefrag.allocator.id</c>. Ids are
-/// assigned in tracking order.</para>
+/// <c>pagefrag.memory_pool.id</c>; allocator measurements carry <c>pagefrag.allocator.id</c>; page pool
+/// measurements carry <c>pagefrag.page_pool.id</c> (the pool's <see cref="PagePool.Id"/>). Memory pool and
+/// allocator ids are assigned in tracking order.</para>
 /// <para>Threading: any thread. Tracked objects are held weakly; disposed pools stop reporting.</para>
 /// </remarks>
 public sealed class PageFragMetrics : IDisposable
@@ -42,6 +47,7 @@ public sealed class PageFragMetrics : IDisposable
     private readonly bool _ownsMeter;
     private readonly ConditionalWeakTable<PageFragMemoryPool, Tracked> _pools = new();
     private readonly ConditionalWeakTable<PageAllocator, Tracked> _allocators = new();
+    private readonly ConditionalWeakTable<PagePool, Tracked> _pagePools = new();
     private int _nextPoolId;
     private int _nextAllocatorId;
     private long _observations;
@@ -68,6 +74,12 @@ public sealed class PageFragMetrics : IDisposable
             "Pages handed out by the page allocator, including those held by caches and pools.");
         _meter.CreateObservableUpDownCounter("pagefrag.pages.total", () => ObserveAllocators(static a => a.GetStats().TotalPages), "{page}",
             "Pages in the page allocator's arenas.");
+        _meter.CreateObservableCounter("pagefrag.page_pool.alloc", ObservePagePoolAllocs, "{page}",
+            "Page pool allocations by path (page_pool_get_stats alloc_stats).");
+        _meter.CreateObservableCounter("pagefrag.page_pool.recycle", ObservePagePoolRecycles, "{page}",
+            "Page pool recycling by outcome (page_pool_get_stats recycle_stats).");
+        _meter.CreateObservableUpDownCounter("pagefrag.page_pool.in_flight", ObservePagePoolInFlight, "{page}",
+            "Pages the page pool took and has not given back.");
     }
 
     /// <summary>The meter (to filter on in a <see cref="MeterListener"/>).</summary>
@@ -91,6 +103,14 @@ public sealed class PageFragMetrics : IDisposable
     {
         ArgumentNullException.ThrowIfNull(allocator);
         _allocators.TryAdd(allocator, new Tracked(Interlocked.Increment(ref _nextAllocatorId)));
+    }
+
+    /// <summary>Reports <paramref name="pool"/>'s statistics until it is released (every page back) or collected.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="pool"/> is null.</exception>
+    public void Track(PagePool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        _pagePools.TryAdd(pool, new Tracked(pool.Id));
     }
 
     /// <summary>Disposes the meter if this object created it (a meter from an <see cref="IMeterFactory"/> belongs to the factory).</summary>
@@ -131,6 +151,56 @@ public sealed class PageFragMetrics : IDisposable
         foreach (KeyValuePair<PageAllocator, Tracked> entry in _allocators)
         {
             measurements.Add(new Measurement<long>(field(entry.Key), new KeyValuePair<string, object?>("pagefrag.allocator.id", entry.Value.Id)));
+        }
+
+        return measurements;
+    }
+
+    private IEnumerable<Measurement<long>> ObservePagePoolAllocs() => ObservePagePools("pagefrag.page_pool.alloc.kind", static (in PagePoolStats s) =>
+    [
+        ("fast", s.AllocFast), ("slow", s.AllocSlow), ("slow_high_order", s.AllocSlowHighOrder),
+        ("empty", s.AllocEmpty), ("refill", s.AllocRefill), ("waive", s.AllocWaive),
+    ]);
+
+    private IEnumerable<Measurement<long>> ObservePagePoolRecycles() => ObservePagePools("pagefrag.page_pool.recycle.kind", static (in PagePoolStats s) =>
+    [
+        ("cached", s.RecycleCached), ("cache_full", s.RecycleCacheFull), ("ring", s.RecycleRing),
+        ("ring_full", s.RecycleRingFull), ("released_refcnt", s.RecycleReleasedRefcnt),
+    ]);
+
+    private IEnumerable<Measurement<long>> ObservePagePoolInFlight()
+    {
+        Interlocked.Increment(ref _observations);
+        var measurements = new List<Measurement<long>>();
+        foreach (KeyValuePair<PagePool, Tracked> entry in _pagePools)
+        {
+            if (!entry.Key.IsReleased)
+            {
+                measurements.Add(new Measurement<long>(entry.Key.InFlight, new KeyValuePair<string, object?>("pagefrag.page_pool.id", entry.Value.Id)));
+            }
+        }
+
+        return measurements;
+    }
+
+    private delegate (string Kind, long Value)[] StatsFields(in PagePoolStats stats);
+
+    private IEnumerable<Measurement<long>> ObservePagePools(string kindTag, StatsFields fields)
+    {
+        Interlocked.Increment(ref _observations);
+        var measurements = new List<Measurement<long>>();
+        foreach (KeyValuePair<PagePool, Tracked> entry in _pagePools)
+        {
+            if (entry.Key.IsReleased)
+            {
+                continue;
+            }
+
+            KeyValuePair<string, object?> id = new("pagefrag.page_pool.id", entry.Value.Id);
+            foreach ((string kind, long value) in fields(entry.Key.GetStats()))
+            {
+                measurements.Add(new Measurement<long>(value, id, new KeyValuePair<string, object?>(kindTag, kind)));
+            }
         }
 
         return measurements;
