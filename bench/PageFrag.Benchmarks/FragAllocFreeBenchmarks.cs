@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
 using PageFrag.Frag;
@@ -43,124 +44,34 @@ public class FragAllocFreeBenchmarks : FragCacheBenchmark
     }
 
     [Benchmark(OperationsPerInvoke = Operations)]
-    public long PageFragAllocFree()
-    {
-        PageFragCache cache = Cache;
-        int size = Size;
-        long sum = 0;
-        for (int i = 0; i < Operations; i++)
-        {
-            if (!cache.TryAlloc(size, out PageFragment fragment))
-            {
-                ThrowAllocFailed(size);
-            }
-
-            Span<byte> buffer = fragment.Span;
-            Stamp.Write(buffer, i);
-            sum += Stamp.Read(buffer);
-            PageFragCache.Free(in fragment);
-        }
-
-        return sum;
-    }
+    public long PageFragAllocFree() =>
+        AllocFreeLoop<ByHandle>(Cache, alignment: 0);
 
     /// <summary>
     /// The owner frees with <see cref="PageFragCache.FreeLocal"/>: the reference goes back to the cache's bias,
     /// so the pair does no atomic operation at all (the double-free mark is a plain write).
     /// </summary>
     [Benchmark(OperationsPerInvoke = Operations)]
-    public long PageFragFreeLocal()
-    {
-        PageFragCache cache = Cache;
-        int size = Size;
-        long sum = 0;
-        for (int i = 0; i < Operations; i++)
-        {
-            if (!cache.TryAlloc(size, out PageFragment fragment))
-            {
-                ThrowAllocFailed(size);
-            }
-
-            Span<byte> buffer = fragment.Span;
-            Stamp.Write(buffer, i);
-            sum += Stamp.Read(buffer);
-            cache.FreeLocal(in fragment);
-        }
-
-        return sum;
-    }
+    public long PageFragFreeLocal() =>
+        AllocFreeLoop<Locally>(Cache, alignment: 0);
 
     /// <summary>
     /// The same without double-free detection (<c>PageAllocatorOptions.DetectDoubleFree</c> off):
-    /// the free is one atomic decrement instead of an atomic OR on the mark bitmap and a decrement.
+    /// the free is the atomic decrement alone, without the plain write of the double-free mark.
     /// </summary>
     [Benchmark(OperationsPerInvoke = Operations)]
-    public long PageFragNoDoubleFreeCheck()
-    {
-        PageFragCache cache = UncheckedCache;
-        int size = Size;
-        long sum = 0;
-        for (int i = 0; i < Operations; i++)
-        {
-            if (!cache.TryAlloc(size, out PageFragment fragment))
-            {
-                ThrowAllocFailed(size);
-            }
-
-            Span<byte> buffer = fragment.Span;
-            Stamp.Write(buffer, i);
-            sum += Stamp.Read(buffer);
-            PageFragCache.Free(in fragment);
-        }
-
-        return sum;
-    }
+    public long PageFragNoDoubleFreeCheck() =>
+        AllocFreeLoop<ByHandle>(UncheckedCache, alignment: 0);
 
     /// <summary>Free by address (page_frag_free(va)): the arena is found through the address registry.</summary>
     [Benchmark(OperationsPerInvoke = Operations)]
-    public long PageFragFreeByAddress()
-    {
-        PageFragCache cache = Cache;
-        int size = Size;
-        long sum = 0;
-        for (int i = 0; i < Operations; i++)
-        {
-            if (!cache.TryAlloc(size, out PageFragment fragment))
-            {
-                ThrowAllocFailed(size);
-            }
-
-            Span<byte> buffer = fragment.Span;
-            Stamp.Write(buffer, i);
-            sum += Stamp.Read(buffer);
-            PageFragCache.Free(fragment.Address);
-        }
-
-        return sum;
-    }
+    public long PageFragFreeByAddress() =>
+        AllocFreeLoop<ByAddress>(Cache, alignment: 0);
 
     /// <summary>Cache-line aligned fragments (page_frag_alloc_align with 64 bytes).</summary>
     [Benchmark(OperationsPerInvoke = Operations)]
-    public long PageFragAligned64()
-    {
-        PageFragCache cache = Cache;
-        int size = Size;
-        long sum = 0;
-        for (int i = 0; i < Operations; i++)
-        {
-            if (!cache.TryAlloc(size, 64, out PageFragment fragment))
-            {
-                ThrowAllocFailed(size);
-            }
-
-            Span<byte> buffer = fragment.Span;
-            Stamp.Write(buffer, i);
-            sum += Stamp.Read(buffer);
-            PageFragCache.Free(in fragment);
-        }
-
-        return sum;
-    }
+    public long PageFragAligned64() =>
+        AllocFreeLoop<ByHandle>(Cache, alignment: 64);
 
     /// <summary>The send-path pattern: prepare, write into the prepared space, commit what was written.</summary>
     [Benchmark(OperationsPerInvoke = Operations)]
@@ -216,5 +127,54 @@ public class FragAllocFreeBenchmarks : FragCacheBenchmark
         }
 
         return sum;
+    }
+
+    /// <summary>
+    /// The loop every fragment cache variant but prepare/commit shares: alloc (aligned when
+    /// <paramref name="alignment"/> is not 0), stamp, read back, free the <typeparamref name="TFree"/> way.
+    /// The strategy is a struct, so the JIT compiles one specialised loop per variant with the free inlined.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private long AllocFreeLoop<TFree>(PageFragCache cache, int alignment)
+        where TFree : struct, IFree
+    {
+        int size = Size;
+        long sum = 0;
+        for (int i = 0; i < Operations; i++)
+        {
+            bool ok = alignment == 0 ? cache.TryAlloc(size, out PageFragment fragment) : cache.TryAlloc(size, alignment, out fragment);
+            if (!ok)
+            {
+                ThrowAllocFailed(size);
+            }
+
+            Span<byte> buffer = fragment.Span;
+            Stamp.Write(buffer, i);
+            sum += Stamp.Read(buffer);
+            default(TFree).Free(cache, in fragment);
+        }
+
+        return sum;
+    }
+
+    /// <summary>How a variant frees its fragment.</summary>
+    private interface IFree
+    {
+        public void Free(PageFragCache cache, in PageFragment fragment);
+    }
+
+    private readonly struct ByHandle : IFree
+    {
+        public void Free(PageFragCache cache, in PageFragment fragment) => PageFragCache.Free(in fragment);
+    }
+
+    private readonly struct Locally : IFree
+    {
+        public void Free(PageFragCache cache, in PageFragment fragment) => cache.FreeLocal(in fragment);
+    }
+
+    private readonly struct ByAddress : IFree
+    {
+        public void Free(PageFragCache cache, in PageFragment fragment) => PageFragCache.Free(fragment.Address);
     }
 }
