@@ -18,6 +18,9 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
 
     public FragmentMemoryOwner(PageFragMemoryPool.CpuSlot home) => _home = home;
 
+    /// <summary>The CPU slot that rented the buffer and takes it back.</summary>
+    internal PageFragMemoryPool.CpuSlot Home => _home;
+
     /// <summary>The rented bytes, over the pinned backing array.</summary>
     /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
     public Memory<byte> Memory
@@ -48,27 +51,22 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
     /// <summary>Gives the buffer back (any thread). A second call before the object is reused does nothing.</summary>
     public void Dispose()
     {
-        int trueSize;
         PageFragment fragment = _fragment;
         if (!fragment.IsEmpty)
         {
             _fragment = default;
-            trueSize = fragment.TrueSize;
-            PageFragCache.Free(fragment);
+            _home.ReturnFragment(this, in fragment);
+            return;
         }
-        else
+
+        Page block = _block;
+        if (block.IsEmpty)
         {
-            Page block = _block;
-            if (block.IsEmpty)
-            {
-                return;
-            }
-
-            _block = default;
-            trueSize = block.Length;
-            block.Allocator.FreePages(block);
+            return;
         }
 
-        _home.Returned(this, trueSize);
+        _block = default;
+        block.Allocator.FreePages(block);
+        _home.Returned(this, block.Length);
     }
 }

@@ -23,7 +23,10 @@ namespace PageFrag.Buffers;
 /// keeps one <see cref="PageFragCache"/> per CPU, each behind its own lock (the kernel's per-CPU cache with
 /// a local lock): a rent takes the lock of the CPU it runs on, or of any free one if that is busy, so the
 /// lock is uncontended in practice; a trim can drain every cache safely, which per-thread caches would not
-/// allow. A buffer may be disposed on any thread.</para>
+/// allow. A buffer may be disposed on any thread; when its CPU's lock is free, the return is done as that
+/// cache's owner (<see cref="PageFragCache.FreeLocal"/>: no atomic when the fragment is on the current
+/// page). The lock is a one-word spin gate: one compare-and-swap to enter, a plain release store to leave,
+/// so an uncontended rent or return costs one atomic operation.</para>
 /// <para><b>Owners are recycled.</b> The <see cref="IMemoryOwner{T}"/> objects are pooled per CPU, so
 /// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. As with <see cref="MemoryPool{T}.Shared"/>,
 /// a second <c>Dispose</c> is ignored and <c>Memory</c> after <c>Dispose</c> throws
@@ -123,7 +126,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
         finally
         {
-            slot.Lock.Exit();
+            slot.Exit();
         }
 
         if (owner is null)
@@ -147,9 +150,14 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         long evicted = 0;
         foreach (CpuSlot slot in _slots)
         {
-            lock (slot.Lock)
+            slot.Enter();
+            try
             {
                 evicted += slot.TrimLocked(idleOnly);
+            }
+            finally
+            {
+                slot.Exit();
             }
         }
 
@@ -167,7 +175,8 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0;
         foreach (CpuSlot slot in _slots)
         {
-            lock (slot.Lock)
+            slot.Enter();
+            try
             {
                 rents += slot.Rents;
                 rented += slot.RentedBytes;
@@ -178,6 +187,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 reused += slot.Cache.PagesReused;
                 returns += slot.Returns;
                 returned += slot.ReturnedBytes;
+            }
+            finally
+            {
+                slot.Exit();
             }
 
             returns += Interlocked.Read(ref slot.ContendedReturns);
@@ -213,9 +226,14 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         _disposed = true;
         foreach (CpuSlot slot in _slots)
         {
-            lock (slot.Lock)
+            slot.Enter();
+            try
             {
                 slot.TrimLocked(idleOnly: false);
+            }
+            finally
+            {
+                slot.Exit();
             }
         }
 
@@ -231,7 +249,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         CpuSlot[] slots = _slots;
         int start = (int)((uint)Thread.GetCurrentProcessorId() % (uint)slots.Length);
         CpuSlot home = slots[start];
-        if (home.Lock.TryEnter())
+        if (home.TryEnter())
         {
             return home;
         }
@@ -247,24 +265,26 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         for (int i = 1; i < slots.Length; i++)
         {
             CpuSlot slot = slots[(start + i) % slots.Length];
-            if (slot.Lock.TryEnter())
+            if (slot.TryEnter())
             {
                 return slot;
             }
         }
 
-        slots[start].Lock.Enter();
+        slots[start].Enter();
         return slots[start];
     }
 
     /// <summary>
     /// One CPU's share of the pool: a fragment cache and a stash of owner objects behind one lock, plus
-    /// the counters, written under <see cref="Lock"/> except the contended-return pair (interlocked).
+    /// the counters, written under the lock except the contended-return pair (interlocked).
     /// </summary>
     internal sealed class CpuSlot
     {
-        public readonly Lock Lock = new();
         public readonly PageFragCache Cache;
+
+        // The lock: 1 while held. Held for tens of nanoseconds, never across a call that can block.
+        private int _busy;
         private readonly PageAllocator _allocator;
         private readonly FragmentMemoryOwner?[] _owners = new FragmentMemoryOwner?[OwnerStashCapacity];
         private int _ownerCount;
@@ -343,15 +363,62 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             return owner;
         }
 
-        /// <summary>A buffer of this slot came back (any thread); its owner object is kept if the lock is free.</summary>
+        /// <summary>Takes the lock if it is free: one compare-and-swap.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public bool TryEnter() => Interlocked.CompareExchange(ref _busy, 1, 0) == 0;
+
+        /// <summary>Takes the lock, spinning (and yielding, then sleeping, if the holder was preempted).</summary>
+        public void Enter()
+        {
+            if (!TryEnter())
+            {
+                EnterContended();
+            }
+        }
+
+        /// <summary>Releases the lock: a release store, every write made under the lock visible before it.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Exit() => Volatile.Write(ref _busy, 0);
+
+        /// <summary>
+        /// A fragment of this slot came back (any thread). With the lock free, the return is the cache
+        /// owner's (<see cref="PageFragCache.FreeLocal"/>) and the owner object is kept; otherwise the
+        /// fragment is freed as from any thread and only counted.
+        /// </summary>
+        /// <exception cref="PageFragDoubleFreeException">The fragment was already freed.</exception>
+        public void ReturnFragment(FragmentMemoryOwner owner, in PageFragment fragment)
+        {
+            if (TryEnter())
+            {
+                try
+                {
+                    Cache.FreeLocal(in fragment);
+                    Returns++;
+                    ReturnedBytes += fragment.TrueSize;
+                    StashLocked(owner);
+                }
+                finally
+                {
+                    Exit();
+                }
+            }
+            else
+            {
+                PageFragCache.Free(in fragment);
+                Interlocked.Increment(ref ContendedReturns);
+                Interlocked.Add(ref ContendedReturnedBytes, fragment.TrueSize);
+            }
+        }
+
+        /// <summary>A dedicated block of this slot came back (any thread); its owner object is kept if the lock is free.</summary>
         public void Returned(FragmentMemoryOwner owner, int trueSize)
         {
-            if (Lock.TryEnter())
+            if (TryEnter())
             {
                 Returns++;
                 ReturnedBytes += trueSize;
                 StashLocked(owner);
-                Lock.Exit();
+                Exit();
             }
             else
             {
@@ -374,6 +441,17 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             Cache.Drain();
             EvictedBytes += free;
             return free;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void EnterContended()
+        {
+            SpinWait spinner = default;
+            do
+            {
+                spinner.SpinOnce();
+            }
+            while (Volatile.Read(ref _busy) != 0 || !TryEnter());
         }
 
         private void StashLocked(FragmentMemoryOwner owner)

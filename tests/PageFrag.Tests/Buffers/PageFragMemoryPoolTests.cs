@@ -95,6 +95,123 @@ public class PageFragMemoryPoolTests
     }
 
     [Fact]
+    public void A_buffer_returned_while_its_cache_is_free_goes_back_to_the_bias_and_otherwise_to_the_page_count()
+    {
+        using PageAllocator allocator = WarmAllocator();
+        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
+        {
+            IMemoryOwner<byte> keep = pool.Rent(100);
+            IMemoryOwner<byte> local = pool.Rent(100);
+            IMemoryOwner<byte> contended = pool.Rent(100);
+            Page page = PageOf(keep);
+            Assert.Equal(page, PageOf(local));
+            Assert.Equal(page, PageOf(contended));
+            int refCount = page.RefCount;
+
+            // Uncontended: the return is the cache owner's, a plain increment of the bias.
+            local.Dispose();
+            Assert.Equal(refCount, page.RefCount);
+
+            // With the cache's lock held elsewhere the return does not wait: an atomic decrement of the page.
+            PageFragMemoryPool.CpuSlot slot = ((FragmentMemoryOwner)contended).Home;
+            Assert.True(slot.TryEnter());
+            contended.Dispose();
+            slot.Exit();
+            Assert.Equal(refCount - 1, page.RefCount);
+
+            PageFragMemoryPoolStats stats = pool.GetStats();
+            Assert.Equal(3, stats.Rents);
+            Assert.Equal(2, stats.Returns);
+            Assert.Equal(128, stats.OutstandingBytes);
+            keep.Dispose();
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void Buffers_returned_locally_and_from_other_threads_never_overlap_a_live_buffer()
+    {
+        using PageAllocator allocator = WarmAllocator();
+        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
+        {
+            const int Rounds = 20_000;
+            var handOff = new System.Collections.Concurrent.BlockingCollection<(IMemoryOwner<byte> Owner, byte Tag)>(boundedCapacity: 256);
+            long corrupted = 0;
+
+            // Each worker keeps a window of live buffers it returns itself (the local path, racing with the
+            // other worker's returns into the same caches) and hands every third buffer to the other side.
+            void Work(int id)
+            {
+                var window = new Queue<(IMemoryOwner<byte> Owner, byte Tag)>();
+                for (int i = 0; i < Rounds; i++)
+                {
+                    byte tag = (byte)(id * 100 + i % 97);
+                    IMemoryOwner<byte> owner = pool.Rent(1 + (i * 37 % 3000));
+                    owner.Memory.Span.Fill(tag);
+                    if (i % 3 == 0)
+                    {
+                        handOff.Add((owner, tag));
+                    }
+                    else
+                    {
+                        window.Enqueue((owner, tag));
+                    }
+
+                    if (window.Count > 32 || (window.Count > 0 && i == Rounds - 1))
+                    {
+                        Release(window.Dequeue());
+                    }
+
+                    while (handOff.TryTake(out (IMemoryOwner<byte>, byte) other))
+                    {
+                        Release(other);
+                    }
+                }
+
+                while (window.Count > 0)
+                {
+                    Release(window.Dequeue());
+                }
+            }
+
+            void Release((IMemoryOwner<byte> Owner, byte Tag) item)
+            {
+                if (item.Owner.Memory.Span.ContainsAnyExcept(item.Tag))
+                {
+                    Interlocked.Increment(ref corrupted);
+                }
+
+                item.Owner.Dispose();
+            }
+
+            var workers = Enumerable.Range(1, 2).Select(id => new Thread(() => Work(id))).ToList();
+            workers.ForEach(t => t.Start());
+            workers.ForEach(t => t.Join());
+            while (handOff.TryTake(out (IMemoryOwner<byte>, byte) left))
+            {
+                Release(left);
+            }
+
+            Assert.Equal(0, Interlocked.Read(ref corrupted));
+            PageFragMemoryPoolStats stats = pool.GetStats();
+            Assert.Equal(2 * Rounds, stats.Rents);
+            Assert.Equal(stats.Rents, stats.Returns);
+            Assert.Equal(0, stats.OutstandingBytes);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    private static unsafe Page PageOf(IMemoryOwner<byte> owner)
+    {
+        Assert.True(MemoryMarshal.TryGetArray<byte>(owner.Memory, out ArraySegment<byte> segment));
+        nint address = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref segment.Array![segment.Offset]);
+        Assert.True(PageAllocator.TryGetPage(address, out Page page));
+        return page;
+    }
+
+    [Fact]
     public void A_second_Dispose_of_a_buffer_is_ignored_like_MemoryPool_Shared()
     {
         using PageAllocator allocator = WarmAllocator();
