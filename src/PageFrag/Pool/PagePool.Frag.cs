@@ -10,7 +10,7 @@ namespace PageFrag.Pool;
 //   frag page: [ frag 0 | frag 1 | frag 2 |            free            ]
 //               0                          ^ _fragOffset               ^ PageSize
 //   pp_ref_count = BiasMax - (fragments already freed)     (set once when the page starts)
-//   _fragUsers   = fragments handed out                     (owner-local, no atomics)
+//   _fragUsers   = fragments handed out, less those the owner freed itself (owner-local, no atomics)
 //
 // When the page is full, the pool drops its unused bias (BiasMax - _fragUsers). If that brings the count to
 // zero, every fragment is already free and the page is reused in place; otherwise the last fragment freed
@@ -209,12 +209,20 @@ public sealed partial class PagePool
             return;
         }
 
+        // A plain read-modify-write, as the fragment cache's mark (PageFragCache.TryMarkFreed): only freeing
+        // threads write a page's mark words, and the owner clears them only after the page's count reached
+        // zero, that is after every mark of the page was written. Two threads freeing neighbours in the same
+        // 512 bytes can lose a mark (a missed detection), never invent one.
         int granule = (buffer.NetMem.AreaOffset + buffer.Offset) >> 3;
         long bit = 1L << (granule & 63);
-        if ((Interlocked.Or(ref area.FreeMarks[granule >> 6], bit) & bit) != 0)
+        ref long word = ref area.FreeMarks[granule >> 6];
+        long old = Volatile.Read(ref word);
+        if ((old & bit) != 0)
         {
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }
+
+        word = old | bit;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

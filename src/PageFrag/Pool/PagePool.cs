@@ -538,7 +538,7 @@ public sealed partial class PagePool : IDisposable
     public void PutBuffer(in PagePoolBuffer buffer, bool allowDirect)
     {
         ref PageDescriptor d = ref CheckHeld(buffer.NetMem, nameof(buffer));
-        PutBufferCore(buffer, ref d, allowDirect);
+        PutBufferCore(buffer, ref d, allowDirect && ReferenceEquals(Thread.CurrentThread, _owner));
     }
 
     /// <summary>
@@ -626,12 +626,20 @@ public sealed partial class PagePool : IDisposable
         PutUnrefed(netmem, ref d, dmaSyncSize, allowDirect);
     }
 
+    // allowDirect: true only on the owner thread (the callers check).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void PutBufferCore(in PagePoolBuffer buffer, ref PageDescriptor d, bool allowDirect)
     {
         if (buffer.IsFragment)
         {
             MarkFragmentFreed(buffer);
+            if (allowDirect && _fragLimit != 0 && buffer.NetMem.Equals(_fragPage))
+            {
+                // The owner frees a fragment of the page it is carving: the reference goes back to the part
+                // of the bias not yet handed out, dropped in one go when the page is drained. No atomic.
+                _fragUsers--;
+                return;
+            }
         }
 
         if (Unref(ref d, 1) == 0)

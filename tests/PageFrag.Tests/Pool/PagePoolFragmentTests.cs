@@ -28,10 +28,38 @@ public class PagePoolFragmentTests
         b.Span.Fill(2);
         c.Span.Fill(3);
         Assert.All(a.Span.ToArray(), x => Assert.Equal(1, x));
+
+        // The owner's free of a fragment of the page being carved goes back to the unused bias: no atomic,
+        // the count is untouched until the page is drained. A free on another thread is an atomic decrement.
         b.Free();
-        Assert.Equal(PagePool.BiasMax - 1, a.NetMem.PpRefCount);
-        a.Free();
+        Assert.Equal(PagePool.BiasMax, a.NetMem.PpRefCount);
+        OnOtherThread(() => a.Free());
+        Assert.Equal(PagePool.BiasMax - 1, c.NetMem.PpRefCount);
         c.Free();
+        DisposeAndAssertNoLeak(pool, allocator);
+    }
+
+    [Fact]
+    public void Fragments_freed_by_the_owner_while_carving_let_the_full_page_be_reused_in_place()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        PagePool pool = NewPool(allocator);
+        Assert.True(pool.TryAllocFrag(1000, out PagePoolBuffer first));
+        NetMem page = first.NetMem;
+        first.Free();
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.True(pool.TryAllocFrag(1000, out PagePoolBuffer f));
+            Assert.Equal(page.Address, f.NetMem.Address);
+            f.Free();
+        }
+
+        // The fifth 1024-byte piece does not fit: the drain finds every fragment free and reuses the page.
+        Assert.True(pool.TryAllocFrag(1000, out PagePoolBuffer next));
+        Assert.Equal(page.Address, next.NetMem.Address);
+        Assert.Equal(0, next.Offset);
+        Assert.Throws<PageFragDoubleFreeException>(() => first.Free());
+        next.Free();
         DisposeAndAssertNoLeak(pool, allocator);
     }
 
