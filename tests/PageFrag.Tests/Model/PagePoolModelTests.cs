@@ -486,7 +486,12 @@ public class PagePoolModelTests
                         gone.Add(h);
                     }
 
-                    if (model.Unref(h.Page, 1) == 0)
+                    if (!h.IsNetMem && h.Buffer.IsFragment && p.How is 0 or 2 && model.FragLimit != 0 && h.Page == model.FragPage)
+                    {
+                        // The owner's free of a fragment of the page being carved goes back to the unused bias.
+                        model.FragUsers--;
+                    }
+                    else if (model.Unref(h.Page, 1) == 0)
                     {
                         model.PutUnrefed(h.Page, direct: p.How is 0 or 2);
                     }
