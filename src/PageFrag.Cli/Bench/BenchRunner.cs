@@ -41,6 +41,7 @@ internal sealed class SilentBenchProgress : IBenchProgress
 internal static class BenchRunner
 {
     private static readonly TimeSpan s_childTimeout = TimeSpan.FromMinutes(10);
+    private static readonly TimeSpan s_warmUpTime = TimeSpan.FromMilliseconds(500);
 
     public static BenchReportData Run(BenchOptions options, PeerResources peers, IBenchProgress progress)
     {
@@ -90,7 +91,7 @@ internal static class BenchRunner
             BenchScenario.SingleThread => "alloc + touch + free pairs per run",
             _ => "buffers per thread per run (two rings of 512)",
         };
-        result.Notes.Add(string.Create(CultureInfo.InvariantCulture, $"{options.Ops:N0} {what}; median of {options.Runs} run(s); warm-up {WarmUpOps(options.Ops):N0}."));
+        result.Notes.Add(string.Create(CultureInfo.InvariantCulture, $"{options.Ops:N0} {what}; median of {options.Runs} run(s); each peer warmed up first with runs of {WarmUpOps(options.Ops):N0}{(options.Quick ? "" : " for at least 0.5 s")}."));
         IReadOnlyList<BenchPeer> peers = options.PeersFor(scenario);
         foreach (int size in options.SizesFor(scenario))
         {
@@ -112,7 +113,8 @@ internal static class BenchRunner
                         progress.Step(label);
                     }
 
-                    Measure(row, warmUp, () => measure(row.Peer, size, warmUp ? WarmUpOps(options.Ops) : options.Ops, label));
+                    long count = warmUp ? WarmUpOps(options.Ops) : options.Ops;
+                    Measure(row, warmUp, options.Quick, () => measure(row.Peer, size, count, label));
                 }
             }
         }
@@ -126,7 +128,7 @@ internal static class BenchRunner
         int[] sizes = WriterScenario.MessageSizes(options.Messages, options.Seed);
         long total = sizes.Sum(s => (long)s);
         result.Notes.Add(string.Create(CultureInfo.InvariantCulture,
-            $"{options.Messages:N0} messages of {WriterScenario.MinMessage}-{WriterScenario.MaxMessage} B ({total:N0} B) per run, serialized, the sequence walked, then released; median of {options.Runs} run(s) after one warm-up run."));
+            $"{options.Messages:N0} messages of {WriterScenario.MinMessage}-{WriterScenario.MaxMessage} B ({total:N0} B) per run, serialized, the sequence walked, then released; median of {options.Runs} run(s); each writer warmed up first{(options.Quick ? " with one run" : " for at least 0.5 s")}."));
         var c = new CaseResult($"{options.Messages:N0} messages", null);
         result.Cases.Add(c);
         var writers = new Dictionary<BenchPeer, WriterScenario.IWriterPeer>();
@@ -156,7 +158,7 @@ internal static class BenchRunner
                         progress.Step($"4. {BenchPeers.Name(row.Peer)} ({round}/{options.Runs})");
                     }
 
-                    Measure(row, warmUp, () => WriterScenario.Run(writers[row.Peer], sizes, total));
+                    Measure(row, warmUp, options.Quick, () => WriterScenario.Run(writers[row.Peer], sizes, total));
                 }
             }
         }
@@ -198,7 +200,7 @@ internal static class BenchRunner
                 foreach (PeerResult row in c.Rows.Where(r => r.Ok))
                 {
                     progress.Step($"5. {BenchPeers.Name(row.Peer)} {MemoryScenario.OrderName(order)} ({round}/{options.Runs})");
-                    Measure(row, warmUp: false, () => options.InProcess
+                    Measure(row, warmUp: false, quick: true, () => options.InProcess
                         ? MemoryScenario.RunHere(row.Peer, order, options.Window, options.Renewals, options.Seed, peers, isolated: false)
                         : MemoryScenario.RunInChild(row.Peer, order, options.Window, options.Renewals, options.Seed, s_childTimeout));
                 }
@@ -208,20 +210,35 @@ internal static class BenchRunner
         return result;
     }
 
-    private static void Measure(PeerResult row, bool warmUp, Func<RunFigures> measure)
+    /// <summary>
+    /// Takes one measurement into <paramref name="row"/>, or records why it failed. A warm-up is repeated until
+    /// it has run for <see cref="s_warmUpTime"/> (at most ten times, once with <paramref name="quick"/>): a
+    /// peer's library code starts out in the JIT's quick tier and is recompiled optimized after about a
+    /// hundred milliseconds of calls, and every peer must be measured in its optimized form.
+    /// </summary>
+    private static void Measure(PeerResult row, bool warmUp, bool quick, Func<RunFigures> measure)
     {
+        long start = Stopwatch.GetTimestamp();
+        int repetitions = 0;
         try
         {
-            RunFigures figures = measure();
-            if (!warmUp)
+            do
             {
-                row.Runs.Add(figures);
+                RunFigures figures = measure();
+                if (!warmUp)
+                {
+                    row.Runs.Add(figures);
+                    return;
+                }
+
+                if (figures.LeakedPages is > 0)
+                {
+                    row.Runs.Add(figures);
+                    row.Failure = $"{figures.LeakedPages} page(s) leaked in the warm-up.";
+                    return;
+                }
             }
-            else if (figures.LeakedPages is > 0)
-            {
-                row.Runs.Add(figures);
-                row.Failure = $"{figures.LeakedPages} page(s) leaked in the warm-up.";
-            }
+            while (!quick && ++repetitions < 10 && Stopwatch.GetElapsedTime(start) < s_warmUpTime);
         }
         catch (Exception e)
         {
