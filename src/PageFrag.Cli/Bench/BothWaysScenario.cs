@@ -188,9 +188,10 @@ internal static class BothWaysScenario
         }
     }
 
-    // One side: allocate + stamp + push one, then pop + check + free one, until both counts are done. When it
-    // can do neither (its ring is full, or it has pushed everything, and nothing has arrived) it waits for
-    // the other side, which then has buffers to pop, so the two never wait for each other.
+    // One side: allocate + stamp + push one, then pop + check + free one, until it has pushed and freed its
+    // count. When it can do neither it waits: for items while the other side still owes some (its ring is full
+    // or it has pushed everything), else for room (the other side is still popping). A side waiting for items
+    // has published its pushes, so the two never wait for each other.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static long Work<T, TSource>(ref TSource source, ref SpscRing<T>.Producer output, ref SpscRing<T>.Consumer input, int size, long ops, RunControl control)
         where TSource : struct, IBenchSource<T>
@@ -199,7 +200,7 @@ internal static class BothWaysScenario
         int last = size - 1;
         T pending = default!;
         bool hasPending = false;
-        while (freed < ops)
+        while (freed < ops || pushed < ops)
         {
             if (pushed < ops)
             {
@@ -236,7 +237,20 @@ internal static class BothWaysScenario
                 continue;
             }
 
-            if (pushed == ops || hasPending)
+            if (freed == ops)
+            {
+                // Everything from the other side is freed; only our own pushes are left, and the other side
+                // is still popping them.
+                if (hasPending)
+                {
+                    output.WaitForRoom(control);
+                    if (control.Aborted)
+                    {
+                        break;
+                    }
+                }
+            }
+            else if (pushed == ops || hasPending)
             {
                 input.WaitForItems(control);
                 if (control.Aborted)
