@@ -3,8 +3,8 @@ using System.Globalization;
 namespace PageFrag.Cli.Bench;
 
 /// <summary>
-/// The aims, checked against what was measured. Only the peers are compared with, never PageFrag's
-/// other rows; a scenario with a failed row, or without a peer, has no verdict.
+/// The aims, checked case by case against what was measured. Only the peers are compared with, never
+/// PageFrag's other rows; a case with a failed row, or without a peer, has no verdict.
 /// </summary>
 internal static class Aims
 {
@@ -15,77 +15,57 @@ internal static class Aims
     {
         foreach (ScenarioResult scenario in report.Scenarios)
         {
-            AimResult? aim = scenario.Scenario switch
+            IEnumerable<AimResult> aims = scenario.Scenario switch
             {
                 BenchScenario.PushPop => PushPop(scenario),
                 BenchScenario.SingleThread => SingleThread(scenario),
                 BenchScenario.Memory => Memory(scenario),
-                _ => null,
+                _ => [],
             };
-            if (aim is not null)
+            foreach (AimResult aim in aims)
             {
                 yield return aim;
             }
         }
     }
 
-    private static AimResult? PushPop(ScenarioResult scenario)
+    private static IEnumerable<AimResult> PushPop(ScenarioResult scenario)
     {
-        const string Aim = "PageFrag at least 10x every peer";
-        var details = new List<string>();
-        bool met = true;
         foreach (CaseResult c in scenario.Cases)
         {
-            if (Weakest(c) is not PeerResult weakest)
+            if (Weakest(c) is PeerResult weakest)
             {
-                return null;
+                yield return new AimResult(scenario.Scenario, c.Name, "PageFrag at least 10x every peer", weakest.Advantage >= PushPopFactor,
+                    F($"lowest {weakest.Advantage:0.00}x ({BenchPeers.Name(weakest.Peer)})"));
             }
-
-            met &= weakest.Advantage >= PushPopFactor;
-            details.Add(F($"{c.Name}: lowest {weakest.Advantage:0.0}x ({BenchPeers.Name(weakest.Peer)})"));
         }
-
-        return new AimResult(scenario.Scenario, Aim, met, string.Join("; ", details));
     }
 
-    private static AimResult? SingleThread(ScenarioResult scenario)
+    private static IEnumerable<AimResult> SingleThread(ScenarioResult scenario)
     {
-        const string Aim = "PageFrag (FreeLocal) not slower than the fastest peer";
-        var details = new List<string>();
-        bool met = true;
         foreach (CaseResult c in scenario.Cases)
         {
-            if (Weakest(c) is not PeerResult fastest)
+            if (Weakest(c) is PeerResult fastest)
             {
-                return null;
+                yield return new AimResult(scenario.Scenario, c.Name, "PageFrag (FreeLocal) not slower than the fastest peer", fastest.Advantage >= 1,
+                    F($"{c.Baseline!.Median:0.00} ns vs {fastest.Median:0.00} ns {BenchPeers.Name(fastest.Peer)} ({fastest.Advantage:0.00}x)"));
             }
-
-            met &= fastest.Advantage >= 1;
-            details.Add(F($"{c.Name}: {c.Baseline!.Median:0.00} ns vs {fastest.Median:0.00} ns {BenchPeers.Name(fastest.Peer)} ({fastest.Advantage:0.00}x)"));
         }
-
-        return new AimResult(scenario.Scenario, Aim, met, string.Join("; ", details));
     }
 
-    private static AimResult? Memory(ScenarioResult scenario)
+    private static IEnumerable<AimResult> Memory(ScenarioResult scenario)
     {
-        const string Aim = "under 1.15 bytes kept per byte requested, better than every peer, no GC collection";
-        var details = new List<string>();
-        bool met = true;
         foreach (CaseResult c in scenario.Cases)
         {
-            PeerResult? baseline = c.Baseline;
-            if (baseline is null || !baseline.Ok || Weakest(c) is not PeerResult best)
+            if (Weakest(c) is PeerResult best)
             {
-                return null;
+                PeerResult baseline = c.Baseline!;
+                int collections = baseline.Gen0 + baseline.Gen1 + baseline.Gen2;
+                yield return new AimResult(scenario.Scenario, c.Name, "under 1.15 bytes kept per byte requested, better than every peer, no GC collection",
+                    baseline.Median < MemoryLimit && best.Advantage > 1 && collections == 0,
+                    F($"{baseline.Median:0.000} kept/requested; best peer {BenchPeers.Name(best.Peer)} {best.Median:0.000} ({best.Advantage:0.00}x); {collections} GC(s)"));
             }
-
-            int collections = baseline.Gen0 + baseline.Gen1 + baseline.Gen2;
-            met &= baseline.Median < MemoryLimit && best.Advantage > 1 && collections == 0;
-            details.Add(F($"{c.Name}: {baseline.Median:0.000} kept/requested, best peer {BenchPeers.Name(best.Peer)} {best.Median:0.000} ({best.Advantage:0.00}x), {collections} GC(s)"));
         }
-
-        return new AimResult(scenario.Scenario, Aim, met, string.Join("; ", details));
     }
 
     /// <summary>The peer PageFrag beats by the least (its advantage is smallest), or null when there is none or one failed.</summary>

@@ -91,6 +91,7 @@ internal static class BenchReport
             {
                 json.WriteStartObject();
                 json.WriteNumber("scenario", (int)aim.Scenario);
+                json.WriteString("case", aim.Case);
                 json.WriteString("aim", aim.Aim);
                 json.WriteBoolean("met", aim.Met);
                 json.WriteString("detail", aim.Detail);
@@ -188,10 +189,14 @@ internal static class BenchReport
         {
             console.WriteLine();
             console.MarkupLine("[bold]Aims[/]");
-            foreach (AimResult aim in report.Aims)
+            foreach (IGrouping<(BenchScenario Scenario, string Aim), AimResult> group in report.Aims.GroupBy(a => (a.Scenario, a.Aim)))
             {
-                string verdict = aim.Met ? "[green]met[/]" : "[red]missed[/]";
-                console.MarkupLine($"{(int)aim.Scenario}. {Markup.Escape(aim.Aim)}: {verdict} ({Markup.Escape(aim.Detail)})");
+                console.MarkupLine($"{(int)group.Key.Scenario}. {Markup.Escape(group.Key.Aim)}:");
+                foreach (AimResult aim in group)
+                {
+                    string verdict = aim.Met ? "[green]met[/]" : "[red]missed[/]";
+                    console.MarkupLine($"   {Markup.Escape(aim.Case)}: {verdict} ({Markup.Escape(aim.Detail)})");
+                }
             }
         }
     }
@@ -201,7 +206,7 @@ internal static class BenchReport
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("case")
             .AddColumn("allocator")
-            .AddColumn(new TableColumn(Markup.Escape(s.Unit)).RightAligned())
+            .AddColumn(new TableColumn(Markup.Escape(s.Scenario == BenchScenario.Memory ? "kept/requested" : s.Unit)).RightAligned())
             .AddColumn(new TableColumn("PageFrag is").RightAligned());
         bool memory = s.Scenario == BenchScenario.Memory;
         if (memory)

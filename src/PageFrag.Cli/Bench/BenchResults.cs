@@ -154,7 +154,7 @@ internal sealed class ScenarioResult(BenchScenario scenario, string unit, bool l
 }
 
 /// <summary>Whether PageFrag met one of the aims, as measured.</summary>
-internal sealed record AimResult(BenchScenario Scenario, string Aim, bool Met, string Detail);
+internal sealed record AimResult(BenchScenario Scenario, string Case, string Aim, bool Met, string Detail);
 
 /// <summary>Everything one <c>pagefrag bench</c> run measured.</summary>
 internal sealed class BenchReportData

@@ -53,11 +53,17 @@ internal static partial class MemoryPeers
         _ => throw new ArgumentOutOfRangeException(nameof(peer), peer, "Not an allocator of scenario 5."),
     };
 
-    /// <summary>PageFrag's fragment cache: every packet, jumbo frames included, is one fragment.</summary>
+    /// <summary>
+    /// PageFrag's fragment cache. A packet is one fragment; a jumbo frame is cut into fragments of at most a page
+    /// (4096, 4096, 808), the cache's contract: larger requests succeed only while the cache holds an order-3
+    /// page, and once the arenas are full the cache may fall back to 4 KiB pages, where they fail. The pieces
+    /// are contiguous whenever they land on one page, so they keep the same memory as one fragment would.
+    /// </summary>
     private sealed class PageFragPeer(int window) : IMemoryPeer
     {
+        private const int MaxPieces = 3;
         private readonly PrivatePages _pages = new();
-        private readonly PageFragment[] _slots = new PageFragment[window];
+        private readonly PageFragment[] _slots = new PageFragment[window * MaxPieces];
         private PageFragCache? _cache;
         private long _trueSize;
 
@@ -69,33 +75,42 @@ internal static partial class MemoryPeers
 
         public void Alloc(int slot, int size)
         {
-            if (!Cache.TryAlloc(size, out PageFragment fragment))
+            int piece = 0;
+            for (int left = size; left > 0; left -= PageConstants.PageSize)
             {
-                throw new BenchFailureException($"the fragment cache failed to allocate {size} bytes.");
-            }
+                if (piece == MaxPieces)
+                {
+                    throw new BenchFailureException($"{size} bytes need more than {MaxPieces} fragments of a page.");
+                }
 
-            fragment.Span.Fill((byte)slot);
-            _trueSize += fragment.TrueSize;
-            _slots[slot] = fragment;
+                if (!Cache.TryAlloc(Math.Min(left, PageConstants.PageSize), out PageFragment fragment))
+                {
+                    throw new BenchFailureException($"the fragment cache failed to allocate {Math.Min(left, PageConstants.PageSize)} bytes.");
+                }
+
+                fragment.Span.Fill((byte)slot);
+                _trueSize += fragment.TrueSize;
+                _slots[(slot * MaxPieces) + piece++] = fragment;
+            }
         }
 
         public void Free(int slot)
         {
-            _trueSize -= _slots[slot].TrueSize;
-            PageFragCache.Free(in _slots[slot]);
-            _slots[slot] = default;
+            for (int i = slot * MaxPieces; i < (slot + 1) * MaxPieces && !_slots[i].IsEmpty; i++)
+            {
+                _trueSize -= _slots[i].TrueSize;
+                PageFragCache.Free(in _slots[i]);
+                _slots[i] = default;
+            }
         }
 
         public long KeptBytes() => _pages.PagesInUse * PageConstants.PageSize;
 
         public long? Finish()
         {
-            for (int i = 0; i < _slots.Length; i++)
+            for (int slot = 0; slot < _slots.Length / MaxPieces; slot++)
             {
-                if (!_slots[i].IsEmpty)
-                {
-                    Free(i);
-                }
+                Free(slot);
             }
 
             _cache?.Drain();
