@@ -38,8 +38,9 @@ internal sealed class LiveBenchProgress(ProgressContext context) : IBenchProgres
 
     public void Watch(string label, long total, RunPoller poll)
     {
-        _current ??= context.AddTask("", autoStart: true);
-        _current.Description = Markup.Escape(label);
+        string description = Markup.Escape(label);
+        _current ??= context.AddTask(description, autoStart: true);
+        _current.Description = description;
         _current.MaxValue = Math.Max(1, total);
         _current.Value = 0;
         long done;

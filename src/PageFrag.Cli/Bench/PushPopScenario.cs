@@ -20,10 +20,10 @@ internal static class PushPopScenario
         var settings = new ProtocolSettings(ops, RingSize, null, null, watchdog, label);
         return peer switch
         {
-            BenchPeer.PageFrag => ViaTestRunner(AllocatorKind.PageFrag, size, ops, monitor, watchdog),
-            BenchPeer.ArrayPool => ViaTestRunner(AllocatorKind.ArrayPool, size, ops, monitor, watchdog),
-            BenchPeer.Gc => ViaTestRunner(AllocatorKind.Gc, size, ops, monitor, watchdog),
-            BenchPeer.Native => ViaTestRunner(AllocatorKind.Native, size, ops, monitor, watchdog),
+            BenchPeer.PageFrag => ViaTestRunner(AllocatorKind.PageFrag, size, ops, monitor, label, watchdog),
+            BenchPeer.ArrayPool => ViaTestRunner(AllocatorKind.ArrayPool, size, ops, monitor, label, watchdog),
+            BenchPeer.Gc => ViaTestRunner(AllocatorKind.Gc, size, ops, monitor, label, watchdog),
+            BenchPeer.Native => ViaTestRunner(AllocatorKind.Native, size, ops, monitor, label, watchdog),
             BenchPeer.PagePool => RunPagePool(size, settings, monitor),
             BenchPeer.Kestrel => Figures(Protocol.Run<IMemoryOwner<byte>, KestrelSource>(new(peers.KestrelPool, size), new(peers.KestrelPool, size), settings, monitor), ops),
             BenchPeer.DotNettyHeap => Figures(Protocol.Run<IByteBuffer, DotNettySource>(new(peers.DotNetty, false, size), new(peers.DotNetty, false, size), settings, monitor), ops),
@@ -32,10 +32,10 @@ internal static class PushPopScenario
         };
     }
 
-    private static RunFigures ViaTestRunner(AllocatorKind kind, int size, long ops, IRunMonitor monitor, TimeSpan watchdog)
+    private static RunFigures ViaTestRunner(AllocatorKind kind, int size, long ops, IRunMonitor monitor, string label, TimeSpan watchdog)
     {
         var options = new TestOptions { Allocator = kind, AllocLen = size, NrTest = ops, Runs = 1, WarmUp = false, Watchdog = watchdog };
-        AllocatorResult result = FragTestRunner.Run(options, monitor)[0];
+        AllocatorResult result = FragTestRunner.Run(options, new Relabelled(monitor, label))[0];
         if (!result.Ok)
         {
             throw new BenchFailureException(result.Failure!);
@@ -90,5 +90,11 @@ internal static class PushPopScenario
             Gen2 = raw.Gen2,
             Extra = [new("elapsed_s", raw.ElapsedSeconds), new("dropped", raw.Dropped)],
         };
+    }
+
+    /// <summary>Shows the bench's label instead of the one the push/pop test runner gives its runs.</summary>
+    private sealed class Relabelled(IRunMonitor inner, string label) : IRunMonitor
+    {
+        public void Watch(string ignored, long total, RunPoller poll) => inner.Watch(label, total, poll);
     }
 }
