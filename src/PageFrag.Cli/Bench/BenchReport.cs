@@ -272,12 +272,8 @@ internal static class BenchReport
         return table;
     }
 
-    private static string Value(ScenarioResult s, double value) => s.Scenario switch
-    {
-        BenchScenario.Memory => value.ToString("0.000", s_inv),
-        BenchScenario.PushPop or BenchScenario.BothWays => value.ToString("0.00", s_inv),
-        _ => value.ToString("0.00", s_inv),
-    };
+    private static string Value(ScenarioResult s, double value) =>
+        value.ToString(s.Scenario == BenchScenario.Memory ? "0.000" : "0.00", s_inv);
 
     private static string Advantage(ScenarioResult s, PeerResult r)
     {
