@@ -43,11 +43,13 @@ public abstract class FragCacheBenchmark
     {
         _checked = new Setup(Allocator, detectDoubleFree: true);
         _unchecked = new Setup(UncheckedAllocator, detectDoubleFree: false);
+        AfterSetup();
     }
 
     [GlobalCleanup]
     public void GlobalCleanup()
     {
+        BeforeCleanup();
         long leaked = (_checked?.Cleanup() ?? 0) + (_unchecked?.Cleanup() ?? 0);
         _checked = null;
         _unchecked = null;
@@ -57,6 +59,16 @@ public abstract class FragCacheBenchmark
         {
             throw new InvalidOperationException($"{GetType().Name} leaked {leaked} pages.");
         }
+    }
+
+    /// <summary>A suite's own set-up, once the caches exist.</summary>
+    protected virtual void AfterSetup()
+    {
+    }
+
+    /// <summary>A suite's own clean-up, before the caches are drained and checked for leaks.</summary>
+    protected virtual void BeforeCleanup()
+    {
     }
 
     [DoesNotReturn]

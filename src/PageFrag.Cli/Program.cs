@@ -14,6 +14,7 @@ internal static class Program
     [
         TestCommand.Create,
         StressCommand.Create,
+        BenchCommand.Create,
     ];
 
     private static int Main(string[] args) => Run(args, CliIO.FromConsole());

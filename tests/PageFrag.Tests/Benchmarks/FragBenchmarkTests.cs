@@ -8,7 +8,7 @@ using PageFrag.Tests.Infrastructure;
 namespace PageFrag.Tests.Benchmarks;
 
 /// <summary>
-/// Runs every benchmark of every fragment cache suite once, for every parameter value, as BenchmarkDotNet
+/// Runs every benchmark of every fragment cache suite (the writer suite included) once, for every parameter value, as BenchmarkDotNet
 /// would (global set-up, the method, global clean-up), so that a suite cannot rot: each variant must
 /// give the suite's checksum (the variants are thereby cross-checked against each other) and leave no
 /// page behind. The cases are found by reflection, so a new benchmark is tested without being listed here.
@@ -90,7 +90,7 @@ public class FragBenchmarkTests
             .OrderBy(t => t.Name, StringComparer.Ordinal);
         foreach (Type suite in suites)
         {
-            object?[] sizes = suite.GetProperty("Size")!.GetCustomAttribute<ParamsAttribute>()!.Values;
+            object?[] sizes = Parameter(suite).GetCustomAttribute<ParamsAttribute>()!.Values;
             IEnumerable<MethodInfo> benchmarks = suite.GetMethods()
                 .Where(m => m.GetCustomAttribute<BenchmarkAttribute>() is not null && filter(m))
                 .OrderBy(m => m.Name, StringComparer.Ordinal);
@@ -111,11 +111,15 @@ public class FragBenchmarkTests
     {
         Type type = typeof(FragCacheBenchmark).Assembly.GetType($"PageFrag.Benchmarks.{suite}", throwOnError: true)!;
         var bench = (FragCacheBenchmark)Activator.CreateInstance(type)!;
-        type.GetProperty("Size")!.SetValue(bench, size);
+        Parameter(type).SetValue(bench, size);
         bench.Allocator = allocators.Checked;
         bench.UncheckedAllocator = allocators.Unchecked;
         return bench;
     }
+
+    /// <summary>The suite's one [Params] property: the buffer size, or the writer suite's message count.</summary>
+    private static PropertyInfo Parameter(Type suite) =>
+        Assert.Single(suite.GetProperties(), p => p.GetCustomAttribute<ParamsAttribute>() is not null);
 
     /// <summary>The two private allocators a suite runs on, checked for leaks and disposed together.</summary>
     private sealed class Allocators : IDisposable
