@@ -13,6 +13,7 @@ internal static class Program
     private static readonly Func<CliIO, Command>[] s_commands =
     [
         TestCommand.Create,
+        NcCommand.Create,
     ];
 
     private static int Main(string[] args) => Run(args, CliIO.FromConsole());

@@ -1,0 +1,387 @@
+using System.Net.Sockets;
+using PageFrag.Pages;
+using PageFrag.Pool;
+
+namespace PageFrag.Cli.Nc;
+
+/// <summary>
+/// One connection (or one UDP peer) of <c>pagefrag nc</c>: the receive path (a reader thread that owns a page pool,
+/// charges truesize against the receive budget and queues buffers) and the writer (the caller's thread, which
+/// writes the queue to standard output and frees the buffers). The send path (<see cref="SendPath"/>) attaches
+/// from its own thread.
+/// </summary>
+/// <remarks>
+/// <para>When a connection is over follows OpenBSD netcat's <c>readwrite()</c>: when both inputs are gone (the
+/// network sent its end and standard input ended), when the network input is gone in listen mode, or when both
+/// outputs are gone (the network input is gone and the send side failed). A closed standard output, a reset or
+/// a refused peer end it at once with a message.</para>
+/// <para>Threading: the state below <see cref="_gate"/> is shared by the reader, the writer and the sender and is
+/// only touched under it; the reader and the writer wait on it (the reader for budget, the writer for data).</para>
+/// </remarks>
+internal sealed partial class NcConnection
+{
+    /// <summary>How long a waiting thread sleeps before it looks again, so that no lost wake-up can hang a run.</summary>
+    private const int WaitSliceMilliseconds = 1000;
+
+    /// <summary>Loop iterations before the zero-allocation measurement starts (tiering, first pages, first lists).</summary>
+    internal const int WarmUpIterations = 64;
+
+    private readonly object _gate = new();
+    private readonly NcOptions _options;
+    private readonly NcStats _stats;
+    private readonly NcStdout _stdout;
+    private readonly SocketIO _io;
+    private readonly PageAllocator _allocator;
+    private readonly bool _hasSendSide;
+    private readonly ReceivedBuffer[] _ring;
+    private readonly ReceivedBuffer[] _writeBatch = new ReceivedBuffer[NcStdout.MaxBatch];
+    private Thread? _reader;
+
+    // ---- under _gate ----
+    private int _ringHead;
+    private int _ringCount;
+    private long _charged;
+    private bool _readerWaiting;
+    private bool _writerWaiting;
+    private bool _netInEnded;
+    private bool _stdinEnded;
+    private bool _sendFailed;
+    private string? _failure;
+    private string? _netInError;
+    private string? _sendError;
+
+    // Written under _gate, read without it by the sender between reads.
+    private volatile bool _over;
+
+    // Fragments the sender holds, read but not yet sent (OpenBSD's stdinbufpos): a listener does not end before they go.
+    private volatile int _senderPending;
+
+    public NcConnection(NcOptions options, Socket socket, NcStats stats, NcStdout stdout, bool hasSendSide)
+    {
+        _options = options;
+        _stats = stats;
+        _stdout = stdout;
+        _hasSendSide = hasSendSide;
+        _stdinEnded = !hasSendSide;
+        _allocator = options.Allocator ?? PageAllocator.Shared;
+        _io = new SocketIO(socket, options.ForceManagedIO);
+
+        // Enough entries for the whole budget in page-sized buffers; small buffers stop the reader on the ring
+        // before the budget, which bounds the queue either way.
+        int entries = Math.Clamp(options.ReceiveBudget / 4096 * 2, 256, 8192);
+        _ring = new ReceivedBuffer[(int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)entries)];
+        stats.NativeSocket = _io.IsNative;
+        stats.GatherStdout = stdout.IsGather;
+        stats.ReceiveBudget = options.ReceiveBudget;
+    }
+
+    public SocketIO IO => _io;
+
+    public bool HasSendSide => _hasSendSide;
+
+    /// <summary>True once the connection is being torn down: the sender stops using it.</summary>
+    public bool IsOver => _over;
+
+    /// <summary>
+    /// What went wrong, one message per line, or null: a fatal failure (closed standard output), a receive error
+    /// (reset, refused), standard input that could not all be sent.
+    /// </summary>
+    public string? Failure
+    {
+        get
+        {
+            lock (_gate)
+            {
+                string?[] all = [_failure, _netInError, _sendError];
+                string[] present = [.. all.Where(m => m is not null).Distinct()!];
+                return present.Length == 0 ? null : string.Join(Environment.NewLine, present);
+            }
+        }
+    }
+
+    /// <summary>Starts the reader thread.</summary>
+    public void Start()
+    {
+        _reader = new Thread(RunReader) { IsBackground = true, Name = "pagefrag nc receive" };
+        _reader.Start();
+    }
+
+    /// <summary>
+    /// Runs the writer on the calling thread until the connection is over, then tears it down: stops the reader,
+    /// frees what is still queued, releases the pool, closes the socket. Returns the exit code.
+    /// </summary>
+    public int RunWriter()
+    {
+        try
+        {
+            WriteLoop();
+        }
+        finally
+        {
+            TearDown();
+        }
+
+        return Failure is null ? ExitCodes.Success : ExitCodes.Failure;
+    }
+
+    /// <summary>Ends the connection from outside (cancellation): the writer returns, the reader and the sender stop.</summary>
+    public void Abort()
+    {
+        lock (_gate)
+        {
+            _over = true;
+            Monitor.PulseAll(_gate);
+        }
+
+        ShutdownSocket(SocketShutdown.Both);
+    }
+
+    // ------------------------------------------------------------------ the sender's side
+
+    /// <summary>The sender read and committed bytes it has not sent yet (<paramref name="fragments"/> &gt; 0), or sent them all (0).</summary>
+    public void SenderPending(int fragments)
+    {
+        _senderPending = fragments;
+        if (fragments == 0 && _options.Listen)
+        {
+            // A listener whose network input ended waits for these; tell it they went.
+            lock (_gate)
+            {
+                Monitor.PulseAll(_gate);
+            }
+        }
+    }
+
+    /// <summary>Standard input ended: shut the send side down with -N, and let the end-of-connection rules see it.</summary>
+    public void SenderFinished()
+    {
+        _senderPending = 0;
+        if (_options.ShutdownOnEof && !_over)
+        {
+            ShutdownSocket(SocketShutdown.Send);
+        }
+
+        lock (_gate)
+        {
+            _stdinEnded = true;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>The socket refused a send: the network output is gone. <paramref name="unsent"/> bytes of standard input were lost.</summary>
+    public void SendFailed(string reason, long unsent)
+    {
+        _senderPending = 0;
+        lock (_gate)
+        {
+            _sendFailed = true;
+            if (!_over && unsent > 0)
+            {
+                // The peer left while standard input still had bytes for it: say so, as a closed pipe would. What
+                // the peer sent before it left is still written out.
+                _sendError ??= $"{reason}: the peer closed the connection before all of standard input was sent ({unsent:N0} bytes not sent)";
+            }
+
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>The sender hit an unexpected error: end the connection with its message.</summary>
+    public void SenderCrashed(string message) => Fail(message);
+
+    // ------------------------------------------------------------------ writer
+
+    private void WriteLoop()
+    {
+        ReceivedBuffer[] batch = _writeBatch;
+        long iterations = 0;
+        long allocStart = 0;
+        long allocTop = 0;
+        try
+        {
+            while (true)
+            {
+                iterations++;
+                allocTop = GC.GetAllocatedBytesForCurrentThread();
+                if (iterations == WarmUpIterations)
+                {
+                    allocStart = allocTop;
+                }
+
+                int count = TakeBatch(batch);
+                if (count == 0)
+                {
+                    return;
+                }
+
+                long bytes = 0;
+                long trueSize = 0;
+                for (int i = 0; i < count; i++)
+                {
+                    bytes += batch[i].Length;
+                }
+
+                bool written = false;
+                try
+                {
+                    _stdout.Write(batch.AsSpan(0, count));
+                    written = true;
+                }
+                catch (StdoutClosedException e)
+                {
+                    Fail(e.Message);
+                }
+                catch (NcException e)
+                {
+                    Fail(e.Message);
+                }
+                finally
+                {
+                    for (int i = 0; i < count; i++)
+                    {
+                        trueSize += batch[i].Buffer.TrueSize;
+
+                        // Not the pool's owner thread: the page goes back through the recycle ring, as a page freed
+                        // by a process reading its socket does in the kernel.
+                        PagePool.Free(batch[i].Buffer);
+                        batch[i] = default;
+                    }
+
+                    lock (_gate)
+                    {
+                        _charged -= trueSize;
+                        if (_readerWaiting)
+                        {
+                            Monitor.PulseAll(_gate);
+                        }
+                    }
+                }
+
+                if (written)
+                {
+                    _stats.BytesReceived += bytes;
+                    _stats.StdoutWrites++;
+                }
+            }
+        }
+        finally
+        {
+            if (iterations > WarmUpIterations)
+            {
+                _stats.WriteLoopAllocatedBytes += allocTop - allocStart;
+            }
+        }
+    }
+
+    /// <summary>Takes up to a batch of queued buffers; 0 when the connection is over.</summary>
+    private int TakeBatch(ReceivedBuffer[] batch)
+    {
+        lock (_gate)
+        {
+            while (true)
+            {
+                if (_failure is null && _ringCount > 0)
+                {
+                    int count = Math.Min(_ringCount, batch.Length);
+                    int mask = _ring.Length - 1;
+                    for (int i = 0; i < count; i++)
+                    {
+                        ref ReceivedBuffer slot = ref _ring[(_ringHead + i) & mask];
+                        batch[i] = slot;
+                        slot = default;
+                    }
+
+                    _ringHead = (_ringHead + count) & mask;
+                    _ringCount -= count;
+                    return count;
+                }
+
+                if (IsDoneUnderGate())
+                {
+                    _over = true;
+                    Monitor.PulseAll(_gate);
+                    return 0;
+                }
+
+                _writerWaiting = true;
+                Monitor.Wait(_gate, WaitSliceMilliseconds);
+                _writerWaiting = false;
+            }
+        }
+    }
+
+    /// <summary>OpenBSD netcat's three ways out of readwrite(), plus failures and cancellation.</summary>
+    private bool IsDoneUnderGate()
+    {
+        if (_over || _failure is not null)
+        {
+            return true;
+        }
+
+        if (!_netInEnded || _ringCount > 0)
+        {
+            return false;
+        }
+
+        // The network input is gone and drained. It failed (reset, refused); or both inputs are gone; or listening
+        // ("listen and net in gone, queues empty"); or both outputs are gone (standard output is done with once the
+        // network input is).
+        return _netInError is not null || _stdinEnded || _sendFailed || (_options.Listen && _senderPending == 0);
+    }
+
+    private void Fail(string message)
+    {
+        lock (_gate)
+        {
+            if (!_over)
+            {
+                _failure ??= message;
+            }
+
+            _over = true;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    private void TearDown()
+    {
+        lock (_gate)
+        {
+            _over = true;
+            Monitor.PulseAll(_gate);
+        }
+
+        // Wakes the reader's poll and a sender blocked in a send; the descriptor stays valid until both let go.
+        ShutdownSocket(SocketShutdown.Both);
+        _reader?.Join();
+
+        // A failure can leave buffers queued: free them before the pool goes.
+        lock (_gate)
+        {
+            int mask = _ring.Length - 1;
+            for (int i = 0; i < _ringCount; i++)
+            {
+                ref ReceivedBuffer slot = ref _ring[(_ringHead + i) & mask];
+                _charged -= slot.Buffer.TrueSize;
+                PagePool.Free(slot.Buffer);
+                slot = default;
+            }
+
+            _ringCount = 0;
+        }
+
+        _io.Socket.Dispose();
+    }
+
+    private void ShutdownSocket(SocketShutdown how)
+    {
+        try
+        {
+            _io.Socket.Shutdown(how);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Already closed, or never connected (a UDP listener with -k): nothing to shut down.
+        }
+    }
+}
