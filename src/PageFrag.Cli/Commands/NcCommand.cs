@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using PageFrag.Cli.Infrastructure;
 using PageFrag.Cli.Nc;
 
@@ -68,6 +69,24 @@ internal static class NcCommand
         NcStdin stdin = io.Input is Stream input ? new StreamStdin(input) : NcStdin.ForProcess(options.ForceManagedIO);
         NcStdout stdout = io.Output is Stream output ? new StreamStdout(output) : NcStdout.ForProcess(options.ForceManagedIO);
         var session = new NcSession(options, stdin, stdout, io.Error);
-        return session.Run(cancellationToken);
+        if (io.Input is not null || OperatingSystem.IsWindows())
+        {
+            return session.Run(cancellationToken);
+        }
+
+        // Ctrl-C or a kill ends the run the way the end of a connection does, so that -v still reports (a UDP
+        // listener has no other way to end). The exit code is the shell's 128 + signal.
+        int signal = 0;
+        void Stop(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            signal = context.Signal == PosixSignal.SIGINT ? 2 : 15;
+            session.Cancel();
+        }
+
+        using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+        using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+        int code = session.Run(cancellationToken);
+        return signal != 0 ? 128 + signal : code;
     }
 }

@@ -50,11 +50,8 @@ internal sealed partial class NcConnection
     private string? _netInError;
     private string? _sendError;
 
-    // Written under _gate, read without it by the sender between reads.
+    // Written under _gate (and _sendGate), read without it by the other threads between operations.
     private volatile bool _over;
-
-    // Fragments the sender holds, read but not yet sent (OpenBSD's stdinbufpos): a listener does not end before they go.
-    private volatile int _senderPending;
 
     public NcConnection(NcOptions options, Socket socket, NcStats stats, NcStdout stdout, bool hasSendSide)
     {
@@ -104,6 +101,11 @@ internal sealed partial class NcConnection
     {
         _reader = new Thread(RunReader) { IsBackground = true, Name = "pagefrag nc receive" };
         _reader.Start();
+        if (_hasSendSide)
+        {
+            _transmitter = new Thread(RunTransmitter) { IsBackground = true, Name = "pagefrag nc transmit" };
+            _transmitter.Start();
+        }
     }
 
     /// <summary>
@@ -127,35 +129,16 @@ internal sealed partial class NcConnection
     /// <summary>Ends the connection from outside (cancellation): the writer returns, the reader and the sender stop.</summary>
     public void Abort()
     {
-        lock (_gate)
-        {
-            _over = true;
-            Monitor.PulseAll(_gate);
-        }
+        SetOver();
 
         ShutdownSocket(SocketShutdown.Both);
     }
 
     // ------------------------------------------------------------------ the sender's side
 
-    /// <summary>The sender read and committed bytes it has not sent yet (<paramref name="fragments"/> &gt; 0), or sent them all (0).</summary>
-    public void SenderPending(int fragments)
+    /// <summary>Standard input ended and everything was sent: shut the send side down with -N, and let the end rules see it.</summary>
+    private void SenderFinished()
     {
-        _senderPending = fragments;
-        if (fragments == 0 && _options.Listen)
-        {
-            // A listener whose network input ended waits for these; tell it they went.
-            lock (_gate)
-            {
-                Monitor.PulseAll(_gate);
-            }
-        }
-    }
-
-    /// <summary>Standard input ended: shut the send side down with -N, and let the end-of-connection rules see it.</summary>
-    public void SenderFinished()
-    {
-        _senderPending = 0;
         if (_options.ShutdownOnEof && !_over)
         {
             ShutdownSocket(SocketShutdown.Send);
@@ -168,10 +151,11 @@ internal sealed partial class NcConnection
         }
     }
 
-    /// <summary>The socket refused a send: the network output is gone. <paramref name="unsent"/> bytes of standard input were lost.</summary>
-    public void SendFailed(string reason, long unsent)
+    /// <summary>The socket refused a send: the network output is gone, and what was not sent is lost.</summary>
+    private void SendFailed(string reason, long unsentOfBatch)
     {
-        _senderPending = 0;
+        long unsent = unsentOfBatch + DropSendQueue();
+        _stats.BytesNotSent += unsent;
         lock (_gate)
         {
             _sendFailed = true;
@@ -186,7 +170,7 @@ internal sealed partial class NcConnection
         }
     }
 
-    /// <summary>The sender hit an unexpected error: end the connection with its message.</summary>
+    /// <summary>The stdin thread hit an unexpected error (standard input unreadable): end the connection with its message.</summary>
     public void SenderCrashed(string message) => Fail(message);
 
     // ------------------------------------------------------------------ writer
@@ -298,8 +282,6 @@ internal sealed partial class NcConnection
 
                 if (IsDoneUnderGate())
                 {
-                    _over = true;
-                    Monitor.PulseAll(_gate);
                     return 0;
                 }
 
@@ -326,7 +308,21 @@ internal sealed partial class NcConnection
         // The network input is gone and drained. It failed (reset, refused); or both inputs are gone; or listening
         // ("listen and net in gone, queues empty"); or both outputs are gone (standard output is done with once the
         // network input is).
-        return _netInError is not null || _stdinEnded || _sendFailed || (_options.Listen && _senderPending == 0);
+        return _netInError is not null || _stdinEnded || _sendFailed || (_options.Listen && SendIdle);
+    }
+
+    private void SetOver()
+    {
+        lock (_gate)
+        {
+            _over = true;
+            Monitor.PulseAll(_gate);
+        }
+
+        lock (_sendGate)
+        {
+            Monitor.PulseAll(_sendGate);
+        }
     }
 
     private void Fail(string message)
@@ -341,19 +337,22 @@ internal sealed partial class NcConnection
             _over = true;
             Monitor.PulseAll(_gate);
         }
+
+        lock (_sendGate)
+        {
+            Monitor.PulseAll(_sendGate);
+        }
     }
 
     private void TearDown()
     {
-        lock (_gate)
-        {
-            _over = true;
-            Monitor.PulseAll(_gate);
-        }
+        SetOver();
 
-        // Wakes the reader's poll and a sender blocked in a send; the descriptor stays valid until both let go.
+        // Wakes the reader's poll and a transmit blocked in a send; the descriptor stays valid until both let go.
         ShutdownSocket(SocketShutdown.Both);
         _reader?.Join();
+        _transmitter?.Join();
+        DropSendQueue();
 
         // A failure can leave buffers queued: free them before the pool goes.
         lock (_gate)

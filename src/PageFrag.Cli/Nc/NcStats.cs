@@ -24,6 +24,9 @@ internal sealed class NcStats
     /// <summary>GC heap bytes the stdin thread allocated in its loop after warm-up (should be 0).</summary>
     public long SendLoopAllocatedBytes;
 
+    /// <summary>GC heap bytes the transmit threads allocated in their loops after warm-up (should be 0).</summary>
+    public long TransmitLoopAllocatedBytes;
+
     // ---- receive path (reader and writer threads) ----
     public long BytesReceived;
     public long Receives;
