@@ -21,6 +21,9 @@ internal sealed partial class NcConnection
     private readonly PageFragment[] _sendQueue = new PageFragment[64];
     private Thread? _transmitter;
 
+    // Bytes this connection sent (the transmit thread writes it; read after it stopped).
+    private long _bytesSent;
+
     // ---- under _sendGate ----
     private int _sendHead;
     private int _sendCount;
@@ -180,6 +183,7 @@ internal sealed partial class NcConnection
 
                 bool ok = _io.Send(batch.AsSpan(0, count), out long sent);
                 _stats.BytesSent += sent;
+                _bytesSent += sent;
                 for (int i = 0; i < count; i++)
                 {
                     // Not the cache's owner: the atomic free of page_frag_free.
@@ -252,7 +256,8 @@ internal sealed partial class NcConnection
                 return 0;
             }
 
-            int count = Math.Min(_sendCount, batch.Length);
+            // A UDP send is one datagram: one fragment, one read of standard input. TCP takes up to 17.
+            int count = _options.Udp ? 1 : Math.Min(_sendCount, batch.Length);
             int mask = _sendQueue.Length - 1;
             for (int i = 0; i < count; i++)
             {

@@ -49,6 +49,8 @@ internal sealed partial class NcConnection
     private string? _failure;
     private string? _netInError;
     private string? _sendError;
+    private string? _sendFailure;
+    private bool _aborted;
 
     // Written under _gate (and _sendGate), read without it by the other threads between operations.
     private volatile bool _over;
@@ -129,6 +131,11 @@ internal sealed partial class NcConnection
     /// <summary>Ends the connection from outside (cancellation): the writer returns, the reader and the sender stop.</summary>
     public void Abort()
     {
+        lock (_gate)
+        {
+            _aborted = true;
+        }
+
         SetOver();
 
         ShutdownSocket(SocketShutdown.Both);
@@ -154,19 +161,36 @@ internal sealed partial class NcConnection
     /// <summary>The socket refused a send: the network output is gone, and what was not sent is lost.</summary>
     private void SendFailed(string reason, long unsentOfBatch)
     {
-        long unsent = unsentOfBatch + DropSendQueue();
-        _stats.BytesNotSent += unsent;
+        _stats.BytesNotSent += unsentOfBatch + DropSendQueue();
         lock (_gate)
         {
             _sendFailed = true;
-            if (!_over && unsent > 0)
-            {
-                // The peer left while standard input still had bytes for it: say so, as a closed pipe would. What
-                // the peer sent before it left is still written out.
-                _sendError ??= $"{reason}: the peer closed the connection before all of standard input was sent ({unsent:N0} bytes not sent)";
-            }
-
+            _sendFailure ??= reason;
             Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>
+    /// At the end: when the network failed us (a reset, a refused send) before standard input ended, say that not
+    /// all of it was sent, as a write to a closed pipe would. The end of a listener's network input is no failure.
+    /// </summary>
+    private void ReportUnsentInput()
+    {
+        bool inputEnded;
+        lock (_sendGate)
+        {
+            inputEnded = _inputEnded && _sendCount == 0;
+        }
+
+        lock (_gate)
+        {
+            if (_hasSendSide && !_aborted && !inputEnded && (_sendFailed || _netInError is not null))
+            {
+                string reason = _sendFailure ?? _netInError ?? "the connection failed";
+                _sendError = reason == _netInError
+                    ? $"the peer closed the connection before all of standard input was sent ({_bytesSent:N0} bytes sent)"
+                    : $"{reason}: the peer closed the connection before all of standard input was sent ({_bytesSent:N0} bytes sent)";
+            }
         }
     }
 
@@ -352,7 +376,8 @@ internal sealed partial class NcConnection
         ShutdownSocket(SocketShutdown.Both);
         _reader?.Join();
         _transmitter?.Join();
-        DropSendQueue();
+        ReportUnsentInput();
+        _stats.BytesNotSent += DropSendQueue();
 
         // A failure can leave buffers queued: free them before the pool goes.
         lock (_gate)

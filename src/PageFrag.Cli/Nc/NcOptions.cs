@@ -99,6 +99,11 @@ internal sealed record NcOptions
             return $"-I {budget}: the receive budget must be between {MinReceiveBudget} and {MaxReceiveBudget} bytes.";
         }
 
+        if (positional.FirstOrDefault(a => a.Length > 1 && a[0] == '-') is string unknown)
+        {
+            return $"unknown option '{unknown}'.";
+        }
+
         string? host;
         string portText;
         switch (positional.Count)

@@ -73,14 +73,18 @@ internal sealed class NcSession
     public void Cancel()
     {
         NcConnection? current;
+        Socket? pending;
         lock (_lock)
         {
             _cancelled = true;
             current = _current;
-            _pendingSocket?.Dispose();
+            pending = _pendingSocket;
         }
 
+        // The connection first: a UDP listener's socket is also its connection's, and closing it under a running
+        // reader would read as a failure.
         current?.Abort();
+        pending?.Dispose();
     }
 
     /// <summary>
