@@ -37,7 +37,16 @@ internal sealed unsafe class FdStdin : NcStdin
 {
     private readonly int _fd;
 
-    public FdStdin(int fd) => _fd = fd;
+    public FdStdin(int fd)
+    {
+        _fd = fd;
+
+        // One fragment cache page is 32 KiB; a 64 KiB pipe rarely holds more than half of one when read.
+        Posix.TryGrowPipe(fd, PipeSize);
+    }
+
+    /// <summary>The pipe capacity asked for when standard input is a pipe (Linux's default maximum).</summary>
+    public const int PipeSize = 1 << 20;
 
     public override int Read(Span<byte> buffer)
     {
@@ -121,7 +130,11 @@ internal sealed unsafe class FdStdout : NcStdout
 {
     private readonly int _fd;
 
-    public FdStdout(int fd) => _fd = fd;
+    public FdStdout(int fd)
+    {
+        _fd = fd;
+        Posix.TryGrowPipe(fd, FdStdin.PipeSize);
+    }
 
     public override bool IsGather => true;
 

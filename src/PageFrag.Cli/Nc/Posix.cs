@@ -58,6 +58,27 @@ internal static unsafe partial class Posix
     [LibraryImport("libc", EntryPoint = "writev", SetLastError = true)]
     public static partial nint WriteV(int fd, IoVec* iov, int count);
 
+    /// <summary>fcntl's F_SETPIPE_SZ: the capacity of a pipe (Linux, up to /proc/sys/fs/pipe-max-size).</summary>
+    public const int F_SETPIPE_SZ = 1031;
+
+    /// <summary>fcntl's F_GETPIPE_SZ.</summary>
+    public const int F_GETPIPE_SZ = 1032;
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int Fcntl(int fd, int command, int argument);
+
+    /// <summary>
+    /// Grows the pipe behind <paramref name="fd"/> to <paramref name="bytes"/> when it is a pipe (a no-op otherwise,
+    /// and when the system refuses): fewer, larger reads and writes, and the process at the other end blocks less.
+    /// </summary>
+    public static void TryGrowPipe(int fd, int bytes)
+    {
+        if (Fcntl(fd, F_GETPIPE_SZ, 0) is int current && current > 0 && current < bytes)
+        {
+            Fcntl(fd, F_SETPIPE_SZ, bytes);
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint count, int timeoutMilliseconds);
 
