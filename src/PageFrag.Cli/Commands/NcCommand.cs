@@ -69,7 +69,15 @@ internal static class NcCommand
         NcStdin stdin = io.Input is Stream input ? new StreamStdin(input) : NcStdin.ForProcess(options.ForceManagedIO);
         NcStdout stdout = io.Output is Stream output ? new StreamStdout(output) : NcStdout.ForProcess(options.ForceManagedIO);
         var session = new NcSession(options, stdin, stdout, io.Error);
-        if (io.Input is not null || OperatingSystem.IsWindows())
+        if (io.Input is not null)
+        {
+            // A caller's stream (tests): once it has ended, the stdin thread has freed everything it held.
+            int result = session.Run(cancellationToken);
+            session.WaitForSender(TimeSpan.FromSeconds(10));
+            return result;
+        }
+
+        if (OperatingSystem.IsWindows())
         {
             return session.Run(cancellationToken);
         }

@@ -127,7 +127,7 @@ internal sealed partial class NcConnection
             if (n < 0)
             {
                 FreeAll(batch, count);
-                return _io.LastErrorWasRefused ? $"connection refused: {_io.LastError}" : _io.LastError;
+                return _io.LastErrorWasRefused ? $"{_io.LastError} (nothing listens on the peer's {_options.ProtocolName} port)" : _io.LastError;
             }
 
             if (n == 0)

@@ -77,17 +77,47 @@ internal sealed unsafe class SocketIO
         }
     }
 
-    /// <summary>Waits up to <paramref name="timeoutMilliseconds"/> for something to read (data, the end, or an error).</summary>
+    /// <summary>
+    /// Waits up to <paramref name="timeoutMilliseconds"/> for something to read: data, the end, or a pending error
+    /// (a UDP peer's ICMP "port unreachable" raises only POLLERR, which <c>Socket.Poll(SelectRead)</c> does not count).
+    /// </summary>
     public bool WaitReadable(int timeoutMilliseconds)
     {
+        if (!_native)
+        {
+            try
+            {
+                return _socket.Poll(timeoutMilliseconds * 1000, SelectMode.SelectRead) || _socket.Poll(0, SelectMode.SelectError);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                Fail(e);
+                return true; // the next call reports the failure
+            }
+        }
+
+        SafeHandle handle = _socket.SafeHandle;
+        bool added = false;
         try
         {
-            return _socket.Poll(timeoutMilliseconds * 1000, SelectMode.SelectRead);
+            handle.DangerousAddRef(ref added);
+            var pfd = new Posix.PollFd { Fd = (int)handle.DangerousGetHandle(), Events = Posix.POLLIN };
+
+            // POLLERR and POLLHUP come back whether asked for or not; either means the next receive has news.
+            int ready = Posix.Poll(&pfd, 1, timeoutMilliseconds);
+            return ready > 0 || (ready < 0 && Marshal.GetLastPInvokeError() != Posix.EINTR);
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (ObjectDisposedException e)
         {
             Fail(e);
-            return true; // the next call reports the failure
+            return true;
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
         }
     }
 

@@ -65,7 +65,7 @@ public class NcBadInputTests
         var error = new StringWriter();
         var options = new NcOptions { Host = host, Port = 1234, Family = v6 ? NcFamily.V6 : NcFamily.V4, Allocator = allocator };
 
-        int code = NcCommand.Execute(options, NcKit.IO(error));
+        int code = NcKit.Within(() => NcCommand.Execute(options, NcKit.IO(error)));
 
         Assert.Equal(ExitCodes.Usage, code);
         Assert.Contains($"pagefrag nc: {message}", error.ToString(), StringComparison.Ordinal);
@@ -91,12 +91,29 @@ public class NcBadInputTests
         int port = NcEnv.FreePort(udp: false, v6: false);
         var error = new StringWriter();
 
-        int code = viaCommandLine
+        int code = NcKit.Within(() => viaCommandLine
             ? Program.Run(["nc", "127.0.0.1", $"{port}"], NcKit.IO(error))
-            : NcCommand.Execute(NcKit.Client(allocator, port), NcKit.IO(error));
+            : NcCommand.Execute(NcKit.Client(allocator, port), NcKit.IO(error)));
 
         Assert.Equal(ExitCodes.Failure, code);
         Assert.Equal($"pagefrag nc: connect to 127.0.0.1 port {port} (tcp) failed: Connection refused{Environment.NewLine}", error.ToString());
+        NcKit.AssertClean(allocator, error.ToString());
+    }
+
+    [Fact]
+    public void A_UDP_client_whose_peer_does_not_listen_reports_connection_refused()
+    {
+        // UDP has no handshake: the datagram goes out, loopback answers with ICMP port unreachable, and the next
+        // receive fails with ECONNREFUSED.
+        using PageAllocator allocator = NcKit.NewAllocator();
+        int port = NcEnv.FreePort(udp: true, v6: false);
+        var error = new StringWriter();
+        using var input = new MemoryStream("hello\n"u8.ToArray());
+
+        int code = NcKit.Within(() => NcCommand.Execute(NcKit.Client(allocator, port, udp: true), NcKit.IO(error, input)));
+
+        Assert.Equal(ExitCodes.Failure, code);
+        Assert.Equal($"pagefrag nc: Connection refused (nothing listens on the peer's udp port){Environment.NewLine}", error.ToString());
         NcKit.AssertClean(allocator, error.ToString());
     }
 
@@ -116,7 +133,7 @@ public class NcBadInputTests
         int port = ((IPEndPoint)holder.LocalEndPoint!).Port;
         var error = new StringWriter();
 
-        int code = NcCommand.Execute(NcKit.Listener(allocator, udp) with { Port = port }, NcKit.IO(error));
+        int code = NcKit.Within(() => NcCommand.Execute(NcKit.Listener(allocator, udp) with { Port = port }, NcKit.IO(error)));
 
         Assert.Equal(ExitCodes.Failure, code);
         Assert.Equal($"pagefrag nc: cannot listen on 127.0.0.1 port {port} ({(udp ? "udp" : "tcp")}): Address already in use{Environment.NewLine}", error.ToString());

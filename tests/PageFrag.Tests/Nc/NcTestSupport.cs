@@ -499,6 +499,33 @@ internal static class NcKit
     /// <summary>Sizes for the byte-exact tests: a few random ones per seed, up to <paramref name="max"/>.</summary>
     public static long RandomSize(int seed, long max) => new Random(seed).NextInt64(2, max + 1);
 
+    /// <summary>Runs <paramref name="run"/> on its own thread and fails instead of hanging past the deadline.</summary>
+    public static int Within(Func<int> run)
+    {
+        int result = -1;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                result = run();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        })
+        { IsBackground = true, Name = "test nc command" };
+        thread.Start();
+        Assert.True(thread.Join(NcEnv.Deadline), $"the command did not end within {NcEnv.Deadline.TotalSeconds} s");
+        if (failure is not null)
+        {
+            throw new InvalidOperationException("the command threw", failure);
+        }
+
+        return result;
+    }
+
     /// <summary>No page leaked, and no message looks like a stack trace.</summary>
     public static void AssertClean(PageAllocator allocator, string stderr)
     {
