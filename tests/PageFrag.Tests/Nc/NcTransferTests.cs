@@ -1,3 +1,5 @@
+using System.Net.Sockets;
+using PageFrag.Cli.Nc;
 using PageFrag.Pages;
 
 namespace PageFrag.Tests.Nc;
@@ -60,7 +62,7 @@ public class NcTransferTests
         Assert.Equal(0, client.WaitExit());
         Assert.Equal(0, listener.WaitExit());
         Assert.Equal(PatternStream.HashOf(size, 3), listenerOut.Hash());
-        PageFrag.Cli.Nc.NcStats s = client.Stats;
+        NcStats s = client.Stats;
         Assert.Equal(size, s.BytesSent);
         Assert.True(s.CoalescedCommits > 0, "no read was coalesced into the previous fragment");
         Assert.Equal(s.Commits, s.FragmentsSent);
@@ -95,6 +97,52 @@ public class NcTransferTests
         Assert.Equal(0, listener.WaitExit());
         Assert.Equal(3, listener.Stats.Connections);
         Assert.Equal(System.Security.Cryptography.SHA256.HashData(expected.ToArray()), listenerOut.Hash());
+        NcKit.AssertClean(allocator, listener.Error);
+    }
+
+    [Fact]
+    public void A_UDP_listener_with_k_receives_from_every_sender_and_sends_nothing()
+    {
+        using PageAllocator allocator = NcKit.NewAllocator();
+        using var output = new HashingStream();
+        using var input = new PatternStream(10_000, 4); // never read: an unconnected listener has nowhere to send it
+        NcRun listener = NcRun.Start(NcKit.Listener(allocator, udp: true) with { KeepListening = true }, input, output);
+        var target = listener.WaitListening();
+        using var first = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        using var second = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        first.SendTo("one "u8, target);
+        Assert.True(output.WaitFor(4, TimeSpan.FromSeconds(10)));
+        second.SendTo("two"u8, target);
+        Assert.True(output.WaitFor(7, TimeSpan.FromSeconds(10)));
+
+        listener.Cancel();
+        Assert.Equal(0, listener.WaitExit());
+        Assert.Equal(System.Security.Cryptography.SHA256.HashData("one two"u8), output.Hash());
+        Assert.Equal(0, listener.Stats.BytesSent);
+        Assert.Equal(0, input.Position);
+        NcKit.AssertClean(allocator, listener.Error);
+    }
+
+    [Fact]
+    public void A_listener_without_host_or_family_takes_IPv4_and_IPv6_clients()
+    {
+        using PageAllocator allocator = NcKit.NewAllocator();
+        using var output = new HashingStream();
+        NcRun listener = NcRun.Start(NcKit.Listener(allocator) with { Host = null, Family = NcFamily.Any, KeepListening = true }, Stream.Null, output);
+        int port = listener.WaitListening().Port;
+        long expected = 0;
+        foreach (bool v6 in NcEnv.HasIPv6 ? new[] { false, true } : [false])
+        {
+            using var input = new MemoryStream(new byte[1000]);
+            NcRun client = NcRun.Start(NcKit.Client(allocator, port, v6: v6), input, Stream.Null);
+            Assert.True(client.WaitExit() == 0, client.Error);
+            expected += 1000;
+            Assert.True(output.WaitFor(expected, TimeSpan.FromSeconds(10)));
+        }
+
+        listener.Cancel();
+        Assert.Equal(0, listener.WaitExit());
+        Assert.Equal(NcEnv.HasIPv6 ? 2 : 1, listener.Stats.Connections);
         NcKit.AssertClean(allocator, listener.Error);
     }
 
