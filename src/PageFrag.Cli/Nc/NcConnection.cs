@@ -51,6 +51,7 @@ internal sealed partial class NcConnection
     private string? _sendError;
     private string? _sendFailure;
     private bool _aborted;
+    private volatile bool _stdoutClosed;
 
     // Written under _gate (and _sendGate), read without it by the other threads between operations.
     private volatile bool _over;
@@ -98,7 +99,10 @@ internal sealed partial class NcConnection
         }
     }
 
-    /// <summary>Starts the reader thread.</summary>
+    /// <summary>True when standard output was found closed: no later connection can write either.</summary>
+    public bool StdoutClosed => _stdoutClosed;
+
+    /// <summary>Starts the reader thread, and the transmit thread when the connection sends.</summary>
     public void Start()
     {
         _reader = new Thread(RunReader) { IsBackground = true, Name = "pagefrag nc receive" };
@@ -237,6 +241,7 @@ internal sealed partial class NcConnection
                 }
                 catch (StdoutClosedException e)
                 {
+                    _stdoutClosed = true;
                     Fail(e.Message);
                 }
                 catch (NcException e)

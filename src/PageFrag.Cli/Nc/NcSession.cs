@@ -315,8 +315,9 @@ internal sealed class NcSession
                 Report(line);
             }
 
-            _stdoutClosed |= failure.Contains("standard output is closed", StringComparison.Ordinal);
         }
+
+        _stdoutClosed |= connection.StdoutClosed;
 
         return code;
     }
