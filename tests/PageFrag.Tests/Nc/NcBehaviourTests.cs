@@ -186,7 +186,7 @@ public class NcBehaviourTests
         var read = new Thread(() => pf.StandardOutput.BaseStream.ReadExactly(datagram));
         read.Start();
         Assert.True(read.Join(NcEnv.Deadline), "the datagram never reached standard output");
-        using (Process kill = Process.Start("kill", ["-TERM", $"{pf.Id}"]))
+        using (Process kill = Process.Start("sh", ["-c", $"kill -TERM {pf.Id}"]))
         {
             kill.WaitForExit();
         }
