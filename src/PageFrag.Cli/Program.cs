@@ -15,6 +15,7 @@ internal static class Program
         TestCommand.Create,
         StressCommand.Create,
         BenchCommand.Create,
+        NcCommand.Create,
     ];
 
     private static int Main(string[] args) => Run(args, CliIO.FromConsole());

@@ -10,6 +10,12 @@ namespace PageFrag.Cli.Infrastructure;
 /// <param name="Interactive">A person watches a terminal: progress displays are welcome.</param>
 internal sealed record CliIO(TextWriter Out, TextWriter Error, bool Interactive)
 {
+    /// <summary>Binary standard input for commands that move bytes (<c>pagefrag nc</c>); null: the process's own.</summary>
+    public Stream? Input { get; init; }
+
+    /// <summary>Binary standard output for commands that move bytes (<c>pagefrag nc</c>); null: the process's own.</summary>
+    public Stream? Output { get; init; }
+
     /// <summary>The real console; interactive unless standard output is redirected.</summary>
     public static CliIO FromConsole() => new(Console.Out, Console.Error, !Console.IsOutputRedirected);
 
