@@ -261,14 +261,7 @@ public sealed partial class PageFragCache
     public int CommitNoRef(in PreparedFragment prepared, int usedSize, ref PageFragment previous)
     {
         CheckPrepared(prepared, usedSize);
-
-        // previous must also end at the cache's offset: a fragment ending beyond it was aborted and owns no
-        // reference, and an aligned preparation may start exactly where such a fragment used to end.
-        // And previous must start on the cache's page: a fragment that ends its own block is address-contiguous
-        // with the next block, which may be the cache's page with an equal generation number.
-        if (!ReferenceEquals(previous.Arena, _arena) || previous.Generation != _generation ||
-            prepared.Offset != _offset || previous.ArenaOffset < _pageStart ||
-            previous.ArenaOffset + previous.Length != _pageStart + prepared.Offset)
+        if (!CanCoalesce(prepared, previous))
         {
             ThrowHelper.InvalidOperation("The previous fragment does not end where the preparation starts, so the new bytes cannot be coalesced with it.");
         }
@@ -277,6 +270,38 @@ public sealed partial class PageFragCache
         previous = new PageFragment(_arena!, previous.ArenaOffset, previous.Length + usedSize, previous.TrueSize + usedSize, _generation);
         return usedSize;
     }
+
+    /// <summary>
+    /// Coalesces when it can (TCP's <c>skb_can_coalesce</c> followed by commit_noref): when the preparation
+    /// starts exactly where <paramref name="previous"/> ends on the cache's page, commits
+    /// <paramref name="usedSize"/> bytes without a new reference, grows <paramref name="previous"/> over them
+    /// and returns true; otherwise changes nothing and returns false, and the caller commits a fragment of
+    /// its own with <see cref="Commit"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The preparation is empty.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="usedSize"/> is not between 1 and the prepared size.</exception>
+    /// <exception cref="InvalidOperationException">The preparation is stale.</exception>
+    public bool TryCommitNoRef(in PreparedFragment prepared, int usedSize, ref PageFragment previous)
+    {
+        CheckPrepared(prepared, usedSize);
+        if (!CanCoalesce(prepared, previous))
+        {
+            return false;
+        }
+
+        _offset = prepared.Offset + usedSize;
+        previous = new PageFragment(_arena!, previous.ArenaOffset, previous.Length + usedSize, previous.TrueSize + usedSize, _generation);
+        return true;
+    }
+
+    private bool CanCoalesce(in PreparedFragment prepared, in PageFragment previous) =>
+        // previous must also end at the cache's offset: a fragment ending beyond it was aborted and owns no
+        // reference, and an aligned preparation may start exactly where such a fragment used to end.
+        // And previous must start on the cache's page: a fragment that ends its own block is address-contiguous
+        // with the next block, which may be the cache's page with an equal generation number.
+        ReferenceEquals(previous.Arena, _arena) && previous.Generation == _generation &&
+        prepared.Offset == _offset && previous.ArenaOffset >= _pageStart &&
+        previous.ArenaOffset + previous.Length == _pageStart + prepared.Offset;
 
     /// <summary>
     /// Undoes the most recent allocation or commit of this cache (page_frag_alloc_abort): the bytes and

@@ -282,6 +282,45 @@ public class PageFragCachePrepareTests
     }
 
     [Fact]
+    public void TryCommitNoRef_coalesces_when_contiguous_and_otherwise_changes_nothing()
+    {
+        using PageAllocator allocator = FragKit.NewAllocator();
+        var cache = new PageFragCache(allocator);
+        Assert.True(cache.TryAlloc(100, out PageFragment previous));
+
+        // Contiguous: grown in place, no new reference.
+        Assert.True(cache.TryPrepare(20, out PreparedFragment prepared));
+        Assert.True(cache.TryCommitNoRef(prepared, 20, ref previous));
+        Assert.Equal(120, previous.Length);
+        Assert.Equal(120, cache.Offset);
+        Assert.Equal(FragKit.RefBias, cache.Bias);
+
+        // An aligned preparation leaves a gap: refused, nothing moves, and the bytes commit on their own.
+        Assert.True(cache.TryPrepare(20, 64, out PreparedFragment aligned));
+        PageFragment before = previous;
+        Assert.False(cache.TryCommitNoRef(aligned, 20, ref previous));
+        Assert.Equal(before, previous);
+        Assert.Equal(120, cache.Offset);
+        Assert.Equal(FragKit.RefBias, cache.Bias);
+        PageFragment own = cache.Commit(aligned, 20);
+        Assert.Equal(128, own.PageOffset);
+
+        // A fragment that is not the last one: refused too.
+        Assert.True(cache.TryPrepare(8, out PreparedFragment next));
+        Assert.False(cache.TryCommitNoRef(next, 8, ref previous));
+        Assert.Equal(120, previous.Length);
+
+        // Bad input still throws: a size beyond the preparation, a stale preparation.
+        FragKit.Throws<ArgumentOutOfRangeException>(() => cache.TryCommitNoRef(next, next.Size + 1, ref own), "usedSize", "between 1 and the prepared size");
+        cache.Commit(next, 8).Free();
+        FragKit.Throws<InvalidOperationException>(() => cache.TryCommitNoRef(next, 8, ref own), null, "stale");
+
+        previous.Free();
+        own.Free();
+        FragKit.DrainAndAssertNoLeak(cache, allocator);
+    }
+
+    [Fact]
     public void TryRefill_is_a_prepare_and_commit_of_exactly_the_size()
     {
         using PageAllocator allocator = FragKit.NewAllocator();
