@@ -393,9 +393,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 try
                 {
                     Cache.FreeLocal(in fragment);
-                    Returns++;
-                    ReturnedBytes += fragment.TrueSize;
-                    StashLocked(owner);
+                    CountReturnLocked(owner, fragment.TrueSize);
                 }
                 finally
                 {
@@ -405,8 +403,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             else
             {
                 PageFragCache.Free(in fragment);
-                Interlocked.Increment(ref ContendedReturns);
-                Interlocked.Add(ref ContendedReturnedBytes, fragment.TrueSize);
+                CountContendedReturn(fragment.TrueSize);
             }
         }
 
@@ -415,16 +412,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         {
             if (TryEnter())
             {
-                Returns++;
-                ReturnedBytes += trueSize;
-                StashLocked(owner);
+                CountReturnLocked(owner, trueSize);
                 Exit();
             }
             else
             {
-                // Never wait on a renter: count atomically and leave the owner object to the collector.
-                Interlocked.Increment(ref ContendedReturns);
-                Interlocked.Add(ref ContendedReturnedBytes, trueSize);
+                CountContendedReturn(trueSize);
             }
         }
 
@@ -452,6 +445,20 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 spinner.SpinOnce();
             }
             while (Volatile.Read(ref _busy) != 0 || !TryEnter());
+        }
+
+        private void CountReturnLocked(FragmentMemoryOwner owner, int trueSize)
+        {
+            Returns++;
+            ReturnedBytes += trueSize;
+            StashLocked(owner);
+        }
+
+        // Never wait on a renter: count atomically and leave the owner object to the collector.
+        private void CountContendedReturn(int trueSize)
+        {
+            Interlocked.Increment(ref ContendedReturns);
+            Interlocked.Add(ref ContendedReturnedBytes, trueSize);
         }
 
         private void StashLocked(FragmentMemoryOwner owner)

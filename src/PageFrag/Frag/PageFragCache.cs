@@ -374,10 +374,7 @@ public sealed partial class PageFragCache
             ThrowHelper.DoubleFree("The fragment's page was already returned to the allocator or reused: the fragment was freed before.");
         }
 
-        if (fragment.Length >= MarkGranule && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, fragment.ArenaOffset))
-        {
-            ThrowHelper.DoubleFree("The fragment was already freed.");
-        }
+        MarkFreedOrThrow(arena, in fragment);
 
         PageAllocator.PutBlockRef(arena, head);
     }
@@ -402,11 +399,7 @@ public sealed partial class PageFragCache
         if (ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
             (uint)(fragment.ArenaOffset - _pageStart) < (uint)_size)
         {
-            if (fragment.Length >= MarkGranule && _arena!.Owner.DetectDoubleFree && !TryMarkFreed(_arena, fragment.ArenaOffset))
-            {
-                ThrowHelper.DoubleFree("The fragment was already freed.");
-            }
-
+            MarkFreedOrThrow(_arena!, in fragment);
             _bias++;
             return;
         }
@@ -557,31 +550,21 @@ public sealed partial class PageFragCache
         _bias = 0;
     }
 
-    /// <summary>
-    /// Sets the "freed" mark of the fragment starting at <paramref name="arenaOffset"/>; false if it was
-    /// already set (a double free).
-    /// </summary>
-    /// <remarks>
-    /// A plain read-modify-write, not an interlocked one: an atomic here cost a third of the cross-thread
-    /// free rate. The only writers of a mark word are freeing threads (the owner clears a page's words only
-    /// after the page's count reached zero, which happens after every mark of that page was written), so a
-    /// race between two threads freeing neighbours in the same 512 bytes can only lose a mark: a missed
-    /// detection, never a false one.
-    /// </remarks>
+    /// <summary>Sets the "freed" mark of the fragment at <paramref name="arenaOffset"/>; false on a double free.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static bool TryMarkFreed(Arena arena, int arenaOffset)
-    {
-        int granule = arenaOffset >> Arena.MarkShift;
-        long bit = 1L << (granule & 63);
-        ref long word = ref arena.FreeMarks[granule >> 6];
-        long old = Volatile.Read(ref word);
-        if ((old & bit) != 0)
-        {
-            return false;
-        }
+    private static bool TryMarkFreed(Arena arena, int arenaOffset) => Arena.TrySetFreeMark(arena.FreeMarks, arenaOffset);
 
-        word = old | bit;
-        return true;
+    /// <summary>
+    /// The double-free check of a free by handle (static or owner's): marks the fragment freed, or throws
+    /// when it already was. Fragments shorter than a mark granule share granules and are not marked.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MarkFreedOrThrow(Arena arena, in PageFragment fragment)
+    {
+        if (fragment.Length >= MarkGranule && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, fragment.ArenaOffset))
+        {
+            ThrowHelper.DoubleFree("The fragment was already freed.");
+        }
     }
 
     private static bool IsMarkedFreed(Arena arena, int arenaOffset)

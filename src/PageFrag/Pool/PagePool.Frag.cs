@@ -209,20 +209,10 @@ public sealed partial class PagePool
             return;
         }
 
-        // A plain read-modify-write, as the fragment cache's mark (PageFragCache.TryMarkFreed): only freeing
-        // threads write a page's mark words, and the owner clears them only after the page's count reached
-        // zero, that is after every mark of the page was written. Two threads freeing neighbours in the same
-        // 512 bytes can lose a mark (a missed detection), never invent one.
-        int granule = (buffer.NetMem.AreaOffset + buffer.Offset) >> 3;
-        long bit = 1L << (granule & 63);
-        ref long word = ref area.FreeMarks[granule >> 6];
-        long old = Volatile.Read(ref word);
-        if ((old & bit) != 0)
+        if (!Arena.TrySetFreeMark(area.FreeMarks, buffer.NetMem.AreaOffset + buffer.Offset))
         {
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }
-
-        word = old | bit;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
