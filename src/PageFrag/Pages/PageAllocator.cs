@@ -62,6 +62,7 @@ public sealed partial class PageAllocator : IDisposable
         _arenaSize = options.ArenaSize;
         _faultInjection = options.FaultInjection;
         DetectDoubleFree = options.DetectDoubleFree;
+        DetectMisuse = options.DetectMisuse;
         int arenaPages = _arenaSize >> PageConstants.PageShift;
         if (options.MaxBytes == long.MaxValue)
         {
@@ -93,6 +94,9 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>Whether fragment frees are checked for double frees (see <see cref="PageAllocatorOptions.DetectDoubleFree"/>).</summary>
     public bool DetectDoubleFree { get; }
+
+    /// <summary>Whether the detection mode is on (see <see cref="PageAllocatorOptions.DetectMisuse"/>).</summary>
+    public bool DetectMisuse { get; }
 
     /// <summary>
     /// The fault injection in force; may be swapped at run time (for example set to null to let memory

@@ -46,6 +46,21 @@ public sealed class PageAllocatorOptions
     /// </summary>
     public bool DetectDoubleFree { get; init; } = true;
 
+    /// <summary>
+    /// The detection mode: handles (fragments, pool buffers) check on every access (<c>Span</c>,
+    /// <c>Memory</c>, <c>ArraySegment</c>, pointer) that their memory is still theirs, and throw
+    /// <see cref="InvalidOperationException"/> after a free or once their page moved on (Netty's
+    /// <c>ensureAccessible</c>); owner-thread rules of caches and pools are checked on every call. It costs
+    /// a few nanoseconds per access, so it is meant for tests, debugging and staging. Default false, and
+    /// true in Debug builds of PageFrag.
+    /// </summary>
+    public bool DetectMisuse { get; init; } =
+#if DEBUG
+        true;
+#else
+        false;
+#endif
+
     internal void Validate()
     {
         if (ArenaSize < PageConstants.FragCacheMaxSize || ArenaSize > (1 << 30) || !int.IsPow2(ArenaSize))
