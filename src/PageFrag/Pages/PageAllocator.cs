@@ -92,7 +92,7 @@ public sealed partial class PageAllocator : IDisposable
     /// <summary>The highest order a block can have: log2(ArenaSize / 4096).</summary>
     public int MaxOrder { get; }
 
-    /// <summary>Whether fragment frees are checked for double frees (see <see cref="PageAllocatorOptions.DetectDoubleFree"/>).</summary>
+    /// <summary>The value of <see cref="PageAllocatorOptions.DetectDoubleFree"/>, which has no effect: the double-free check is always on.</summary>
     public bool DetectDoubleFree { get; }
 
     /// <summary>Whether the detection mode is on (see <see cref="PageAllocatorOptions.DetectMisuse"/>).</summary>
@@ -371,7 +371,7 @@ public sealed partial class PageAllocator : IDisposable
         d.Flags = pfmemalloc ? PageFlags.Head | PageFlags.PfMemalloc : PageFlags.Head;
         d.HeadIndex = index;
         d.Generation++;
-        d.TinyFragments = false;
+        d.FragmentCachePage = false;
         d.Pool = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;

@@ -36,13 +36,12 @@ public sealed class PageAllocatorOptions
     public FaultInjection? FaultInjection { get; init; }
 
     /// <summary>
-    /// Whether frees of fragments are checked against a per-arena bitmap (one bit per 8 bytes, 1.6 % of
-    /// the arena) so that a second free of the same fragment throws <see cref="PageFragDoubleFreeException"/>
-    /// instead of corrupting the page's reference count. The mark is a plain write, not an atomic one, so
-    /// two threads freeing neighbouring fragments at the same instant may lose a mark: detection is then
-    /// missed, never reported falsely. Fragments shorter than 8 bytes are not marked, and once a page holds
-    /// one, frees by address on that page are not checked (the address alone cannot tell which fragment it
-    /// is). Default true.
+    /// No longer has any effect: the double-free check of fragments is always on. Every release of a
+    /// fragment (free by handle or address, owner-local free, abort, a page pool's fragment put) clears the
+    /// fragment's state byte with one compare-and-swap (one byte per 8 bytes of an arena, created when the
+    /// arena first serves fragments), so of two racing releases exactly one wins and the other throws
+    /// <see cref="PageFragDoubleFreeException"/>, whatever this option says. Kept only for source
+    /// compatibility; it will be removed.
     /// </summary>
     public bool DetectDoubleFree { get; init; } = true;
 
