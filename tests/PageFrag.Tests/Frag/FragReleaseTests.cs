@@ -32,16 +32,14 @@ public class FragReleaseTests
     {
         using PageAllocator allocator = FragKit.NewAllocator();
         var cache = new PageFragCache(allocator);
-        using var barrier = new Barrier(2);
         var stop = Stopwatch.StartNew();
         PageFragment frag = default;
         int[] wins = new int[2];
         int[] losses = new int[2];
-        int rounds = 0;
+        int go = 0;
+        int done = 0;
         Exception? failure = null;
 
-        // The owner (thread 0) allocates the keeper and the contested fragment between two barrier phases;
-        // both threads then release the same fragment at once.
         void Release(int who, Way way)
         {
             try
@@ -61,21 +59,27 @@ public class FragReleaseTests
             }
         }
 
-        PageFragment keeper = default;
+        // A spinning start gate rather than a barrier: both threads leave it within nanoseconds of each other.
         var other = new Thread(() =>
         {
             try
             {
-                while (true)
+                var spin = default(SpinWait);
+                for (int round = 1; ; round++)
                 {
-                    barrier.SignalAndWait();
-                    if (Volatile.Read(ref rounds) < 0)
+                    int g;
+                    while ((g = Volatile.Read(ref go)) < round)
+                    {
+                        spin.SpinOnce(-1);
+                    }
+
+                    if (g == int.MaxValue)
                     {
                         return;
                     }
 
                     Release(1, second);
-                    barrier.SignalAndWait();
+                    Volatile.Write(ref done, round);
                 }
             }
             catch (Exception e)
@@ -84,27 +88,31 @@ public class FragReleaseTests
             }
         });
         other.Start();
-        int round = 0;
-        while (stop.ElapsedMilliseconds < RaceMilliseconds)
+        int rounds = 0;
+        while (stop.ElapsedMilliseconds < RaceMilliseconds && failure is null)
         {
-            Assert.True(cache.TryAlloc(64, out keeper));
+            Assert.True(cache.TryAlloc(64, out PageFragment keeper));
             Assert.True(cache.TryAlloc(size, out frag));
-            FragKit.Fill(keeper, round);
-            barrier.SignalAndWait();
+            FragKit.Fill(keeper, rounds);
+            rounds++;
+            Volatile.Write(ref go, rounds);
             Release(0, first);
-            barrier.SignalAndWait();
-            Assert.Equal(round + 1, wins[0] + wins[1]);
-            Assert.True(FragKit.IsIntact(keeper, round), "the keeper was damaged");
+            var spin = default(SpinWait);
+            while (Volatile.Read(ref done) < rounds && failure is null)
+            {
+                spin.SpinOnce(-1);
+            }
+
+            Assert.Equal(rounds, wins[0] + wins[1]);
+            Assert.True(FragKit.IsIntact(keeper, rounds - 1), "the keeper was damaged");
             cache.FreeLocal(keeper);
-            round++;
         }
 
-        Volatile.Write(ref rounds, -1);
-        barrier.SignalAndWait();
+        Volatile.Write(ref go, int.MaxValue);
         other.Join();
         Assert.Null(failure);
-        Assert.Equal(round, wins[0] + wins[1]);
-        Assert.Equal(round, losses[0] + losses[1]);
+        Assert.Equal(rounds, wins[0] + wins[1]);
+        Assert.Equal(rounds, losses[0] + losses[1]);
         FragKit.DrainAndAssertNoLeak(cache, allocator);
     }
 
