@@ -24,6 +24,7 @@ public sealed partial class PageAllocator : IDisposable
 
     private readonly Lock _buddyLock = new();
     private readonly PerCpuPages[] _perCpu;
+    private readonly TransferStack _transfer = new();
     private readonly long _maxPages;
     private readonly long _reservePages;
     private readonly int _maxArenas;
@@ -406,12 +407,16 @@ public sealed partial class PageAllocator : IDisposable
                 }
             }
         }
+
+        // Last: a list spills into the transfer stack under its own lock, so once every list was drained
+        // after Dispose set _disposed (each list checks it under its lock), nothing can arrive here any more.
+        _transfer.DrainTo(this);
     }
 
     /// <summary>A snapshot of the allocator's counters.</summary>
     public PageAllocatorStats GetStats()
     {
-        long cached = 0;
+        long cached = (long)_transfer.Count << TransferStack.Order;
         foreach (PerCpuPages pcp in _perCpu)
         {
             lock (pcp.Lock)
@@ -459,6 +464,9 @@ public sealed partial class PageAllocator : IDisposable
             };
         }
     }
+
+    /// <summary>Order-3 blocks on the transfer stack (a test hook).</summary>
+    internal int TransferStackBlocks => _transfer.Count;
 
     /// <summary>Pages currently handed out (not free and not on a per-CPU list).</summary>
     public long PagesInUse => Volatile.Read(ref _pagesInUse);
@@ -619,9 +627,14 @@ public sealed partial class PageAllocator : IDisposable
                 pcp.Push(order, arena, head);
                 if (pcp.Counts[order] > PerCpuPages.High(order))
                 {
-                    lock (_buddyLock)
+                    // Order 3 (the fragment cache's page) first goes to the transfer stack, where another CPU's
+                    // refill finds it without the buddy lock and without merging and splitting it again.
+                    if (order != TransferStack.Order || !_transfer.TryPutBatch(pcp))
                     {
-                        pcp.DrainTo(order, PerCpuPages.Batch(order), this);
+                        lock (_buddyLock)
+                        {
+                            pcp.DrainTo(order, PerCpuPages.Batch(order), this);
+                        }
                     }
                 }
             }
@@ -674,7 +687,7 @@ public sealed partial class PageAllocator : IDisposable
         PerCpuPages pcp = _perCpu[CurrentCpu()];
         lock (pcp.Lock)
         {
-            if (pcp.Counts[order] == 0)
+            if (pcp.Counts[order] == 0 && (order != TransferStack.Order || !_transfer.TryTakeBatch(pcp)))
             {
                 lock (_buddyLock)
                 {
@@ -753,6 +766,96 @@ public sealed partial class PageAllocator : IDisposable
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int CurrentCpu() => (int)((uint)Thread.GetCurrentProcessorId() % (uint)_perCpu.Length);
+
+    /// <summary>
+    /// Free order-3 blocks between the per-CPU lists and the buddy lists (a transfer cache, as in tcmalloc):
+    /// a CPU whose list is over its high mark puts a batch here, a CPU whose list is empty takes a batch from
+    /// here before it goes to the buddy lists. When one thread frees the pages another allocates (a fragment
+    /// cache's 32 KiB pages freed on a consumer thread), they cycle through here instead of through the buddy
+    /// lock, the merges up to the arena's order and the splits back down. Bounded; beyond it batches go to
+    /// the buddy lists as before. Blocks here count as cached pages and keep the PerCpu flag.
+    /// </summary>
+    private sealed class TransferStack
+    {
+        public const int Order = PageConstants.FragCacheMaxOrder;
+
+        /// <summary>At most this many blocks (8 batches of 4: 1 MiB of order-3 blocks).</summary>
+        public const int Capacity = 32;
+
+        private readonly object _lock = new();
+        private readonly Arena?[] _arenas = new Arena?[Capacity];
+        private readonly int[] _indexes = new int[Capacity];
+        private int _count;
+
+        /// <summary>Blocks held; exact when read under the lock, a snapshot otherwise.</summary>
+        public int Count => Volatile.Read(ref _count);
+
+        /// <summary>Moves one batch from <paramref name="pcp"/> here; false when full. Caller holds the list's lock.</summary>
+        public bool TryPutBatch(PerCpuPages pcp)
+        {
+            int batch = PerCpuPages.Batch(Order);
+            lock (_lock)
+            {
+                if (_count + batch > Capacity)
+                {
+                    return false;
+                }
+
+                for (int i = 0; i < batch && pcp.TryPop(Order, out Arena? arena, out int index); i++)
+                {
+                    arena!.Pages[index].Flags = PageFlags.PerCpu;
+                    _arenas[_count] = arena;
+                    _indexes[_count] = index;
+                    _count++;
+                }
+
+                return true;
+            }
+        }
+
+        /// <summary>Moves up to one batch from here to <paramref name="pcp"/>; false when empty. Caller holds the list's lock.</summary>
+        public bool TryTakeBatch(PerCpuPages pcp)
+        {
+            if (Volatile.Read(ref _count) == 0)
+            {
+                return false;
+            }
+
+            int batch = PerCpuPages.Batch(Order);
+            lock (_lock)
+            {
+                int moved = 0;
+                for (; moved < batch && _count > 0; moved++)
+                {
+                    _count--;
+                    Arena arena = _arenas[_count]!;
+                    _arenas[_count] = null;
+                    pcp.Push(Order, arena, _indexes[_count]);
+                }
+
+                return moved > 0;
+            }
+        }
+
+        /// <summary>Gives every block back to the buddy lists (or forgets it once the allocator is disposed).</summary>
+        public void DrainTo(PageAllocator owner)
+        {
+            lock (_lock)
+            {
+                lock (owner._buddyLock)
+                {
+                    while (_count > 0)
+                    {
+                        _count--;
+                        Arena arena = _arenas[_count]!;
+                        _arenas[_count] = null;
+                        arena.Pages[_indexes[_count]].Flags = PageFlags.None;
+                        owner.GiveToBuddy(arena, _indexes[_count], Order);
+                    }
+                }
+            }
+        }
+    }
 
     /// <summary>
     /// One CPU's stash of free blocks of orders 0–3 (the kernel's per_cpu_pages), refilled from and drained
