@@ -57,8 +57,9 @@ public readonly struct Page : IEquatable<Page>
     /// a page pool's or fragment cache's page too (the page then outlives its owner's release until the
     /// caller frees this reference, as with the kernel's get_page on a page-pool page).
     /// </summary>
-    /// <exception cref="InvalidOperationException">The page is empty, has no reference left (it was freed), or
-    /// the handle is stale (the block was freed and handed out again since).</exception>
+    /// <exception cref="InvalidOperationException">The page is empty, has no reference left (it was freed),
+    /// already has <see cref="int.MaxValue"/> references, or the handle is stale (the block was freed and
+    /// handed out again since).</exception>
     public void AddRef()
     {
         PageAllocator.AddCallerRef(ref Descriptor, Generation);

@@ -271,6 +271,11 @@ public sealed partial class PageAllocator : IDisposable
 
             RefAndGeneration current = RefAndGeneration.From(seen);
             CheckRef(current, flags, generation, forAddRef: true);
+            if (current.RefCount == int.MaxValue)
+            {
+                ThrowHelper.InvalidOperation("Cannot take a reference: the page already has int.MaxValue references.");
+            }
+
             long next = new RefAndGeneration(current.RefCount + 1, generation).ToWord();
             long prev = Interlocked.CompareExchange(ref word, next, seen);
             if (prev == seen)

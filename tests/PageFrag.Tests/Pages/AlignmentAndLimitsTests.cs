@@ -184,4 +184,18 @@ public class AlignmentAndLimitsTests
         allocator.FreePages(reserve);
         AssertClean(allocator);
     }
+
+    [Fact]
+    public void AddRef_at_int_MaxValue_references_throws_instead_of_wrapping_and_changes_nothing()
+    {
+        using PageAllocator allocator = OneArena();
+        Page page = Alloc(allocator, 0);
+        Volatile.Write(ref page.Descriptor.RefCount, int.MaxValue); // as if int.MaxValue - 1 AddRefs had been made
+        InvalidOperationException ex = Assert.Throws<InvalidOperationException>(page.AddRef);
+        Assert.Equal("Cannot take a reference: the page already has int.MaxValue references.", ex.Message);
+        Assert.Equal(int.MaxValue, page.RefCount);
+        Volatile.Write(ref page.Descriptor.RefCount, 1);
+        allocator.FreePages(page);
+        AssertClean(allocator);
+    }
 }
