@@ -124,6 +124,32 @@ public class RegistrationTests
     }
 
     [Fact]
+    public void LimitReached_is_logged_at_most_once_a_second_and_the_next_line_counts_the_ones_left_out()
+    {
+        var log = new ListLogger();
+        var time = new SteppedTime();
+        using var events = new PageFragEventLogger(log.CreateLogger("limit-test"), time);
+        using var allocator = new PageAllocator(new PageAllocatorOptions { ArenaSize = 1 << 15, MaxBytes = 1 << 15 });
+        Assert.True(allocator.TryAllocPages(3, AllocFlags.None, out Page page));
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.False(allocator.TryAllocPages(0, AllocFlags.None, out _));
+        }
+
+        Assert.Equal(["Allocation of 4096 bytes refused: the memory limit of 32768 bytes is reached (32768 bytes in arenas)."], LimitLines());
+        time.Advance(PageFragEventLogger.LimitReachedInterval);
+        Assert.False(allocator.TryAllocPages(1, AllocFlags.None, out _));
+        Assert.Equal(
+            ["Allocation of 4096 bytes refused: the memory limit of 32768 bytes is reached (32768 bytes in arenas).",
+             "Allocation of 8192 bytes refused: the memory limit of 32768 bytes is reached (32768 bytes in arenas). (2 more refused since the previous line.)"],
+            LimitLines());
+        allocator.FreePages(page);
+        Leaks.AssertNone(allocator);
+
+        string[] LimitLines() => [.. log.Lines.Where(l => l.Category == "limit-test" && l.Id.Name == "LimitReached").Select(l => l.Message)];
+    }
+
+    [Fact]
     public void Registering_twice_registers_the_start_up_check_once()
     {
         var services = new ServiceCollection();
@@ -162,5 +188,16 @@ public class RegistrationTests
 
         Assert.Empty(factory.Pools);
         Leaks.AssertNone(factory.Allocator);
+    }
+
+    private sealed class SteppedTime : TimeProvider
+    {
+        private long _now = 1;
+
+        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+        public override long GetTimestamp() => Interlocked.Read(ref _now);
+
+        public void Advance(TimeSpan by) => Interlocked.Add(ref _now, by.Ticks);
     }
 }
