@@ -672,6 +672,7 @@ public sealed partial class PageAllocator : IDisposable
             long next = current + pages;
             if (next > limit)
             {
+                PageFragEventSource.Log.LimitReached(limit * PageConstants.PageSize, current * PageConstants.PageSize, (long)pages * PageConstants.PageSize);
                 pfmemalloc = false;
                 return false;
             }
