@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
@@ -9,12 +10,27 @@ namespace PageFrag.Buffers;
 /// object is recycled by its CPU slot after <see cref="Dispose"/> (see the pool's remarks for what that
 /// means for stale references).
 /// </summary>
-/// <remarks>Used by one renter at a time; <see cref="Dispose"/> may run on any thread.</remarks>
+/// <remarks>
+/// <para>Used by one renter at a time; <see cref="Dispose"/> may run on any thread, and two racing calls
+/// are decided by one atomic exchange of the state: exactly one gives the memory back.</para>
+/// <para>An owner that becomes unreachable while rented is reclaimed by its finalizer, which frees the
+/// memory without stashing the object (no resurrection) and reports the leak. An owner whose finalizer
+/// ran while it was not rented (the pool was collected, or a decorator's finalizer disposed it in the same
+/// collection and the object went back to a stash) is re-registered for finalization when it is rented
+/// again.</para>
+/// </remarks>
 internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
 {
+    private const int Idle = 0;
+    private const int Rented = 1;
+
     private readonly PageFragMemoryPool.CpuSlot _home;
     private PageFragment _fragment;
     private Page _block;
+    private int _trueSize;
+    private int _state;
+    private bool _finalized;
+    private StackTrace? _rentedAt;
 
     public FragmentMemoryOwner(PageFragMemoryPool.CpuSlot home) => _home = home;
 
@@ -27,46 +43,102 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
     {
         get
         {
-            if (!_fragment.IsEmpty)
-            {
-                return _fragment.Memory;
-            }
-
-            if (_block.IsEmpty)
+            if (Volatile.Read(ref _state) != Rented)
             {
                 BufferThrowHelper.Disposed(nameof(PageFragMemoryPool) + " buffer");
             }
 
-            return _block.Memory;
+            return !_fragment.IsEmpty ? _fragment.Memory : _block.Memory;
         }
     }
 
     /// <summary>The memory the buffer keeps from reuse.</summary>
-    internal int TrueSize => !_fragment.IsEmpty ? _fragment.TrueSize : _block.IsEmpty ? 0 : _block.Length;
+    internal int TrueSize => Volatile.Read(ref _state) == Rented ? _trueSize : 0;
 
-    internal void SetFragment(in PageFragment fragment) => _fragment = fragment;
+    /// <summary>Makes the object a live rent of <paramref name="fragment"/> (under the slot's lock).</summary>
+    internal void SetFragment(in PageFragment fragment)
+    {
+        _fragment = fragment;
+        _block = default;
+        Activate(fragment.TrueSize);
+    }
 
-    internal void SetBlock(Page block) => _block = block;
+    /// <summary>Makes the object a live rent of <paramref name="block"/> (under the slot's lock).</summary>
+    internal void SetBlock(Page block)
+    {
+        _fragment = default;
+        _block = block;
 
-    /// <summary>Gives the buffer back (any thread). A second call before the object is reused does nothing.</summary>
+        // Read now: once the block is freed its descriptor may describe a merged buddy.
+        Activate(block.Length);
+    }
+
+    /// <summary>Gives the buffer back (any thread). One atomic exchange decides: a second call, racing or not, does nothing.</summary>
     public void Dispose()
     {
+        if (Volatile.Read(ref _state) != Rented || Interlocked.Exchange(ref _state, Idle) != Rented)
+        {
+            return;
+        }
+
         PageFragment fragment = _fragment;
+        Page block = _block;
+        int trueSize = _trueSize;
+        _fragment = default;
+        _block = default;
+        _rentedAt = null;
         if (!fragment.IsEmpty)
         {
-            _fragment = default;
             _home.ReturnFragment(this, in fragment);
-            return;
         }
-
-        Page block = _block;
-        if (block.IsEmpty)
+        else
         {
+            block.Allocator.FreePages(block);
+            _home.Returned(this, trueSize);
+        }
+    }
+
+    /// <summary>The object leaves the pool for good (a full stash): it has nothing left to reclaim.</summary>
+    internal void Drop() => GC.SuppressFinalize(this);
+
+    private void Activate(int trueSize)
+    {
+        _trueSize = trueSize;
+        if (_finalized)
+        {
+            // Finalized while idle and then reached again through a stash: arm the safety net anew.
+            _finalized = false;
+            GC.ReRegisterForFinalize(this);
+        }
+
+        _rentedAt = _home.CaptureStacks ? new StackTrace(3, fNeedFileInfo: true) : null;
+        Volatile.Write(ref _state, Rented);
+    }
+
+    /// <summary>The renter forgot <see cref="Dispose"/>: give the memory back and report it, never stash the object.</summary>
+    ~FragmentMemoryOwner()
+    {
+        if (Volatile.Read(ref _state) != Rented || Interlocked.Exchange(ref _state, Idle) != Rented)
+        {
+            _finalized = true;
             return;
         }
 
+        _finalized = true;
+        PageFragment fragment = _fragment;
+        Page block = _block;
+        _fragment = default;
         _block = default;
-        block.Allocator.FreePages(block);
-        _home.Returned(this, block.Length);
+        try
+        {
+            _home.Reclaim(in fragment, block, _trueSize, _rentedAt);
+        }
+        catch (Exception e)
+        {
+            // An exception here would end the process; the memory is lost for good, which is what it was.
+            Debug.Fail("Reclaiming a leaked PageFragMemoryPool buffer failed: " + e);
+        }
+
+        _rentedAt = null;
     }
 }
