@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
@@ -58,15 +59,14 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
     /// <summary>Makes the object a live rent of <paramref name="fragment"/> (under the slot's lock).</summary>
     internal void SetFragment(in PageFragment fragment)
     {
+        // Idle owners hold neither a fragment nor a block (Dispose and the finalizer clear the one used).
         _fragment = fragment;
-        _block = default;
         Activate(fragment.TrueSize);
     }
 
     /// <summary>Makes the object a live rent of <paramref name="block"/> (under the slot's lock).</summary>
     internal void SetBlock(Page block)
     {
-        _fragment = default;
         _block = block;
 
         // Read now: once the block is freed its descriptor may describe a merged buddy.
@@ -81,22 +81,29 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
             return;
         }
 
+        if (_rentedAt is not null)
+        {
+            _rentedAt = null;
+        }
+
         PageFragment fragment = _fragment;
-        Page block = _block;
-        int trueSize = _trueSize;
-        _fragment = default;
-        _block = default;
-        _rentedAt = null;
         if (!fragment.IsEmpty)
         {
+            _fragment = default;
             _home.ReturnFragment(this, in fragment);
         }
         else
         {
+            Page block = _block;
+            _block = default;
             block.Allocator.FreePages(block);
-            _home.Returned(this, trueSize);
+            _home.Returned(this, _trueSize);
         }
     }
+
+    /// <summary>Where the buffer was rented (detection mode only), reported if it leaks.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void CaptureRentStack() => _rentedAt = new StackTrace(1, fNeedFileInfo: true);
 
     /// <summary>The object leaves the pool for good (a full stash): it has nothing left to reclaim.</summary>
     internal void Drop() => GC.SuppressFinalize(this);
@@ -111,7 +118,6 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
             GC.ReRegisterForFinalize(this);
         }
 
-        _rentedAt = _home.CaptureStacks ? new StackTrace(3, fNeedFileInfo: true) : null;
         Volatile.Write(ref _state, Rented);
     }
 

@@ -156,6 +156,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             BufferThrowHelper.OutOfPages(rounded);
         }
 
+        if (slot.CaptureStacks)
+        {
+            owner.CaptureRentStack();
+        }
+
         return owner;
     }
 
