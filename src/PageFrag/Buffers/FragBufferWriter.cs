@@ -274,14 +274,13 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     {
         FragmentSegment? last = _chain.Last;
 
-        // Coalesce when the new bytes start exactly where the last fragment ends, on the same page block.
-        // The page check matters: a fragment that ends a block is address-contiguous with the next block,
-        // whose bytes its page reference does not cover.
+        // Coalesce when the new bytes start exactly where the last fragment ends, on the cache's current
+        // page (the cache checks it once: same arena, page and generation, and the fragment ends at the
+        // preparation's offset; a fragment that ends a block is address-contiguous with the next block,
+        // whose bytes its page reference does not cover).
         if (last is not null && last.Kind == SegmentKind.Fragment &&
-            last.Fragment.Address + last.Fragment.Length == _prepared.Address &&
-            last.Fragment.Page == _prepared.Page)
+            _cache.TryCommitNoRef(in _prepared, count, ref last.Fragment))
         {
-            _cache.CommitNoRef(in _prepared, count, ref last.Fragment);
             last.FragmentGrew();
             _chain.LastGrew(count, count);
             return;

@@ -101,6 +101,7 @@ public sealed class FragmentChain : IDisposable
                 return ReadOnlySequence<byte>.Empty;
             }
 
+            _last!.SyncMemory();
             return _first == _last
                 ? new ReadOnlySequence<byte>(_first.Memory)
                 : new ReadOnlySequence<byte>(_first, 0, _last!, _last!.Memory.Length);
@@ -135,6 +136,7 @@ public sealed class FragmentChain : IDisposable
         List<ArraySegment<byte>> list = _arraySegments ??= new List<ArraySegment<byte>>(Math.Max(_count, 4));
         if (_arraySegmentsStale)
         {
+            _last?.SyncMemory();
             list.Clear();
             for (FragmentSegment? s = _first; s is not null; s = (FragmentSegment?)s.Next)
             {
@@ -313,6 +315,7 @@ public sealed class FragmentChain : IDisposable
         }
         else
         {
+            _last.SyncMemory();
             _last.Link(segment);
         }
 

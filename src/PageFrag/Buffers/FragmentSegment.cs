@@ -38,6 +38,10 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     internal int Used;
     internal SegmentKind Kind;
 
+    // A coalescing commit grew the fragment but Memory was not rebuilt yet: the chain rebuilds it once,
+    // before anyone reads the segment (a sequence, the array segments, a successor), not per write.
+    private bool _memoryStale;
+
     /// <summary>The spare list of the owning chain while this segment is not in use.</summary>
     internal FragmentSegment? NextSpare;
 
@@ -90,7 +94,17 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     {
         Debug.Assert(Next is null, "only the last segment of a chain grows");
         Used = Fragment.Length;
-        Memory = Fragment.Memory;
+        _memoryStale = true;
+    }
+
+    /// <summary>Makes <see cref="ReadOnlySequenceSegment{T}.Memory"/> cover every byte written.</summary>
+    internal void SyncMemory()
+    {
+        if (_memoryStale)
+        {
+            _memoryStale = false;
+            Memory = Fragment.Memory;
+        }
     }
 
     /// <summary><paramref name="count"/> more bytes of the block or array tail were written.</summary>
@@ -129,6 +143,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         Block = default;
         PinnedArray = null;
         Used = 0;
+        _memoryStale = false;
         Memory = default;
         Next = null;
         RunningIndex = 0;
@@ -138,6 +153,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     {
         RunningIndex = runningIndex;
         Next = null;
+        _memoryStale = false;
         Memory = Kind switch
         {
             SegmentKind.Fragment => Fragment.Memory,
