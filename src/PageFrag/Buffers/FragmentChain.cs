@@ -192,7 +192,7 @@ public sealed class FragmentChain : IDisposable
         catch (Exception e)
         {
             // An exception here would end the process.
-            System.Diagnostics.Debug.Fail("Reclaiming a leaked FragmentChain failed: " + e);
+            System.Diagnostics.Debug.WriteLine("Reclaiming a leaked FragmentChain failed: " + e);
         }
     }
 

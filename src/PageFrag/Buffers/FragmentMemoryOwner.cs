@@ -142,7 +142,7 @@ internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
         catch (Exception e)
         {
             // An exception here would end the process; the memory is lost for good, which is what it was.
-            Debug.Fail("Reclaiming a leaked PageFragMemoryPool buffer failed: " + e);
+            Debug.WriteLine("Reclaiming a leaked PageFragMemoryPool buffer failed: " + e);
         }
 
         _rentedAt = null;

@@ -289,7 +289,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         catch (Exception e)
         {
             // Never let an exception end the process on the finalizer thread.
-            System.Diagnostics.Debug.Fail("Finalizing a PageFragMemoryPool failed: " + e);
+            System.Diagnostics.Debug.WriteLine("Finalizing a PageFragMemoryPool failed: " + e);
         }
     }
 
