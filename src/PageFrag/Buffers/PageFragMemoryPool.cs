@@ -41,7 +41,10 @@ namespace PageFrag.Buffers;
 /// <c>Dispose</c> is given back by its finalizer and reported as a <c>LeakReclaimed</c> event of the
 /// <c>PageFrag</c> event source (kind <c>MemoryOwner</c>; with the rent's stack when the allocator's
 /// <see cref="PageAllocatorOptions.DetectMisuse"/> is on); a pool collected without <c>Dispose</c> drains
-/// its caches the same way. Relying on it is still a leak until the next collection.</para>
+/// its caches the same way. Relying on it is still a leak until the next collection. Keep the owner
+/// reachable for as long as its <c>Memory</c> is used: a <see cref="Memory{T}"/> alone does not keep the
+/// buffer rented (it references the shared arena array, not the owner), so dropping the owner while a
+/// copy of its <c>Memory</c> is still written lets the finalizer hand the bytes to the next renter.</para>
 /// <para><b>Memory.</b> Pages come from <see cref="PageFragMemoryPoolOptions.Allocator"/>,
 /// <see cref="PageAllocator.Shared"/> by default, so that a pool per pipe costs only the fragments it holds;
 /// <see cref="Shared"/> is the ready-made pool over it. When the allocator refuses a page (memory limit,
