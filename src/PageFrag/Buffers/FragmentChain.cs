@@ -101,10 +101,9 @@ public sealed class FragmentChain : IDisposable
                 return ReadOnlySequence<byte>.Empty;
             }
 
+            // Built over the segments even for one, so that the sequence keeps the chain reachable.
             _last!.SyncMemory();
-            return _first == _last
-                ? new ReadOnlySequence<byte>(_first.Memory)
-                : new ReadOnlySequence<byte>(_first, 0, _last!, _last!.Memory.Length);
+            return new ReadOnlySequence<byte>(_first, 0, _last, _last.Memory.Length);
         }
     }
 
@@ -298,7 +297,7 @@ public sealed class FragmentChain : IDisposable
         FragmentSegment? s = _spare;
         if (s is null)
         {
-            return new FragmentSegment();
+            return new FragmentSegment(this);
         }
 
         _spare = s.NextSpare;

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using PageFrag.Buffers;
 
 namespace PageFrag.Diagnostics;
@@ -275,7 +276,15 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
     /// One rent: never recycled, so every misuse of this object is caught. Tracked owners keep their
     /// finalizer, which reports them if they are collected without Dispose; the others suppress it.
     /// </summary>
-    private sealed class DiagnosticOwner : IMemoryOwner<byte>
+    /// <remarks>
+    /// A <see cref="MemoryManager{T}"/>, so that the memory it hands out keeps it (and through its inner
+    /// memory, the inner owner) reachable: a renter that keeps only <c>Memory</c> is never reported as a
+    /// leak, and with <see cref="DiagnosticMemoryPoolOptions.ReclaimLeakedBuffers"/> its bytes are never
+    /// released under it. The span of a stale memory stays the quarantined bytes, so that a write after
+    /// free is caught by the poison check rather than refused. <see cref="IDisposable"/> is re-implemented:
+    /// <see cref="MemoryManager{T}"/>'s own would suppress the leak report.
+    /// </remarks>
+    private sealed class DiagnosticOwner : MemoryManager<byte>, IMemoryOwner<byte>, IDisposable
     {
         private readonly DiagnosticMemoryPool _pool;
         private readonly Memory<byte> _memory;
@@ -302,7 +311,9 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             }
         }
 
+#pragma warning disable CA2015 // A finalizer on a MemoryManager<T>: it only reports (and, when asked, reclaims) an owner nobody references, memory included.
         ~DiagnosticOwner()
+#pragma warning restore CA2015
         {
             if (Volatile.Read(ref _disposed) == 0 && Record is { } record)
             {
@@ -312,7 +323,7 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
 
         public LeakRecord? Record { get; }
 
-        public Memory<byte> Memory
+        public override Memory<byte> Memory
         {
             get
             {
@@ -321,8 +332,17 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
                     BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool) + " buffer", "The buffer was used after it was given back to the pool (Memory read after Dispose).");
                 }
 
-                return _exposed;
+                return CreateMemory(_exposed.Length);
             }
+        }
+
+        public override Span<byte> GetSpan() => _exposed.Span;
+
+        // The inner memory's pin (a no-op handle over PageFrag's pinned arenas, a GCHandle over an array pool's arrays).
+        public override MemoryHandle Pin(int elementIndex = 0) => _exposed[elementIndex..].Pin();
+
+        public override void Unpin()
+        {
         }
 
         /// <summary>The length the renter sees; the guard zone follows it.</summary>
@@ -346,6 +366,13 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             }
 
             _pool.Returned(this);
+        }
+
+        protected override bool TryGetArray(out ArraySegment<byte> segment) => MemoryMarshal.TryGetArray<byte>(_exposed, out segment);
+
+        // Never reached: IDisposable is re-implemented by Dispose().
+        protected override void Dispose(bool disposing)
+        {
         }
 
         public void ReleaseInner()
