@@ -22,7 +22,10 @@ namespace PageFrag.Buffers;
 /// else's data. Treat a disposed chain like freed memory.</para>
 /// <para><b>The garbage collector is the last owner.</b> A chain that becomes unreachable without
 /// <see cref="Dispose"/> frees its buffers in its finalizer and reports it as a <c>LeakReclaimed</c> event
-/// of the <c>PageFrag</c> event source (kind <c>FragmentChain</c>).</para>
+/// of the <c>PageFrag</c> event source (kind <c>FragmentChain</c>). <see cref="Sequence"/> is built over the
+/// chain's segments, whose memory references them (and they the chain): a sequence, or any memory taken
+/// from it, keeps the chain reachable, so the finalizer never frees bytes that are still held. The array
+/// segments of <see cref="AsArraySegments"/> do not: keep the chain while they are used.</para>
 /// <para><b>Sockets.</b> Every buffer lies in a pinned array, so <see cref="AsArraySegments"/> gives the
 /// list a gather send takes (<c>Socket.SendAsync(IList&lt;ArraySegment&lt;byte&gt;&gt;)</c>,
 /// <c>SocketAsyncEventArgs.BufferList</c>), and the memory stays put during the I/O.</para>

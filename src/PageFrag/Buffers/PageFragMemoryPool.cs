@@ -33,18 +33,27 @@ namespace PageFrag.Buffers;
 /// exchange: of any number of calls, racing on several threads or not, exactly one gives the memory back
 /// and the others do nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/>
 /// also ignores a second <c>Dispose</c>; Kestrel's pool throws only in its diagnostic mode).
-/// <c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, but only until the
-/// owner object is rented again: after that a stale reference, and a <c>Dispose</c> through it, reach the
-/// new renter's buffer (Kestrel's pool has the same property). Wrap the pool in a <c>DiagnosticMemoryPool</c>
-/// to catch double disposal and use after disposal reliably.</para>
+/// <c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, and so do the
+/// <c>Span</c>, <c>Pin</c> and <c>MemoryMarshal.TryGetArray</c> of a <see cref="Memory{T}"/> taken before
+/// it, but only until the owner object is rented again: after that a stale reference, a stale
+/// <see cref="Memory{T}"/>, and a <c>Dispose</c> through the stale reference, reach the new renter's
+/// buffer (the ABA case: Kestrel's pool has the same property, and a stale <see cref="Memory{T}"/> of
+/// <see cref="MemoryPool{T}.Shared"/> reaches the next renter of its array). A renter that disposes once
+/// and drops its reference is never affected. Pooling is kept because an owner allocated per rent, which
+/// would make a stale <c>Dispose</c> harmless, costs a finalizable allocation on every rent (measured in
+/// <c>docs/owner-lifetime.md</c>). Wrap the pool in a <c>DiagnosticMemoryPool</c> (an owner per rent) to
+/// catch double disposal and use after disposal reliably.</para>
 /// <para><b>The garbage collector is the last owner.</b> A rented buffer that becomes unreachable without
 /// <c>Dispose</c> is given back by its finalizer and reported as a <c>LeakReclaimed</c> event of the
 /// <c>PageFrag</c> event source (kind <c>MemoryOwner</c>; with the rent's stack when the allocator's
 /// <see cref="PageAllocatorOptions.DetectMisuse"/> is on); a pool collected without <c>Dispose</c> drains
-/// its caches the same way. Relying on it is still a leak until the next collection. Keep the owner
-/// reachable for as long as its <c>Memory</c> is used: a <see cref="Memory{T}"/> alone does not keep the
-/// buffer rented (it references the shared arena array, not the owner), so dropping the owner while a
-/// copy of its <c>Memory</c> is still written lets the finalizer hand the bytes to the next renter.</para>
+/// its caches the same way. Relying on it is still a leak until the next collection. The owner is a
+/// <see cref="MemoryManager{T}"/>: its <see cref="Memory{T}"/>, every slice of it, a
+/// <see cref="ReadOnlySequence{T}"/> over it and a <see cref="MemoryHandle"/> from <c>Pin</c> reference
+/// the owner, so a buffer is never reclaimed while any of them is reachable. Three things do not keep it:
+/// a <see cref="Span{T}"/> (use it while the owner or its memory is still referenced, for example with
+/// <see cref="GC.KeepAlive"/>), the <see cref="ArraySegment{T}"/> of <c>MemoryMarshal.TryGetArray</c>,
+/// and a raw pointer; keep the owner or its memory for as long as those are used.</para>
 /// <para><b>Memory.</b> Pages come from <see cref="PageFragMemoryPoolOptions.Allocator"/>,
 /// <see cref="PageAllocator.Shared"/> by default, so that a pool per pipe costs only the fragments it holds;
 /// <see cref="Shared"/> is the ready-made pool over it. When the allocator refuses a page (memory limit,

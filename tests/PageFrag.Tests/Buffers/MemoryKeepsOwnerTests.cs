@@ -202,10 +202,56 @@ public class MemoryKeepsOwnerTests
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
         {
             IMemoryOwner<byte> owner = pool.Rent(300);
+            Memory<byte> stale = owner.Memory;
             owner.Dispose();
             Assert.Throws<ObjectDisposedException>(() => owner.Memory);
+
+            // A memory taken before Dispose is the caller's bug; until the object is rented again it is refused.
+            Assert.Throws<ObjectDisposedException>(() => stale.Span.Length);
+            Assert.Throws<ObjectDisposedException>(() => stale.Pin());
+            Assert.Throws<ObjectDisposedException>(() => MemoryMarshal.TryGetArray<byte>(stale, out _));
+            owner.Dispose(); // still harmless
+            Assert.Equal(0, pool.GetStats().OutstandingBuffers);
         }
 
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void Pinning_outside_the_buffer_through_the_MemoryManager_throws_and_changes_nothing()
+    {
+        using PageAllocator allocator = NewAllocator(detectMisuse: false);
+        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
+        {
+            using IMemoryOwner<byte> owner = pool.Rent(100);
+            var manager = Assert.IsAssignableFrom<MemoryManager<byte>>(owner);
+            Assert.Throws<ArgumentOutOfRangeException>(() => manager.Pin(-1));
+            Assert.Throws<ArgumentOutOfRangeException>(() => manager.Pin(owner.Memory.Length + 1));
+            using (manager.Pin(owner.Memory.Length))
+            {
+            }
+
+            owner.Memory.Span.Fill(3);
+            Assert.Equal(1, pool.GetStats().OutstandingBuffers);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void A_stale_sequence_of_a_disposed_chain_is_refused_until_the_chain_is_reused()
+    {
+        using PageAllocator allocator = NewAllocator(detectMisuse: false);
+        var cache = new PageFragCache(allocator);
+        var chain = new FragmentChain();
+        Assert.True(cache.TryAlloc(500, out PageFragment fragment));
+        chain.Append(fragment);
+        ReadOnlySequence<byte> stale = chain.Sequence;
+        Assert.True(MemoryMarshal.TryGetArray(stale.First, out ArraySegment<byte> segment));
+        Assert.Equal(500, segment.Count);
+        chain.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => stale.FirstSpan.Length);
+        cache.Drain();
         Leaks.AssertNone(allocator);
     }
 
