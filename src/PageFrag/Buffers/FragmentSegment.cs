@@ -161,7 +161,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         PinnedArray = null;
         Used = 0;
         _memoryStale = false;
-        Memory = default;
+        Memory = _manager.Slice(0, 0); // a stale sequence reaches the manager, which refuses it while the segment is idle
         Next = null;
         RunningIndex = 0;
     }
