@@ -145,7 +145,7 @@ public sealed partial class PagePool : IDisposable
     /// <summary>Size of the pool's pages: 4096 &lt;&lt; <see cref="Order"/>.</summary>
     public int PageSize => _maxSize;
 
-    /// <summary>Entries of the recycle ring (the pool size rounded up to a power of two).</summary>
+    /// <summary>Entries the recycle ring holds at most: exactly <see cref="PagePoolOptions.PoolSize"/> (ptr_ring).</summary>
     public int RingCapacity => _ring.Capacity;
 
     /// <summary>The managed thread id of the owner thread (0 once disposed).</summary>
