@@ -482,6 +482,12 @@ public sealed partial class PagePool : IDisposable
             }
         }
 
+        if (!ReferenceEquals(area, _lastAdmittedArea))
+        {
+            // Remembered for the stall warning's list of missing pages; one compare per admitted page.
+            NoteArea(area);
+        }
+
         int generation = d.Generation + 1;
         d.Generation = generation;
         d.PpRefCount = 1;
@@ -489,6 +495,16 @@ public sealed partial class PagePool : IDisposable
         page = new NetMem(area, page.Index, generation);
         _holdCount++;
         return true;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void NoteArea(NetMemArea area)
+    {
+        _lastAdmittedArea = area;
+        lock (_knownAreas)
+        {
+            _knownAreas.Add(area);
+        }
     }
 
     // ------------------------------------------------------------------ recycling
