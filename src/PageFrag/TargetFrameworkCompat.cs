@@ -19,5 +19,8 @@ internal sealed class MonitorLock
 
     /// <summary>Releases the lock taken by <see cref="Enter"/> or a successful <see cref="TryEnter"/>.</summary>
     public void Exit() => Monitor.Exit(this);
+
+    /// <summary>True when the calling thread holds the lock.</summary>
+    public bool IsHeldByCurrentThread => Monitor.IsEntered(this);
 }
 #endif
