@@ -30,6 +30,10 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
     private readonly Lock _lock = new();
     private readonly List<PageFragMemoryPool> _pools = [];
     private readonly List<MemoryPool<byte>> _handedOut = [];
+
+    // Every pool ever created, disposed ones included, so that the cumulative Kestrel instruments never
+    // go back when a pool retires. Kestrel creates a handful per endpoint, not one per connection.
+    private readonly List<PageFragMemoryPool> _allPools = [];
     private readonly ITimer? _timer;
     private readonly PageFragMetrics? _metrics;
     private long _poolsCreated;
@@ -73,6 +77,9 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
     /// <summary>The allocator every pool of this factory takes its pages from.</summary>
     public PageAllocator Allocator => _allocator;
 
+    /// <summary>The settings the factory was created with.</summary>
+    internal PageFragMemoryPoolFactoryOptions Settings => _options;
+
     /// <summary>Pools created so far.</summary>
     public long PoolsCreated => Interlocked.Read(ref _poolsCreated);
 
@@ -110,10 +117,50 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
             _metrics?.Track(pool);
             MemoryPool<byte> result = _options.UseDiagnosticPool ? new DiagnosticMemoryPool(pool, _options.DiagnosticOptions) : pool;
             _pools.Add(pool);
+            _allPools.Add(pool);
             _handedOut.Add(result);
             _poolsCreated++;
             return result;
         }
+    }
+
+    /// <summary>
+    /// The figures behind Kestrel's <c>Microsoft.AspNetCore.MemoryPool</c> instruments, for this factory
+    /// seen as one pool in Kestrel's sense: memory comes from the garbage collector as arenas (allocated),
+    /// goes back to it when trimming releases a free arena (evicted), and whatever the arenas hold that is
+    /// not rented out is pooled. Rented bytes are per owner. Null once the factory is disposed.
+    /// </summary>
+    internal KestrelPoolFigures? GetKestrelFigures()
+    {
+        PageFragMemoryPool[] pools;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return null;
+            }
+
+            pools = [.. _allPools];
+        }
+
+        var rented = new Dictionary<string, long>(StringComparer.Ordinal);
+        long outstanding = 0;
+        foreach (PageFragMemoryPool pool in pools)
+        {
+            PageFragMemoryPoolStats stats = pool.GetStats();
+            outstanding += stats.OutstandingBytes;
+            string owner = pool.Name ?? string.Empty;
+            rented[owner] = rented.GetValueOrDefault(owner) + stats.RentedBytes;
+        }
+
+        PageAllocatorStats allocator = _allocator.GetStats();
+        long inArenas = allocator.TotalPages * PageConstants.PageSize;
+        long evicted = allocator.ArenasTrimmed * (long)_allocator.Options.ArenaSize;
+        return new KestrelPoolFigures(
+            Pooled: Math.Max(0, inArenas - outstanding),
+            Allocated: inArenas + evicted,
+            Evicted: evicted,
+            RentedByOwner: rented);
     }
 
     /// <summary>Gives back all free memory now: drains every cache of every pool and releases free arenas.</summary>

@@ -32,13 +32,18 @@ internal static class Program
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            foreach (System.CommandLine.Parsing.ParseError error in parse.Errors)
+            // One line for the whole command line (the first problem), in the tool's words, and with --json one
+            // JSON object on standard output as well.
+            Command command = parse.CommandResult.Command;
+            string name = ReferenceEquals(command, root) ? "" : command.Name;
+            string message = CliErrors.Friendly(parse.Errors[0].Message);
+            if (name.Length == 0 && args.Length > 0 && !args[0].StartsWith('-'))
             {
-                io.Error.WriteLine($"pagefrag: {error.Message}");
+                message = $"unknown command '{args[0]}'; the commands are {string.Join(", ", root.Subcommands.Select(c => c.Name))}";
             }
 
-            io.Error.WriteLine("Run 'pagefrag --help' or 'pagefrag <command> --help' for usage.");
-            return ExitCodes.Usage;
+            string help = name.Length == 0 ? "pagefrag --help" : $"pagefrag {name} --help";
+            return CliErrors.Report(io, name, $"{message} (see '{help}')", ExitCodes.Usage, args.Contains("--json"));
         }
 
         return parse.Invoke(new InvocationConfiguration { Output = io.Out, Error = io.Error });

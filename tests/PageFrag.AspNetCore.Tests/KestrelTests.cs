@@ -148,7 +148,7 @@ public class KestrelTests
             };
             listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
             {
-                if (instrument.Name == "pagefrag.pages.in_use")
+                if (instrument.Name == "pagefrag.page.usage" && tags.ToArray().Contains(new KeyValuePair<string, object?>("pagefrag.page.state", "used")))
                 {
                     pagesInUse = value;
                 }

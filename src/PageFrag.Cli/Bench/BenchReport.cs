@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using PageFrag.Cli.Infrastructure;
 using Spectre.Console;
 
 namespace PageFrag.Cli.Bench;
@@ -131,7 +132,7 @@ internal static class BenchReport
         json.WriteEndArray();
         if (r.Advantage is double advantage)
         {
-            json.WriteNumber("pagefrag_advantage", Round(advantage));
+            json.WriteNumber("pagefrag_advantage", Ratio.Json(advantage));
         }
         else
         {
@@ -287,8 +288,7 @@ internal static class BenchReport
             return "-";
         }
 
-        string word = s.Scenario == BenchScenario.Memory ? (a >= 1 ? "leaner" : "") : (a >= 1 ? "faster" : "");
-        string text = string.Create(s_inv, $"{a:0.00}x {word}").TrimEnd();
+        string text = Ratio.Text(a, s.Scenario == BenchScenario.Memory ? "leaner" : "faster");
         return a >= 1 ? text : $"[yellow]{Markup.Escape(text)}[/]";
     }
 

@@ -79,15 +79,16 @@ internal static class BenchCommand
         command.SetAction(parse =>
         {
             bool isQuick = parse.GetValue(quick);
+            bool asJson = parse.GetValue(json);
             if (!BenchOptions.TryParseScenarios(parse.GetValue(scenario) ?? ["all"], out List<BenchScenario> scenarios, out string? error))
             {
-                return Usage(io, error!);
+                return Usage(io, error!, asJson);
             }
 
             List<int>? sizeList = null;
             if (parse.GetValue(sizes) is string sizeText && !BenchOptions.TryParseSizes(sizeText, out sizeList, out error))
             {
-                return Usage(io, error!);
+                return Usage(io, error!, asJson);
             }
 
             HashSet<BenchPeer>? peerSet = null;
@@ -98,7 +99,7 @@ internal static class BenchCommand
                 {
                     if (!BenchPeers.TryParse(name, out BenchPeer peer))
                     {
-                        return Usage(io, $"--peers: unknown peer '{name}'; use {string.Join(", ", BenchPeers.Names)}.");
+                        return Usage(io, $"--peers: unknown peer '{name}'; use {string.Join(", ", BenchPeers.Names)}.", asJson);
                     }
 
                     peerSet.Add(peer);
@@ -140,7 +141,7 @@ internal static class BenchCommand
         report = null;
         if (options.Validate() is string problem)
         {
-            return Usage(io, problem);
+            return CliErrors.Report(io, "bench", $"{problem} (see 'pagefrag bench --help')", ExitCodes.Usage, options.Json);
         }
 
         using var peers = new PeerResources();
@@ -186,17 +187,17 @@ internal static class BenchCommand
     {
         if (options.Validate() is string problem)
         {
-            return Usage(io, problem);
+            return Usage(io, problem, options.Json);
         }
 
         if (!BenchPeers.TryParse(peerName, out BenchPeer peer) || !BenchPeers.For(BenchScenario.Memory).Contains(peer))
         {
-            return Usage(io, $"--child: '{peerName}' is not an allocator of scenario 5.");
+            return Usage(io, $"--child: '{peerName}' is not an allocator of scenario 5.", options.Json);
         }
 
         if (!MemoryScenario.TryParseOrder(orderName, out ReleaseOrder order))
         {
-            return Usage(io, $"--child-order: use fifo or random, not '{orderName}'.");
+            return Usage(io, $"--child-order: use fifo or random, not '{orderName}'.", options.Json);
         }
 
         using var peers = new PeerResources();
@@ -213,10 +214,6 @@ internal static class BenchCommand
         }
     }
 
-    private static int Usage(CliIO io, string problem)
-    {
-        io.Error.WriteLine($"pagefrag bench: {problem}");
-        io.Error.WriteLine("Run 'pagefrag bench --help' for usage.");
-        return ExitCodes.Usage;
-    }
+    private static int Usage(CliIO io, string problem, bool json = false) =>
+        CliErrors.Report(io, "bench", $"{problem} (see 'pagefrag bench --help')", ExitCodes.Usage, json);
 }

@@ -53,9 +53,7 @@ internal static class NcCommand
                 out NcOptions? options);
             if (problem is not null)
             {
-                io.Error.WriteLine($"pagefrag nc: {problem}");
-                io.Error.WriteLine("usage: pagefrag nc [-l] [-k] [-u] [-4|-6] [-N] [-v] [-I length] [host] port");
-                return ExitCodes.Usage;
+                return CliErrors.Report(io, "nc", $"{problem} (usage: pagefrag nc [-l] [-k] [-u] [-4|-6] [-N] [-v] [-I length] [host] port)", ExitCodes.Usage, json: false);
             }
 
             return Execute(options!, io);

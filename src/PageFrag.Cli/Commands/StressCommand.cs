@@ -58,8 +58,7 @@ internal static class StressCommand
         result = null;
         if (options.Validate() is string problem)
         {
-            io.Error.WriteLine($"pagefrag stress: {problem}");
-            return ExitCodes.Usage;
+            return CliErrors.Report(io, "stress", problem, ExitCodes.Usage, options.Json);
         }
 
         int seed = options.Seed ?? Random.Shared.Next();

@@ -40,7 +40,7 @@ internal static class TestCommand
         };
         var ringSize = new Option<int>("--ring-size")
         {
-            Description = "Entries in the push/pop ring, a power of two of at least 2.",
+            Description = $"Entries in the push/pop ring, a power of two from 2 to {TestOptions.MaxRingSize} (ptr_ring's limit).",
             DefaultValueFactory = _ => 512,
         };
         var pushCpu = new Option<int?>("--push-cpu")
@@ -60,10 +60,6 @@ internal static class TestCommand
         {
             Description = "Bytes the run's private page allocator may hold, at least 32768 (pagefrag only). A small limit makes refills fail while fragments are in flight: the skip path.",
         };
-        var noDoubleFreeCheck = new Option<bool>("--no-double-free-check")
-        {
-            Description = "Turn off the page allocator's double-free detection (one atomic OR per free), which the kernel does not have (pagefrag only).",
-        };
         var json = new Option<bool>("--json")
         {
             Description = "Write exactly one JSON object on standard output instead of tables.",
@@ -71,7 +67,7 @@ internal static class TestCommand
 
         var command = new Command("test", "Run the kernel's page_frag_test: one thread allocates fragments into a ring, another frees them.")
         {
-            allocator, allocLen, nrTest, align, prepare, ringSize, pushCpu, popCpu, runs, memoryLimit, noDoubleFreeCheck, json,
+            allocator, allocLen, nrTest, align, prepare, ringSize, pushCpu, popCpu, runs, memoryLimit, json,
         };
         command.SetAction(parse => Execute(
             new TestOptions
@@ -86,7 +82,6 @@ internal static class TestCommand
                 PopCpu = parse.GetValue(popCpu),
                 Runs = parse.GetValue(runs),
                 MemoryLimit = parse.GetValue(memoryLimit),
-                DetectDoubleFree = !parse.GetValue(noDoubleFreeCheck),
                 Json = parse.GetValue(json),
             },
             io));
@@ -102,8 +97,7 @@ internal static class TestCommand
         results = [];
         if (options.Validate() is string problem)
         {
-            io.Error.WriteLine($"pagefrag test: {problem}");
-            return ExitCodes.Usage;
+            return CliErrors.Report(io, "test", problem, ExitCodes.Usage, options.Json);
         }
 
         if ((options.PushCpu is not null || options.PopCpu is not null) && !ThreadAffinity.IsSupported)

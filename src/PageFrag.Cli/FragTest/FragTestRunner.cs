@@ -227,7 +227,7 @@ internal static class FragTestRunner
         FaultInjection? faults = options.FailEvery > 0 ? new FaultInjection { FailEveryNth = options.FailEvery } : null;
         if (options.MemoryLimit == 0)
         {
-            return new PageAllocatorOptions { FaultInjection = faults, DetectDoubleFree = options.DetectDoubleFree };
+            return new PageAllocatorOptions { FaultInjection = faults };
         }
 
         // The allocator counts whole arenas against its limit, so the arena must not be bigger than the limit.
@@ -237,7 +237,6 @@ internal static class FragTestRunner
             ArenaSize = arenaSize,
             MaxBytes = options.MemoryLimit,
             FaultInjection = faults,
-            DetectDoubleFree = options.DetectDoubleFree,
         };
     }
 

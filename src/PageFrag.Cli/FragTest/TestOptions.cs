@@ -27,6 +27,12 @@ internal sealed record TestOptions
 {
     public const int PageSize = 4096;
 
+    /// <summary>
+    /// The largest ring: ptr_ring_init refuses more than KMALLOC_MAX_SIZE / sizeof(void *) entries, 4 MiB / 8 =
+    /// 524,288 with 4 KiB pages and MAX_PAGE_ORDER 10. A larger ring would only hold gigabytes for nothing.
+    /// </summary>
+    public const int MaxRingSize = 1 << 19;
+
     /// <summary>One order-3 page: the least a fragment cache can work with.</summary>
     public const long MinMemoryLimit = 32 * 1024;
 
@@ -43,12 +49,6 @@ internal sealed record TestOptions
     public bool Prepare { get; init; }
 
     public int RingSize { get; init; } = 512;
-
-    /// <summary>
-    /// Keep the private allocator's double-free detection (the library default; one interlocked OR per
-    /// free). The kernel has no such check, so turning it off measures the same work the module does.
-    /// </summary>
-    public bool DetectDoubleFree { get; init; } = true;
 
     public int? PushCpu { get; init; }
 
@@ -92,9 +92,9 @@ internal sealed record TestOptions
             return $"--align must be a power of two from 1 to {PageSize}, got {Align}.";
         }
 
-        if (RingSize < 2 || !BitOperations.IsPow2(RingSize))
+        if (RingSize < 2 || RingSize > MaxRingSize || !BitOperations.IsPow2(RingSize))
         {
-            return $"--ring-size must be a power of two of at least 2, got {RingSize}.";
+            return $"--ring-size must be a power of two from 2 to {MaxRingSize} (ptr_ring's limit, KMALLOC_MAX_SIZE / sizeof(void *)), got {RingSize}.";
         }
 
         if (Runs <= 0)
@@ -131,11 +131,6 @@ internal sealed record TestOptions
         if (Align != 0 && Allocator is AllocatorKind.ArrayPool or AllocatorKind.Gc)
         {
             return $"--align is not available with --allocator {name}: managed arrays cannot be aligned (and the GC may move them).";
-        }
-
-        if (!DetectDoubleFree && Allocator is not (AllocatorKind.PageFrag or AllocatorKind.All))
-        {
-            return $"--no-double-free-check configures PageFrag's page allocator, not --allocator {name}.";
         }
 
         if (MemoryLimit != 0 && Allocator is not (AllocatorKind.PageFrag or AllocatorKind.All))

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using PageFrag.Cli.Infrastructure;
 using Spectre.Console;
 
 namespace PageFrag.Cli.FragTest;
@@ -32,7 +33,6 @@ internal static class TestReport
             WriteOptionalInt(json, "push_cpu", options.PushCpu);
             WriteOptionalInt(json, "pop_cpu", options.PopCpu);
             json.WriteNumber("runs", options.Runs);
-            json.WriteBoolean("double_free_check", options.DetectDoubleFree);
             if (options.MemoryLimit == 0)
             {
                 json.WriteNull("memory_limit");
@@ -58,12 +58,12 @@ internal static class TestReport
                     WriteResultFields(json, r, withStatus: true);
                     if (baseline is not null && r.Ok && r.Mops > 0)
                     {
-                        // Above 1: faster than pagefrag; below 1: slower.
-                        json.WriteNumber("speed_vs_pagefrag", Math.Round(r.Mops / baseline.Mops, 4));
+                        // As pagefrag bench: above 1, PageFrag did better than this allocator.
+                        json.WriteNumber("pagefrag_advantage", Ratio.Json(baseline.Mops / r.Mops));
                     }
                     else
                     {
-                        json.WriteNull("speed_vs_pagefrag");
+                        json.WriteNull("pagefrag_advantage");
                     }
 
                     json.WriteEndObject();
@@ -138,7 +138,6 @@ internal static class TestReport
             : $"push CPU {options.PushCpu?.ToString(s_inv) ?? "any"}, pop CPU {options.PopCpu?.ToString(s_inv) ?? "any"}";
         console.MarkupLine(Markup.Escape(
             $"page_frag_test: alloc_len {options.AllocLen}, nr_test {options.NrTest}, ring {options.RingSize}, {pins}, {options.Runs} run(s), median shown" +
-            (options.DetectDoubleFree ? "" : ", pagefrag without double-free check") +
             (options.MemoryLimit == 0 ? "" : $", pagefrag memory limit {options.MemoryLimit} B")));
 
         foreach (AllocatorResult r in results.Where(r => r.Ok))
@@ -156,6 +155,33 @@ internal static class TestReport
         {
             console.Write(SingleTable(results[0]));
         }
+
+        foreach (AllocatorResult r in results)
+        {
+            console.Profile.Out.Writer.WriteLine(Verdict(r)); // one line, never wrapped
+        }
+    }
+
+    /// <summary>The kernel's best published time for its default run (51.2M fragments of 12 B, non-aligned).</summary>
+    public const double KernelSeconds = 0.935;
+
+    /// <summary>
+    /// The closing line of one allocator: PASS or FAIL, what was checked, and our time beside the kernel's.
+    /// </summary>
+    public static string Verdict(AllocatorResult r)
+    {
+        string name = TestOptions.AllocatorName(r.Allocator);
+        if (!r.Ok)
+        {
+            return $"FAIL {name} ({r.Mode}): {r.Failure}";
+        }
+
+        string leaks = r.LeakedPages is long leaked ? string.Create(s_inv, $"{leaked} pages leaked") : "pages not tracked";
+        string gc = r.GcAllocatedBytes == 0 ? "no GC allocation in the loops" : string.Create(s_inv, $"{r.GcAllocatedBytes:N0} GC bytes in the loops");
+        string kernel = r.NrTest == 51_200_000 && r.AllocLen == 12 && r.Align == 0 ? "kernel" : "kernel, 51.2M x 12 B";
+        return string.Create(s_inv,
+            $"PASS {name}: {r.NrTest:N0} x {r.AllocLen} B allocated and freed across threads, {r.Dropped:N0} dropped (ring full), " +
+            $"{r.FailedAllocs:N0} failed, {leaks}, {gc}; {r.ElapsedSeconds:0.000} s ({kernel}: {KernelSeconds:0.000} s)");
     }
 
     private static Table SingleTable(AllocatorResult r)
@@ -194,7 +220,7 @@ internal static class TestReport
         {
             string ratio = baseline is null || !r.Ok || r.Mops <= 0
                 ? "-"
-                : r.Allocator == AllocatorKind.PageFrag ? "(baseline)" : string.Create(s_inv, $"{baseline.Mops / r.Mops:0.0}x faster");
+                : r.Allocator == AllocatorKind.PageFrag ? "(baseline)" : Ratio.Text(baseline.Mops / r.Mops);
             table.AddRow(
                 TestOptions.AllocatorName(r.Allocator),
                 r.Mode,

@@ -99,7 +99,8 @@ internal sealed record NcOptions
             return $"-I {budget}: the receive budget must be between {MinReceiveBudget} and {MaxReceiveBudget} bytes.";
         }
 
-        if (positional.FirstOrDefault(a => a.Length > 1 && a[0] == '-') is string unknown)
+        // A negative number is a bad port (as OpenBSD nc says "port number invalid"), not an option.
+        if (positional.FirstOrDefault(a => a.Length > 1 && a[0] == '-' && !long.TryParse(a, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out _)) is string unknown)
         {
             return $"unknown option '{unknown}'.";
         }

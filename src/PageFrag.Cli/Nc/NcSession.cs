@@ -103,6 +103,13 @@ internal sealed class NcSession
         foreach (IPAddress address in addresses)
         {
             var socket = new Socket(address.AddressFamily, _options.SocketType, _options.Protocol);
+            if (address.IsIPv4MappedToIPv6)
+            {
+                // ::ffff:a.b.c.d reaches an IPv4 peer only through a dual-mode socket (IPV6_V6ONLY off), which
+                // is what OpenBSD nc gets from Linux's default net.ipv6.bindv6only=0; .NET's sockets are v6-only.
+                socket.DualMode = true;
+            }
+
             if (!Track(socket))
             {
                 return ExitCodes.Failure;
@@ -339,11 +346,11 @@ internal sealed class NcSession
             }
             catch (SocketException e)
             {
-                throw new NcException($"unknown host '{host}': {Describe(e)}", ExitCodes.Usage);
+                throw new NcException($"unknown host '{host}': {Describe(e)}", ExitCodes.Failure);
             }
             catch (ArgumentException e)
             {
-                throw new NcException($"bad host '{host}': {e.Message}", ExitCodes.Usage);
+                throw new NcException($"bad host '{host}': {e.Message}", ExitCodes.Failure);
             }
         }
 
@@ -360,7 +367,7 @@ internal sealed class NcSession
                 literal is not null
                     ? $"'{host}' is not an {family} address, but -{(_options.Family == NcFamily.V4 ? 4 : 6)} was given"
                     : $"host '{host}' has no {family} address",
-                ExitCodes.Usage);
+                literal is not null ? ExitCodes.Usage : ExitCodes.Failure);
         }
 
         return wanted;

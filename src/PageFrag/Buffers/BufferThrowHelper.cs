@@ -14,6 +14,10 @@ internal static class BufferThrowHelper
         throw new ArgumentException($"sizeHint must be zero or positive, but was {sizeHint}.", nameof(sizeHint));
 
     [DoesNotReturn]
+    public static void SizeHintTooLarge(int sizeHint, int max) =>
+        throw new ArgumentOutOfRangeException(nameof(sizeHint), sizeHint, $"sizeHint must be at most {max} bytes (Array.MaxLength, the largest buffer .NET can allocate).");
+
+    [DoesNotReturn]
     public static void NegativeAdvance(int count) =>
         throw new ArgumentException($"count must be zero or positive, but was {count}.", nameof(count));
 

@@ -67,6 +67,12 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         _chain = FragmentChain.RentEmpty(_chains);
     }
 
+    /// <summary>
+    /// The largest size hint <see cref="GetMemory"/> accepts: <see cref="Array.MaxLength"/>, the largest
+    /// buffer .NET can allocate (a hint above the allocator's largest block is served by a pinned array).
+    /// </summary>
+    public static int MaxSizeHint => Array.MaxLength;
+
     /// <summary>The cache the writer takes its pages from.</summary>
     public PageFragCache Cache => _cache;
 
@@ -108,6 +114,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     /// space left in the current page, or the tail of the last dedicated block.
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="sizeHint"/> is negative.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="sizeHint"/> is above <see cref="MaxSizeHint"/>.</exception>
     /// <exception cref="InsufficientMemoryException">The allocator could not supply a page.</exception>
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
     public Memory<byte> GetMemory(int sizeHint = 0)
@@ -116,6 +123,11 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         if (sizeHint < 0)
         {
             BufferThrowHelper.NegativeSizeHint(sizeHint);
+        }
+
+        if (sizeHint > MaxSizeHint)
+        {
+            BufferThrowHelper.SizeHintTooLarge(sizeHint, MaxSizeHint);
         }
 
         int need = Math.Max(sizeHint, 1);
@@ -154,6 +166,10 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     }
 
     /// <summary>The span of <see cref="GetMemory"/>: same contract, same exceptions.</summary>
+    /// <exception cref="ArgumentException"><paramref name="sizeHint"/> is negative.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="sizeHint"/> is above <see cref="MaxSizeHint"/>.</exception>
+    /// <exception cref="InsufficientMemoryException">The allocator could not supply a page.</exception>
+    /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
     public Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
 
     /// <summary>
@@ -258,14 +274,13 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     {
         FragmentSegment? last = _chain.Last;
 
-        // Coalesce when the new bytes start exactly where the last fragment ends, on the same page block.
-        // The page check matters: a fragment that ends a block is address-contiguous with the next block,
-        // whose bytes its page reference does not cover.
+        // Coalesce when the new bytes start exactly where the last fragment ends, on the cache's current
+        // page (the cache checks it once: same arena, page and generation, and the fragment ends at the
+        // preparation's offset; a fragment that ends a block is address-contiguous with the next block,
+        // whose bytes its page reference does not cover).
         if (last is not null && last.Kind == SegmentKind.Fragment &&
-            last.Fragment.Address + last.Fragment.Length == _prepared.Address &&
-            last.Fragment.Page == _prepared.Page)
+            _cache.TryCommitNoRef(in _prepared, count, ref last.Fragment))
         {
-            _cache.CommitNoRef(in _prepared, count, ref last.Fragment);
             last.FragmentGrew();
             _chain.LastGrew(count, count);
             return;

@@ -15,10 +15,17 @@ namespace PageFrag.Buffers;
 /// synchronized. The owner may pass it to another thread and dispose it there (freeing fragments is safe
 /// from any thread).</para>
 /// <para><b>Reuse.</b> To keep writers allocation-free, chain and segment objects are recycled after
-/// <see cref="Dispose"/>. A second <see cref="Dispose"/> right after the first is ignored, as with .NET's
-/// own disposables, and members throw <see cref="ObjectDisposedException"/>; but once the object has been
-/// handed out again, a stale reference (or a <see cref="ReadOnlySequence{T}"/> taken before the dispose)
-/// sees someone else's data. Treat a disposed chain like freed memory.</para>
+/// <see cref="Dispose"/>. One atomic exchange decides <see cref="Dispose"/>: of two calls, even racing on
+/// two threads, exactly one frees the buffers and the other is ignored, as with .NET's own disposables, and
+/// members then throw <see cref="ObjectDisposedException"/>; but once the object has been handed out
+/// again, a stale reference (or a <see cref="ReadOnlySequence{T}"/> taken before the dispose) sees someone
+/// else's data. Treat a disposed chain like freed memory.</para>
+/// <para><b>The garbage collector is the last owner.</b> A chain that becomes unreachable without
+/// <see cref="Dispose"/> frees its buffers in its finalizer and reports it as a <c>LeakReclaimed</c> event
+/// of the <c>PageFrag</c> event source (kind <c>FragmentChain</c>). <see cref="Sequence"/> is built over the
+/// chain's segments, whose memory references them (and they the chain): a sequence, or any memory taken
+/// from it, keeps the chain reachable, so the finalizer never frees bytes that are still held. The array
+/// segments of <see cref="AsArraySegments"/> do not: keep the chain while they are used.</para>
 /// <para><b>Sockets.</b> Every buffer lies in a pinned array, so <see cref="AsArraySegments"/> gives the
 /// list a gather send takes (<c>Socket.SendAsync(IList&lt;ArraySegment&lt;byte&gt;&gt;)</c>,
 /// <c>SocketAsyncEventArgs.BufferList</c>), and the memory stays put during the I/O.</para>
@@ -39,7 +46,12 @@ public sealed class FragmentChain : IDisposable
     private int _count;
     private long _length;
     private long _trueSize;
-    private bool _disposed;
+
+    // 0 while live, 1 once disposed: Dispose exchanges it, so exactly one call frees.
+    private int _disposed;
+
+    // The finalizer ran while the chain was not live; re-armed when the object is handed out again.
+    private bool _finalized;
     private List<ArraySegment<byte>>? _arraySegments;
     private bool _arraySegmentsStale = true;
 
@@ -92,9 +104,9 @@ public sealed class FragmentChain : IDisposable
                 return ReadOnlySequence<byte>.Empty;
             }
 
-            return _first == _last
-                ? new ReadOnlySequence<byte>(_first.Memory)
-                : new ReadOnlySequence<byte>(_first, 0, _last!, _last!.Memory.Length);
+            // Built over the segments even for one, so that the sequence keeps the chain reachable.
+            _last!.SyncMemory();
+            return new ReadOnlySequence<byte>(_first, 0, _last, _last.Memory.Length);
         }
     }
 
@@ -126,6 +138,7 @@ public sealed class FragmentChain : IDisposable
         List<ArraySegment<byte>> list = _arraySegments ??= new List<ArraySegment<byte>>(Math.Max(_count, 4));
         if (_arraySegmentsStale)
         {
+            _last?.SyncMemory();
             list.Clear();
             for (FragmentSegment? s = _first; s is not null; s = (FragmentSegment?)s.Next)
             {
@@ -147,19 +160,42 @@ public sealed class FragmentChain : IDisposable
     /// </exception>
     public void Dispose()
     {
-        if (_disposed)
+        if (Volatile.Read(ref _disposed) != 0 || Interlocked.Exchange(ref _disposed, 1) != 0)
         {
             return;
         }
 
         ExceptionDispatchInfo? failure = ReleaseAll();
-        _disposed = true;
-        if (_home is null || !_home.TryReturn(this))
+        if ((_home is null || !_home.TryReturn(this)) && !s_stash.TryReturn(this))
         {
-            s_stash.TryReturn(this);
+            // Left to the collector with nothing to reclaim.
+            GC.SuppressFinalize(this);
         }
 
         failure?.Throw();
+    }
+
+    /// <summary>The owner forgot <see cref="Dispose"/>: free the buffers and report it, never stash the object.</summary>
+    ~FragmentChain()
+    {
+        _finalized = true;
+        if (Volatile.Read(ref _disposed) != 0 || Interlocked.Exchange(ref _disposed, 1) != 0 || _first is null)
+        {
+            return;
+        }
+
+        long count = _count;
+        long bytes = _trueSize;
+        try
+        {
+            ReleaseAll();
+            PageFragEventSource.Log.LeakReclaimed(nameof(FragmentChain), count, bytes, string.Empty);
+        }
+        catch (Exception e)
+        {
+            // An exception here would end the process.
+            System.Diagnostics.Debug.WriteLine("Reclaiming a leaked FragmentChain failed: " + e);
+        }
     }
 
     // ------------------------------------------------------------------ used by FragBufferWriter
@@ -177,14 +213,20 @@ public sealed class FragmentChain : IDisposable
             return new FragmentChain { _home = home };
         }
 
-        chain._disposed = false;
+        if (chain._finalized)
+        {
+            chain._finalized = false;
+            GC.ReRegisterForFinalize(chain);
+        }
+
         chain._home = home;
+        Volatile.Write(ref chain._disposed, 0);
         return chain;
     }
 
     internal FragmentSegment? Last => _last;
 
-    internal bool IsDisposed => _disposed;
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     internal void AppendFragment(in PageFragment fragment)
     {
@@ -258,7 +300,7 @@ public sealed class FragmentChain : IDisposable
         FragmentSegment? s = _spare;
         if (s is null)
         {
-            return new FragmentSegment();
+            return new FragmentSegment(this);
         }
 
         _spare = s.NextSpare;
@@ -275,6 +317,7 @@ public sealed class FragmentChain : IDisposable
         }
         else
         {
+            _last.SyncMemory();
             _last.Link(segment);
         }
 
@@ -287,7 +330,7 @@ public sealed class FragmentChain : IDisposable
 
     private void ThrowIfDisposed()
     {
-        if (_disposed)
+        if (_disposed != 0)
         {
             BufferThrowHelper.Disposed(nameof(FragmentChain));
         }

@@ -1,4 +1,8 @@
 using System.Buffers;
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
@@ -6,67 +10,233 @@ namespace PageFrag.Buffers;
 
 /// <summary>
 /// A buffer rented from a <see cref="PageFragMemoryPool"/>: a fragment, or a dedicated page block. The
-/// object is recycled by its CPU slot after <see cref="Dispose"/> (see the pool's remarks for what that
+/// object is recycled by its CPU slot after <see cref="Dispose()"/> (see the pool's remarks for what that
 /// means for stale references).
 /// </summary>
-/// <remarks>Used by one renter at a time; <see cref="Dispose"/> may run on any thread.</remarks>
-internal sealed class FragmentMemoryOwner : IMemoryOwner<byte>
+/// <remarks>
+/// <para>A <see cref="MemoryManager{T}"/>, so that the <see cref="Memory{T}"/> it hands out (and every slice
+/// of it, and a <see cref="ReadOnlySequence{T}"/> over it) references the owner: while someone holds the
+/// memory the owner is reachable and its finalizer cannot give the bytes to the next renter. The bytes are
+/// a segment of the arena's pinned array: <see cref="TryGetArray"/> gives it (as
+/// <c>MemoryMarshal.TryGetArray</c> asks), <see cref="Pin"/> needs no handle, and <see cref="Unpin"/> does
+/// nothing.</para>
+/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread, and two racing calls
+/// are decided by one atomic exchange of the state: exactly one gives the memory back. <see cref="IDisposable"/>
+/// is re-implemented: <see cref="MemoryManager{T}"/>'s own <c>Dispose</c> would suppress the finalizer of
+/// an object that is rented again.</para>
+/// <para>An owner that becomes unreachable while rented is reclaimed by its finalizer, which frees the
+/// memory without stashing the object (no resurrection) and reports the leak. An owner whose finalizer
+/// ran while it was not rented (the pool was collected, or a decorator's finalizer disposed it in the same
+/// collection and the object went back to a stash) is re-registered for finalization when it is rented
+/// again.</para>
+/// </remarks>
+internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<byte>, IDisposable
 {
+    private const int Idle = 0;
+    private const int Rented = 1;
+
     private readonly PageFragMemoryPool.CpuSlot _home;
     private PageFragment _fragment;
     private Page _block;
+
+    // The rented bytes, set when rented: array[_offset.._offset + _length] at _address (pinned).
+    private byte[]? _array;
+    private int _offset;
+    private int _length;
+    private nint _address;
+    private int _trueSize;
+    private int _state;
+    private bool _finalized;
+    private StackTrace? _rentedAt;
 
     public FragmentMemoryOwner(PageFragMemoryPool.CpuSlot home) => _home = home;
 
     /// <summary>The CPU slot that rented the buffer and takes it back.</summary>
     internal PageFragMemoryPool.CpuSlot Home => _home;
 
-    /// <summary>The rented bytes, over the pinned backing array.</summary>
+    /// <summary>The rented bytes; the memory keeps this owner reachable.</summary>
     /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
-    public Memory<byte> Memory
+    public override Memory<byte> Memory
     {
         get
         {
-            if (!_fragment.IsEmpty)
+            if (Volatile.Read(ref _state) != Rented)
             {
-                return _fragment.Memory;
+                ThrowDisposed();
             }
 
-            if (_block.IsEmpty)
-            {
-                BufferThrowHelper.Disposed(nameof(PageFragMemoryPool) + " buffer");
-            }
-
-            return _block.Memory;
+            return CreateMemory(_length);
         }
     }
 
-    /// <summary>The memory the buffer keeps from reuse.</summary>
-    internal int TrueSize => !_fragment.IsEmpty ? _fragment.TrueSize : _block.IsEmpty ? 0 : _block.Length;
-
-    internal void SetFragment(in PageFragment fragment) => _fragment = fragment;
-
-    internal void SetBlock(Page block) => _block = block;
-
-    /// <summary>Gives the buffer back (any thread). A second call before the object is reused does nothing.</summary>
-    public void Dispose()
+    /// <summary>The rented bytes (what <c>Memory.Span</c> calls).</summary>
+    /// <exception cref="ObjectDisposedException">The buffer was given back (a stale <c>Memory</c>, until the object is rented again).</exception>
+    public override Span<byte> GetSpan()
     {
+        if (_state != Rented)
+        {
+            ThrowDisposed();
+        }
+
+        return new Span<byte>(_array, _offset, _length);
+    }
+
+    /// <summary>The pointer to byte <paramref name="elementIndex"/>: the arena is pinned, so no handle is taken.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="elementIndex"/> is outside the buffer.</exception>
+    /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
+    public override unsafe MemoryHandle Pin(int elementIndex = 0)
+    {
+        if (_state != Rented)
+        {
+            ThrowDisposed();
+        }
+
+        if ((uint)elementIndex > (uint)_length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(elementIndex), elementIndex, $"The index must be between 0 and the buffer's length ({_length}).");
+        }
+
+        // The handle references this owner (as its IPinnable), so it keeps the buffer rented while it lives.
+        return new MemoryHandle((byte*)_address + elementIndex, default, this);
+    }
+
+    /// <summary>Nothing to undo: the arena is pinned for its whole life.</summary>
+    public override void Unpin()
+    {
+    }
+
+    /// <summary>
+    /// Gives the buffer back (any thread). One atomic exchange decides: a second call, racing or not, does nothing.
+    /// </summary>
+    public void Dispose() => Release();
+
+    /// <summary>The rented bytes as a segment of the arena's pinned array (what sockets and Kestrel ask for).</summary>
+    /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
+    protected override bool TryGetArray(out ArraySegment<byte> segment)
+    {
+        if (_state != Rented)
+        {
+            ThrowDisposed();
+        }
+
+        segment = new ArraySegment<byte>(_array!, _offset, _length);
+        return true;
+    }
+
+    /// <summary>Reached only through <see cref="MemoryManager{T}"/>'s own paths: gives the buffer back.</summary>
+    protected override void Dispose(bool disposing) => Release();
+
+    /// <summary>The memory the buffer keeps from reuse.</summary>
+    internal int TrueSize => Volatile.Read(ref _state) == Rented ? _trueSize : 0;
+
+    /// <summary>Makes the object a live rent of <paramref name="fragment"/> (under the slot's lock).</summary>
+    internal void SetFragment(in PageFragment fragment)
+    {
+        // Idle owners hold neither a fragment nor a block (Dispose and the finalizer clear the one used).
+        _fragment = fragment;
+        ArraySegment<byte> bytes = fragment.ArraySegment;
+        _array = bytes.Array;
+        _offset = bytes.Offset;
+        _length = bytes.Count;
+        _address = fragment.Address;
+        Activate(fragment.TrueSize);
+    }
+
+    /// <summary>Makes the object a live rent of <paramref name="block"/> (under the slot's lock).</summary>
+    internal void SetBlock(Page block)
+    {
+        _block = block;
+        MemoryMarshal.TryGetArray(block.Memory, out ArraySegment<byte> bytes);
+        _array = bytes.Array;
+        _offset = bytes.Offset;
+        _length = bytes.Count;
+        _address = block.Address;
+
+        // Read now: once the block is freed its descriptor may describe a merged buddy.
+        Activate(block.Length);
+    }
+
+    private void Release()
+    {
+        if (Volatile.Read(ref _state) != Rented || Interlocked.Exchange(ref _state, Idle) != Rented)
+        {
+            return;
+        }
+
+        if (_rentedAt is not null)
+        {
+            _rentedAt = null;
+        }
+
         PageFragment fragment = _fragment;
         if (!fragment.IsEmpty)
         {
             _fragment = default;
             _home.ReturnFragment(this, in fragment);
-            return;
         }
-
-        Page block = _block;
-        if (block.IsEmpty)
+        else
         {
+            Page block = _block;
+            _block = default;
+            block.Allocator.FreePages(block);
+            _home.Returned(this, _trueSize);
+        }
+    }
+
+    /// <summary>Where the buffer was rented (detection mode only), reported if it leaks.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void CaptureRentStack() => _rentedAt = new StackTrace(1, fNeedFileInfo: true);
+
+    /// <summary>The object leaves the pool for good (a full stash): it has nothing left to reclaim.</summary>
+    internal void Drop() => GC.SuppressFinalize(this);
+
+    private void Activate(int trueSize)
+    {
+        _trueSize = trueSize;
+        if (_finalized)
+        {
+            // Finalized while idle and then reached again through a stash: arm the safety net anew.
+            _finalized = false;
+            GC.ReRegisterForFinalize(this);
+        }
+
+        Volatile.Write(ref _state, Rented);
+    }
+
+    [DoesNotReturn]
+    private static void ThrowDisposed() => BufferThrowHelper.Disposed(nameof(PageFragMemoryPool) + " buffer");
+
+    /// <summary>The renter forgot <see cref="Dispose()"/>: give the memory back and report it, never stash the object.</summary>
+    /// <remarks>
+    /// CA2015 warns that a <see cref="Span{T}"/> does not keep a memory manager reachable. The safety net is
+    /// issue 12's choice; a <see cref="Memory{T}"/>, a slice, a sequence or a pin handle do keep the owner,
+    /// and the pool's docs say that a span alone does not (keep the owner or its memory while a span is used).
+    /// </remarks>
+#pragma warning disable CA2015 // Adding a finalizer to a type derived from MemoryManager<T>: see the remarks.
+    ~FragmentMemoryOwner()
+#pragma warning restore CA2015
+    {
+        if (Volatile.Read(ref _state) != Rented || Interlocked.Exchange(ref _state, Idle) != Rented)
+        {
+            _finalized = true;
             return;
         }
 
+        _finalized = true;
+        PageFragment fragment = _fragment;
+        Page block = _block;
+        _fragment = default;
         _block = default;
-        block.Allocator.FreePages(block);
-        _home.Returned(this, block.Length);
+        try
+        {
+            _home.Reclaim(in fragment, block, _trueSize, _rentedAt);
+        }
+        catch (Exception e)
+        {
+            // An exception here would end the process; the memory is lost for good, which is what it was.
+            Debug.WriteLine("Reclaiming a leaked PageFragMemoryPool buffer failed: " + e);
+        }
+
+        _rentedAt = null;
     }
 }

@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
@@ -25,9 +27,12 @@ internal enum SegmentKind : byte
 /// <see cref="ReadOnlySequenceSegment{T}"/>.
 /// </summary>
 /// <remarks>
-/// Invariant: only the last segment of a chain may grow (coalescing), so <see cref="ReadOnlySequenceSegment{T}.RunningIndex"/>
-/// of every segment stays exact once a successor is linked. Owned by the chain; reused after the chain
-/// is disposed.
+/// <para>The segment's <see cref="ReadOnlySequenceSegment{T}.Memory"/> is made by its <see cref="SegmentMemory"/>
+/// manager, which references the segment, which references its chain: a sequence (or any memory taken
+/// from it) keeps the chain reachable, so the chain's finalizer never frees bytes that someone still holds.</para>
+/// <para>Invariant: only the last segment of a chain may grow (coalescing), so <see cref="ReadOnlySequenceSegment{T}.RunningIndex"/>
+/// of every segment stays exact once a successor is linked. Owned by the chain for its whole life; reused
+/// after the chain is disposed.</para>
 /// </remarks>
 internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
 {
@@ -37,6 +42,22 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     internal byte[]? PinnedArray;
     internal int Used;
     internal SegmentKind Kind;
+
+    // A coalescing commit grew the fragment but Memory was not rebuilt yet: the chain rebuilds it once,
+    // before anyone reads the segment (a sequence, the array segments, a successor), not per write.
+    private bool _memoryStale;
+
+    // Makes this segment's Memory: one per segment object, so a recycled segment allocates nothing.
+    private readonly SegmentMemory _manager;
+
+    internal FragmentSegment(FragmentChain chain)
+    {
+        Chain = chain;
+        _manager = new SegmentMemory(this);
+    }
+
+    /// <summary>The chain the segment belongs to, kept reachable by the segment's memory.</summary>
+    internal FragmentChain Chain { get; }
 
     /// <summary>The spare list of the owning chain while this segment is not in use.</summary>
     internal FragmentSegment? NextSpare;
@@ -59,7 +80,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     };
 
     /// <summary>The unused tail of a block or array segment, for the next write.</summary>
-    internal Memory<byte> Tail => Kind == SegmentKind.Block ? Block.Memory[Used..] : PinnedArray.AsMemory(Used);
+    internal Memory<byte> Tail => _manager.Slice(Used, Room);
 
     internal void SetFragment(in PageFragment fragment, long runningIndex)
     {
@@ -90,7 +111,17 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     {
         Debug.Assert(Next is null, "only the last segment of a chain grows");
         Used = Fragment.Length;
-        Memory = Fragment.Memory;
+        _memoryStale = true;
+    }
+
+    /// <summary>Makes <see cref="ReadOnlySequenceSegment{T}.Memory"/> cover every byte written.</summary>
+    internal void SyncMemory()
+    {
+        if (_memoryStale)
+        {
+            _memoryStale = false;
+            Memory = _manager.Slice(0, Used);
+        }
     }
 
     /// <summary><paramref name="count"/> more bytes of the block or array tail were written.</summary>
@@ -99,7 +130,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         Debug.Assert(Next is null, "only the last segment of a chain grows");
         Debug.Assert(count <= Room);
         Used += count;
-        Memory = Kind == SegmentKind.Block ? Block.Memory[..Used] : PinnedArray.AsMemory(0, Used);
+        Memory = _manager.Slice(0, Used);
     }
 
     internal void Link(FragmentSegment next) => Next = next;
@@ -129,7 +160,8 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         Block = default;
         PinnedArray = null;
         Used = 0;
-        Memory = default;
+        _memoryStale = false;
+        Memory = _manager.Slice(0, 0); // a stale sequence reaches the manager, which refuses it while the segment is idle
         Next = null;
         RunningIndex = 0;
     }
@@ -138,11 +170,99 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
     {
         RunningIndex = runningIndex;
         Next = null;
-        Memory = Kind switch
+        _memoryStale = false;
+        Memory = _manager.Slice(0, Used);
+    }
+
+    /// <summary>
+    /// The memory manager of one segment: its memory references the segment (and so the chain). The bytes
+    /// are those the segment owns now (the fragment as written so far, the whole block or array); after the
+    /// chain is disposed a stale memory throws <see cref="ObjectDisposedException"/> until the segment is
+    /// reused, then it sees the new owner's bytes, like any stale reference to a recycled buffer.
+    /// </summary>
+    private sealed class SegmentMemory : MemoryManager<byte>
+    {
+        private readonly FragmentSegment _segment;
+
+        public SegmentMemory(FragmentSegment segment) => _segment = segment;
+
+        public Memory<byte> Slice(int start, int length) => CreateMemory(start, length);
+
+        public override Span<byte> GetSpan()
         {
-            SegmentKind.Fragment => Fragment.Memory,
-            SegmentKind.Block => Block.Memory[..Used],
-            _ => PinnedArray.AsMemory(0, Used),
-        };
+            FragmentSegment s = _segment;
+            switch (s.Kind)
+            {
+                case SegmentKind.Fragment:
+                    return s.Fragment.Span;
+                case SegmentKind.Block:
+                    return s.Block.Span;
+                case SegmentKind.Array:
+                    return s.PinnedArray;
+                default:
+                    BufferThrowHelper.Disposed(nameof(FragmentChain));
+                    return default;
+            }
+        }
+
+        public override unsafe MemoryHandle Pin(int elementIndex = 0)
+        {
+            FragmentSegment s = _segment;
+            int length = s.Kind switch
+            {
+                SegmentKind.Fragment => s.Fragment.Length,
+                SegmentKind.Block => s.Block.Length,
+                SegmentKind.Array => s.PinnedArray!.Length,
+                _ => -1,
+            };
+
+            if (length < 0)
+            {
+                BufferThrowHelper.Disposed(nameof(FragmentChain));
+            }
+
+            if ((uint)elementIndex > (uint)length)
+            {
+                throw new ArgumentOutOfRangeException(nameof(elementIndex), elementIndex, $"The index must be between 0 and the segment's length ({length}).");
+            }
+
+            // Arenas and the large-write arrays are pinned for life: no handle, and the pinnable keeps the chain reachable.
+            byte* start = s.Kind switch
+            {
+                SegmentKind.Fragment => (byte*)s.Fragment.Address,
+                SegmentKind.Block => (byte*)s.Block.Address,
+                _ => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s.PinnedArray!)),
+            };
+            return new MemoryHandle(start + elementIndex, default, this);
+        }
+
+        public override void Unpin()
+        {
+        }
+
+        protected override bool TryGetArray(out ArraySegment<byte> segment)
+        {
+            FragmentSegment s = _segment;
+            switch (s.Kind)
+            {
+                case SegmentKind.Fragment:
+                    segment = s.Fragment.ArraySegment;
+                    return true;
+                case SegmentKind.Block:
+                    return MemoryMarshal.TryGetArray(s.Block.Memory, out segment);
+                case SegmentKind.Array:
+                    segment = new ArraySegment<byte>(s.PinnedArray!);
+                    return true;
+                default:
+                    BufferThrowHelper.Disposed(nameof(FragmentChain));
+                    segment = default;
+                    return false;
+            }
+        }
+
+        // Never called: the segment, not a Dispose on its memory, owns the bytes.
+        protected override void Dispose(bool disposing)
+        {
+        }
     }
 }

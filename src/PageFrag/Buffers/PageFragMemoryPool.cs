@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using PageFrag.Frag;
@@ -28,15 +29,43 @@ namespace PageFrag.Buffers;
 /// page). The lock is a one-word spin gate: one compare-and-swap to enter, a plain release store to leave,
 /// so an uncontended rent or return costs one atomic operation.</para>
 /// <para><b>Owners are recycled.</b> The <see cref="IMemoryOwner{T}"/> objects are pooled per CPU, so
-/// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. As with <see cref="MemoryPool{T}.Shared"/>,
-/// a second <c>Dispose</c> is ignored and <c>Memory</c> after <c>Dispose</c> throws
-/// <see cref="ObjectDisposedException"/>, but only until the owner object is rented again: after that a
-/// stale reference aliases the new renter's buffer (Kestrel's pool has the same property). Wrap the pool in
-/// a <c>DiagnosticMemoryPool</c> to catch double disposal and use after disposal reliably.</para>
-/// <para><b>Memory.</b> Pages come from <see cref="PageFragMemoryPoolOptions.Allocator"/>. When it refuses
-/// one (memory limit, injected fault), <c>Rent</c> throws <see cref="InsufficientMemoryException"/> and
-/// nothing changes. <see cref="Trim"/> gives idle pages back; nothing trims on its own (the Kestrel
-/// factory runs a timer).</para>
+/// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. <c>Dispose</c> is decided by one atomic
+/// exchange: of any number of calls, racing on several threads or not, exactly one gives the memory back
+/// and the others do nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/>
+/// also ignores a second <c>Dispose</c>; Kestrel's pool throws only in its diagnostic mode).
+/// <c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, and so do the
+/// <c>Span</c>, <c>Pin</c> and <c>MemoryMarshal.TryGetArray</c> of a <see cref="Memory{T}"/> taken before
+/// it, but only until the owner object is rented again: after that a stale reference, a stale
+/// <see cref="Memory{T}"/>, and a <c>Dispose</c> through the stale reference, reach the new renter's
+/// buffer (the ABA case: Kestrel's pool has the same property, and a stale <see cref="Memory{T}"/> of
+/// <see cref="MemoryPool{T}.Shared"/> reaches the next renter of its array). A renter that disposes once
+/// and drops its reference is never affected. Pooling is kept because an owner allocated per rent, which
+/// would make a stale <c>Dispose</c> harmless, costs a finalizable allocation on every rent (measured in
+/// <c>docs/owner-lifetime.md</c>). Wrap the pool in a <c>DiagnosticMemoryPool</c> (an owner per rent) to
+/// catch double disposal and use after disposal reliably.</para>
+/// <para><b>The garbage collector is the last owner.</b> A rented buffer that becomes unreachable without
+/// <c>Dispose</c> is given back by its finalizer and reported as a <c>LeakReclaimed</c> event of the
+/// <c>PageFrag</c> event source (kind <c>MemoryOwner</c>; with the rent's stack when the allocator's
+/// <see cref="PageAllocatorOptions.DetectMisuse"/> is on); a pool collected without <c>Dispose</c> drains
+/// its caches the same way. Relying on it is still a leak until the next collection. The owner is a
+/// <see cref="MemoryManager{T}"/>: its <see cref="Memory{T}"/>, every slice of it, a
+/// <see cref="ReadOnlySequence{T}"/> over it and a <see cref="MemoryHandle"/> from <c>Pin</c> reference
+/// the owner, so a buffer is never reclaimed while any of them is reachable. Three things do not keep it:
+/// a <see cref="Span{T}"/> (use it while the owner or its memory is still referenced, for example with
+/// <see cref="GC.KeepAlive"/>), the <see cref="ArraySegment{T}"/> of <c>MemoryMarshal.TryGetArray</c>,
+/// and a raw pointer; keep the owner or its memory for as long as those are used.</para>
+/// <para><b>Memory.</b> Pages come from <see cref="PageFragMemoryPoolOptions.Allocator"/>,
+/// <see cref="PageAllocator.Shared"/> by default, so that a pool per pipe costs only the fragments it holds;
+/// <see cref="Shared"/> is the ready-made pool over it. When the allocator refuses a page (memory limit,
+/// injected fault), <c>Rent</c> throws <see cref="InsufficientMemoryException"/> and nothing changes.
+/// <see cref="Trim"/> gives idle pages back; nothing trims on its own (the Kestrel factory runs a timer).</para>
+/// <para><b>Neighbours share an array.</b> Every buffer is a segment of its arena's pinned array (4 MiB
+/// by default), so <c>MemoryMarshal.TryGetArray(owner.Memory, out seg)</c> gives that shared array: code
+/// that writes past <c>seg.Offset + seg.Count</c> corrupts another renter's buffer, where Kestrel's pool
+/// (one array per 4 KiB block) keeps such a bug inside the block. The pool does not pay for a separate
+/// array per buffer (see <c>docs/shared-arrays.md</c> for the measured options); to catch such overruns,
+/// wrap the pool in a <c>DiagnosticMemoryPool</c> with <c>GuardBytes</c>, which checks a guard zone after
+/// every buffer when it is disposed.</para>
 /// </remarks>
 public sealed class PageFragMemoryPool : MemoryPool<byte>
 {
@@ -49,8 +78,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     // Owner objects a CPU slot keeps at most; the rest are left to the garbage collector.
     private const int OwnerStashCapacity = 256;
 
+    private static readonly Lazy<PageFragMemoryPool> s_shared = new(() => new PageFragMemoryPool(new PageFragMemoryPoolOptions { Name = "shared" }, isShared: true));
+
     private readonly PageAllocator _allocator;
-    private readonly bool _ownsAllocator;
+    private readonly bool _isShared;
     private readonly CpuSlot[] _slots;
     private readonly int _maxBufferSize;
     private volatile bool _disposed;
@@ -59,21 +90,17 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     /// <param name="options">Settings, or null for the defaults.</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
     public PageFragMemoryPool(PageFragMemoryPoolOptions? options = null)
+        : this(options, isShared: false)
+    {
+    }
+
+    private PageFragMemoryPool(PageFragMemoryPoolOptions? options, bool isShared)
     {
         options ??= new PageFragMemoryPoolOptions();
-        PageAllocator allocator = options.Allocator ?? new PageAllocator();
-        try
-        {
-            options.Validate(allocator);
-        }
-        catch when (options.Allocator is null)
-        {
-            allocator.Dispose();
-            throw;
-        }
-
+        PageAllocator allocator = options.Allocator ?? PageAllocator.Shared;
+        options.Validate(allocator);
         _allocator = allocator;
-        _ownsAllocator = options.Allocator is null;
+        _isShared = isShared;
         Name = options.Name;
         _maxBufferSize = options.MaxBufferSize;
         _slots = new CpuSlot[Math.Max(1, Environment.ProcessorCount)];
@@ -82,6 +109,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             _slots[i] = new CpuSlot(_allocator, options.OwnersPerCpu);
         }
     }
+
+    /// <summary>
+    /// The process-wide pool over <see cref="PageAllocator.Shared"/>, as <see cref="MemoryPool{T}.Shared"/>
+    /// is for arrays: use it (or a pool created without an allocator, which shares the same pages) rather
+    /// than a private allocator per pool. Its <c>Dispose</c> does nothing.
+    /// </summary>
+    public static new PageFragMemoryPool Shared => s_shared.Value;
 
     /// <summary>The largest buffer <see cref="Rent"/> accepts (<see cref="PageFragMemoryPoolOptions.MaxBufferSize"/>).</summary>
     public override int MaxBufferSize => _maxBufferSize;
@@ -92,7 +126,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     /// <summary>Who uses the pool (<see cref="PageFragMemoryPoolOptions.Name"/>), or null.</summary>
     public string? Name { get; }
 
-    /// <summary>True once the pool was disposed.</summary>
+    /// <summary>True once the pool was disposed (never for <see cref="Shared"/>).</summary>
     public bool IsDisposed => _disposed;
 
     /// <summary>
@@ -134,13 +168,19 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             BufferThrowHelper.OutOfPages(rounded);
         }
 
+        if (slot.CaptureStacks)
+        {
+            owner.CaptureRentStack();
+        }
+
         return owner;
     }
 
     /// <summary>
     /// Gives free page space back: drains the per-CPU caches (their current pages return to the allocator
-    /// once the fragments still out on them are freed) and, when the pool owns its allocator, releases the
-    /// allocator's entirely free arenas. With <paramref name="idleOnly"/>, only caches that served no rent
+    /// once the fragments still out on them are freed) and, when the pool takes its pages from
+    /// <see cref="PageAllocator.Shared"/>, releases that allocator's entirely free arenas (a private
+    /// allocator is the caller's to trim). With <paramref name="idleOnly"/>, only caches that served no rent
     /// since the previous trim are drained (the others are marked, so an idle period of one trim interval
     /// is enough): the eviction a periodic timer runs. Any thread.
     /// </summary>
@@ -161,7 +201,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
         }
 
-        if (_ownsAllocator && !_disposed)
+        if (ReferenceEquals(_allocator, PageAllocator.Shared))
         {
             _allocator.Trim();
         }
@@ -172,7 +212,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     /// <summary>A snapshot of the pool's counters (takes each CPU slot's lock briefly). Any thread.</summary>
     public PageFragMemoryPoolStats GetStats()
     {
-        long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0;
+        long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0, reclaimed = 0;
         foreach (CpuSlot slot in _slots)
         {
             slot.Enter();
@@ -195,6 +235,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             returns += Interlocked.Read(ref slot.ContendedReturns);
             returned += Interlocked.Read(ref slot.ContendedReturnedBytes);
+            reclaimed += Interlocked.Read(ref slot.Reclaimed);
         }
 
         return new PageFragMemoryPoolStats
@@ -208,28 +249,35 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             PooledBytes = pooled,
             EvictedBytes = evicted,
             PagesReused = reused,
+            ReclaimedBuffers = reclaimed,
         };
     }
 
     /// <summary>
     /// Drains every cache and retires the pool: <see cref="Rent"/> then throws
-    /// <see cref="ObjectDisposedException"/>. Buffers still out stay valid and may be disposed later. A pool
-    /// that owns its allocator disposes it too.
+    /// <see cref="ObjectDisposedException"/>. Buffers still out stay valid and may be disposed later. The
+    /// allocator is never disposed (a given one stays the caller's). On <see cref="Shared"/> it does nothing.
+    /// A pool collected without <c>Dispose</c> is drained by its finalizer, which reports the pages' free
+    /// space it gave back through the <c>PageFrag</c> event source (kind <c>PageFragMemoryPool</c>).
     /// </summary>
     protected override void Dispose(bool disposing)
     {
-        if (_disposed)
+        if (_isShared || _disposed)
         {
             return;
         }
 
         _disposed = true;
+        long drained = 0;
+        int caches = 0;
         foreach (CpuSlot slot in _slots)
         {
             slot.Enter();
             try
             {
-                slot.TrimLocked(idleOnly: false);
+                long free = slot.TrimLocked(idleOnly: false);
+                drained += free;
+                caches += free > 0 ? 1 : 0;
             }
             finally
             {
@@ -237,9 +285,23 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
         }
 
-        if (_ownsAllocator)
+        if (!disposing && caches > 0)
         {
-            _allocator.Dispose();
+            PageFragEventSource.Log.LeakReclaimed(nameof(PageFragMemoryPool), caches, drained, string.Empty);
+        }
+    }
+
+    /// <summary>The safety net: a pool nobody disposed gives its caches' pages back when collected.</summary>
+    ~PageFragMemoryPool()
+    {
+        try
+        {
+            Dispose(disposing: false);
+        }
+        catch (Exception e)
+        {
+            // Never let an exception end the process on the finalizer thread.
+            System.Diagnostics.Debug.WriteLine("Finalizing a PageFragMemoryPool failed: " + e);
         }
     }
 
@@ -290,6 +352,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         private int _ownerCount;
         private long _seenPagesAllocated;
 
+        // Owners rented in the detection mode remember where (reported if they leak).
+        public readonly bool CaptureStacks;
+
         // Under Lock.
         public long Rents;
         public long RentedBytes;
@@ -305,9 +370,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         public long ContendedReturns;
         public long ContendedReturnedBytes;
 
+        // Owners their finalizer reclaimed (interlocked; also counted as contended returns).
+        public long Reclaimed;
+
         public CpuSlot(PageAllocator allocator, int owners)
         {
             _allocator = allocator;
+            CaptureStacks = allocator.DetectMisuse;
             Cache = new PageFragCache(allocator);
             for (int i = 0; i < owners; i++)
             {
@@ -332,8 +401,8 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             int trueSize;
             if (size <= PageFragCache.MaxFragmentSize && Cache.TryAlloc(size, out PageFragment fragment))
             {
-                owner.SetFragment(fragment);
                 trueSize = fragment.TrueSize;
+                owner.SetFragment(fragment);
                 long pages = Cache.PagesAllocated;
                 if (pages != _seenPagesAllocated)
                 {
@@ -351,8 +420,8 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     return null;
                 }
 
-                owner.SetBlock(block);
                 trueSize = block.Length;
+                owner.SetBlock(block);
                 DedicatedBlocks++;
                 AllocatedBytes += trueSize;
             }
@@ -404,7 +473,28 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             {
                 PageFragCache.Free(in fragment);
                 CountContendedReturn(fragment.TrueSize);
+                owner.Drop();
             }
+        }
+
+        /// <summary>
+        /// The finalizer of a rented owner gives its memory back (finalizer thread): freed as from any
+        /// thread, counted as a contended return and as reclaimed, and reported. The owner is not stashed.
+        /// </summary>
+        public void Reclaim(in PageFragment fragment, Page block, int trueSize, StackTrace? rentedAt)
+        {
+            if (!fragment.IsEmpty)
+            {
+                PageFragCache.Free(in fragment);
+            }
+            else if (!block.IsEmpty)
+            {
+                block.Allocator.FreePages(block);
+            }
+
+            CountContendedReturn(trueSize);
+            Interlocked.Increment(ref Reclaimed);
+            PageFragEventSource.Log.LeakReclaimed("MemoryOwner", 1, trueSize, rentedAt?.ToString() ?? string.Empty);
         }
 
         /// <summary>A dedicated block of this slot came back (any thread); its owner object is kept if the lock is free.</summary>
@@ -418,6 +508,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             else
             {
                 CountContendedReturn(trueSize);
+                owner.Drop();
             }
         }
 
@@ -466,6 +557,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             if (_ownerCount < _owners.Length)
             {
                 _owners[_ownerCount++] = owner;
+            }
+            else
+            {
+                owner.Drop();
             }
         }
     }

@@ -5,8 +5,8 @@ namespace PageFrag.Buffers;
 
 /// <summary>Settings of a <see cref="PageFragMemoryPool"/>, checked when the pool is created.</summary>
 /// <remarks>
-/// Defaults: a private <see cref="PageAllocator"/> with default options that the pool disposes with
-/// itself; <see cref="MaxBufferSize"/> 32768; 16 owner objects kept ready per CPU.
+/// Defaults: pages from <see cref="PageAllocator.Shared"/>; <see cref="MaxBufferSize"/> 32768; 16 owner
+/// objects kept ready per CPU.
 /// </remarks>
 public sealed class PageFragMemoryPoolOptions
 {
@@ -14,9 +14,13 @@ public sealed class PageFragMemoryPoolOptions
     public const int DefaultMaxBufferSize = PageFragCache.MaxFragmentSize;
 
     /// <summary>
-    /// Where pages come from. Null (the default) gives the pool a private allocator with default options,
-    /// which <see cref="PageFragMemoryPool.Trim"/> trims and the pool disposes. A given allocator stays
-    /// the caller's: the pool neither trims nor disposes it.
+    /// Where pages come from. Null (the default) is <see cref="PageAllocator.Shared"/>: every such pool
+    /// carves its buffers from the same arenas, so a pool per pipe or per connection costs the fragments it
+    /// holds, not an arena each, and <see cref="PageFragMemoryPool.Trim"/> releases the shared allocator's
+    /// entirely free arenas. A given allocator stays the caller's: the pool neither trims nor disposes it.
+    /// A private allocator is worth it for a memory limit or a reserve of its own
+    /// (<see cref="PageAllocatorOptions.MaxBytes"/>), fault injection, the detection mode, separate
+    /// statistics, or to give a whole arena back to the GC at once by disposing it.
     /// </summary>
     public PageAllocator? Allocator { get; init; }
 

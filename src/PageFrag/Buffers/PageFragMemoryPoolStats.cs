@@ -35,4 +35,11 @@ public sealed record PageFragMemoryPoolStats
 
     /// <summary>Pages the per-CPU caches found entirely free when full and reused in place.</summary>
     public long PagesReused { get; init; }
+
+    /// <summary>
+    /// Buffers never disposed that the garbage collector found unreachable and whose finalizer gave the
+    /// memory back (each also counts in <see cref="Returns"/>, and is reported as a <c>LeakReclaimed</c>
+    /// event of the <c>PageFrag</c> event source).
+    /// </summary>
+    public long ReclaimedBuffers { get; init; }
 }

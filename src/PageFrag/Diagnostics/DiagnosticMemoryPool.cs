@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using PageFrag.Buffers;
 
 namespace PageFrag.Diagnostics;
@@ -25,7 +26,12 @@ namespace PageFrag.Diagnostics;
 /// <item>with <see cref="DiagnosticMemoryPoolOptions.LeakDetection"/>, tracked rents remember their stack
 /// trace: <see cref="GetOutstanding"/> lists those not given back yet (check it at the end of a test), and
 /// an owner garbage collected without <c>Dispose</c> is reported to
-/// <see cref="DiagnosticMemoryPoolOptions.LeakDetected"/> and <see cref="GetLeaks"/>.</item>
+/// <see cref="DiagnosticMemoryPoolOptions.LeakDetected"/> and <see cref="GetLeaks"/>;</item>
+/// <item>with <see cref="DiagnosticMemoryPoolOptions.GuardBytes"/>, every buffer is followed by a guard zone
+/// filled with <see cref="DiagnosticMemoryPoolOptions.GuardPattern"/>, checked when the buffer is disposed:
+/// a write past the end of <c>Memory</c> (for example past <c>seg.Offset + seg.Count</c> of the shared
+/// arena array that <c>MemoryMarshal.TryGetArray</c> gives) throws <see cref="BufferOverrunException"/>
+/// from that <c>Dispose</c>, after the buffer was given back.</item>
 /// </list>
 /// <para>Threading: as the inner pool. Renting and disposing buffers are safe from any thread; the
 /// quarantine takes a lock.</para>
@@ -58,7 +64,8 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
     public MemoryPool<byte> Inner => _inner;
 
     /// <inheritdoc/>
-    public override int MaxBufferSize => _inner.MaxBufferSize;
+    /// <remarks>The inner pool's, less <see cref="DiagnosticMemoryPoolOptions.GuardBytes"/>.</remarks>
+    public override int MaxBufferSize => _inner.MaxBufferSize - _options.GuardBytes;
 
     /// <summary>Buffers given back and held in quarantine.</summary>
     public int QuarantinedCount
@@ -81,7 +88,14 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool));
         }
 
-        IMemoryOwner<byte> inner = _inner.Rent(minBufferSize);
+        int guard = _options.GuardBytes;
+        if (guard > 0 && (uint)minBufferSize > (uint)MaxBufferSize && minBufferSize != -1)
+        {
+            // The inner pool would accept a size that leaves no room for the guard: refuse it as it would.
+            ThrowHelper.ArgumentOutOfRange(nameof(minBufferSize), minBufferSize, $"minBufferSize must be -1 (the default size) or between 0 and MaxBufferSize ({MaxBufferSize}, the inner pool's less {guard} guard bytes).");
+        }
+
+        IMemoryOwner<byte> inner = _inner.Rent(minBufferSize == -1 || guard == 0 ? minBufferSize : minBufferSize + guard);
         LeakRecord? record = null;
         if (ShouldTrack())
         {
@@ -182,6 +196,35 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
 
     private void Returned(DiagnosticOwner owner)
     {
+        BufferOverrunException? overrun = CheckGuard(owner);
+        ReturnChecked(owner);
+        if (overrun is not null)
+        {
+            throw overrun;
+        }
+    }
+
+    private BufferOverrunException? CheckGuard(DiagnosticOwner owner)
+    {
+        if (_options.GuardBytes == 0)
+        {
+            return null;
+        }
+
+        Span<byte> guard = owner.InnerMemory.Span[owner.ExposedLength..];
+        int bad = guard.IndexOfAnyExcept(_options.GuardPattern);
+        if (bad < 0)
+        {
+            return null;
+        }
+
+        string where = owner.Record is { } r ? $" Rented at:{Environment.NewLine}{r.RentedAt}" : "";
+        return new BufferOverrunException(
+            $"A {owner.ExposedLength}-byte buffer was written past its end: byte {owner.ExposedLength + bad} (guard byte {bad}) is 0x{guard[bad]:X2} instead of the guard pattern 0x{_options.GuardPattern:X2}. In a shared arena that write lands in another renter's buffer.{where}");
+    }
+
+    private void ReturnChecked(DiagnosticOwner owner)
+    {
         if (_options.PoisonFreedMemory)
         {
             owner.InnerMemory.Span.Fill(_options.Poison);
@@ -233,10 +276,19 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
     /// One rent: never recycled, so every misuse of this object is caught. Tracked owners keep their
     /// finalizer, which reports them if they are collected without Dispose; the others suppress it.
     /// </summary>
-    private sealed class DiagnosticOwner : IMemoryOwner<byte>
+    /// <remarks>
+    /// A <see cref="MemoryManager{T}"/>, so that the memory it hands out keeps it (and through its inner
+    /// memory, the inner owner) reachable: a renter that keeps only <c>Memory</c> is never reported as a
+    /// leak, and with <see cref="DiagnosticMemoryPoolOptions.ReclaimLeakedBuffers"/> its bytes are never
+    /// released under it. The span of a stale memory stays the quarantined bytes, so that a write after
+    /// free is caught by the poison check rather than refused. <see cref="IDisposable"/> is re-implemented:
+    /// <see cref="MemoryManager{T}"/>'s own would suppress the leak report.
+    /// </remarks>
+    private sealed class DiagnosticOwner : MemoryManager<byte>, IMemoryOwner<byte>, IDisposable
     {
         private readonly DiagnosticMemoryPool _pool;
         private readonly Memory<byte> _memory;
+        private readonly Memory<byte> _exposed;
         private IMemoryOwner<byte>? _inner;
         private int _disposed;
 
@@ -245,6 +297,13 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             _pool = pool;
             _inner = inner;
             _memory = inner.Memory;
+            int guard = pool._options.GuardBytes;
+            _exposed = guard == 0 ? _memory : _memory[..Math.Max(0, _memory.Length - guard)];
+            if (guard != 0)
+            {
+                _memory.Span[_exposed.Length..].Fill(pool._options.GuardPattern);
+            }
+
             Record = record;
             if (record is null)
             {
@@ -252,7 +311,9 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             }
         }
 
+#pragma warning disable CA2015 // A finalizer on a MemoryManager<T>: it only reports (and, when asked, reclaims) an owner nobody references, memory included.
         ~DiagnosticOwner()
+#pragma warning restore CA2015
         {
             if (Volatile.Read(ref _disposed) == 0 && Record is { } record)
             {
@@ -262,7 +323,7 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
 
         public LeakRecord? Record { get; }
 
-        public Memory<byte> Memory
+        public override Memory<byte> Memory
         {
             get
             {
@@ -271,9 +332,21 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
                     BufferThrowHelper.Disposed(nameof(DiagnosticMemoryPool) + " buffer", "The buffer was used after it was given back to the pool (Memory read after Dispose).");
                 }
 
-                return _memory;
+                return CreateMemory(_exposed.Length);
             }
         }
+
+        public override Span<byte> GetSpan() => _exposed.Span;
+
+        // The inner memory's pin (a no-op handle over PageFrag's pinned arenas, a GCHandle over an array pool's arrays).
+        public override MemoryHandle Pin(int elementIndex = 0) => _exposed[elementIndex..].Pin();
+
+        public override void Unpin()
+        {
+        }
+
+        /// <summary>The length the renter sees; the guard zone follows it.</summary>
+        public int ExposedLength => _exposed.Length;
 
         /// <summary>The memory, for the pool's poisoning and checks after the renter is done.</summary>
         public Memory<byte> InnerMemory => _memory;
@@ -293,6 +366,13 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             }
 
             _pool.Returned(this);
+        }
+
+        protected override bool TryGetArray(out ArraySegment<byte> segment) => MemoryMarshal.TryGetArray<byte>(_exposed, out segment);
+
+        // Never reached: IDisposable is re-implemented by Dispose().
+        protected override void Dispose(bool disposing)
+        {
         }
 
         public void ReleaseInner()

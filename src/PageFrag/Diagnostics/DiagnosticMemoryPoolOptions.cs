@@ -50,12 +50,34 @@ public sealed class DiagnosticMemoryPoolOptions
     /// Whether a tracked buffer found garbage collected without <c>Dispose</c> is given back to the inner
     /// pool after it is reported, so that a long test run or a staging server does not bleed pages. Only
     /// safe when nothing still uses the memory through a <see cref="Memory{T}"/> taken from the lost
-    /// owner. Default false (report only, as Netty does).
+    /// owner. Default false (report only, as Netty does). Over a <see cref="Buffers.PageFragMemoryPool"/>
+    /// the inner buffer is unreachable too once its decorator is, so its own finalizer gives it back in any
+    /// case (and reports it as a <c>LeakReclaimed</c> event); this option then only makes it happen in the
+    /// same collection.
     /// </summary>
     public bool ReclaimLeakedBuffers { get; init; }
 
+    /// <summary>The default <see cref="GuardPattern"/>: 0xFD, the "no man's land" byte of the MSVC debug heap.</summary>
+    public const byte DefaultGuardPattern = 0xFD;
+
+    /// <summary>
+    /// Bytes of guard zone after every buffer, checked at <c>Dispose</c>: a write past the end of the
+    /// buffer throws <see cref="BufferOverrunException"/> there. Each rent asks the inner pool for this
+    /// many bytes more (so <see cref="DiagnosticMemoryPool.MaxBufferSize"/> is that much smaller, and a
+    /// <c>Rent(-1)</c> buffer that much shorter). From 0 (no guard) to 4096. Default 0.
+    /// </summary>
+    public int GuardBytes { get; init; }
+
+    /// <summary>The byte the guard zone is filled with. Default <see cref="DefaultGuardPattern"/>.</summary>
+    public byte GuardPattern { get; init; } = DefaultGuardPattern;
+
     internal void Validate()
     {
+        if (GuardBytes < 0 || GuardBytes > 4096)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(GuardBytes), GuardBytes, "GuardBytes must be between 0 and 4096.");
+        }
+
         if (LeakDetection is < LeakDetectionLevel.Disabled or > LeakDetectionLevel.Paranoid)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(LeakDetection), LeakDetection, "Unknown leak detection level.");

@@ -7,10 +7,10 @@ using PageFrag.Pool;
 namespace PageFrag.Diagnostics;
 
 /// <summary>
-/// The <c>PageFrag</c> meter: the memory pool instruments shaped like Kestrel's
-/// <c>aspnetcore.memory_pool.*</c> (pooled, allocated, evicted, rented) plus the page-level truth (pages in
-/// use and in arenas, buffers outstanding, truesize held), for the pools and allocators given to
-/// <see cref="Track(PageFragMemoryPool)"/>.
+/// The <c>PageFrag</c> meter: what the memory pools, page allocators and page pools given to
+/// <see cref="Track(PageFragMemoryPool)"/> hold and do, named by the OpenTelemetry rules (singular
+/// namespaces, no <c>.total</c>, a state attribute rather than one instrument per state). docs/metrics.md
+/// lists every instrument with its unit and meaning.
 /// </summary>
 /// <remarks>
 /// <para>Every instrument is observable: it reads counters that the pools and allocators keep anyway
@@ -20,14 +20,15 @@ namespace PageFrag.Diagnostics;
 /// in Kestrel's <c>MemoryPoolMetrics</c>, taken one step further.</para>
 /// <list type="table">
 /// <listheader><term>instrument</term><description>kind, unit: meaning</description></listheader>
-/// <item><term>pagefrag.memory_pool.pooled</term><description>up-down counter, By: free bytes in the pool's cached pages, ready for rents</description></item>
-/// <item><term>pagefrag.memory_pool.allocated</term><description>counter, By: bytes of pages and blocks the pool took from its allocator</description></item>
-/// <item><term>pagefrag.memory_pool.evicted</term><description>counter, By: free page bytes given back by trimming</description></item>
+/// <item><term>pagefrag.memory_pool.pooled</term><description>up-down counter, By: free bytes at the end of the caches' current pages, ready for rents</description></item>
+/// <item><term>pagefrag.memory_pool.refill</term><description>counter, By: bytes of pages and blocks the pool took from its allocator (pages recycle through the allocator: this is traffic, not new memory)</description></item>
+/// <item><term>pagefrag.memory_pool.drained</term><description>counter, By: free page bytes the caches gave back when trimmed</description></item>
 /// <item><term>pagefrag.memory_pool.rented</term><description>counter, By: bytes rented (true sizes)</description></item>
-/// <item><term>pagefrag.memory_pool.outstanding</term><description>up-down counter, {buffer}: buffers rented and not given back (fragments outstanding)</description></item>
-/// <item><term>pagefrag.memory_pool.truesize_held</term><description>up-down counter, By: memory those buffers keep from reuse</description></item>
-/// <item><term>pagefrag.pages.in_use</term><description>up-down counter, {page}: pages handed out by the allocator (caches and pools included)</description></item>
-/// <item><term>pagefrag.pages.total</term><description>up-down counter, {page}: pages in the allocator's arenas</description></item>
+/// <item><term>pagefrag.memory_pool.buffer.count</term><description>up-down counter, {buffer}: buffers rented and not given back</description></item>
+/// <item><term>pagefrag.memory_pool.buffer.usage</term><description>up-down counter, By: memory those buffers keep from reuse (truesize)</description></item>
+/// <item><term>pagefrag.page.usage</term><description>up-down counter, {page}: the allocator's pages by <c>pagefrag.page.state</c>: <c>used</c> (handed out, caches and pools included), <c>cached</c> (free, on the per-CPU lists), <c>free</c> (on the buddy lists); the sum is the pages in arenas</description></item>
+/// <item><term>pagefrag.page.limit</term><description>up-down counter, {page}: the allocator's page limit (only for allocators with <see cref="PageAllocatorOptions.MaxBytes"/>)</description></item>
+/// <item><term>pagefrag.arena.count</term><description>up-down counter, {arena}: arenas the allocator holds</description></item>
 /// <item><term>pagefrag.page_pool.alloc</term><description>counter, {page}: the page pool's allocation counters (page_pool_get_stats), one series per <c>pagefrag.page_pool.alloc.kind</c>: fast, slow, slow_high_order, empty, refill, waive</description></item>
 /// <item><term>pagefrag.page_pool.recycle</term><description>counter, {page}: the recycle counters, one series per <c>pagefrag.page_pool.recycle.kind</c>: cached, cache_full, ring, ring_full, released_refcnt</description></item>
 /// <item><term>pagefrag.page_pool.in_flight</term><description>up-down counter, {page}: pages the pool took and has not given back (in its cache, its ring or in use)</description></item>
@@ -59,21 +60,23 @@ public sealed class PageFragMetrics : IDisposable
         _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
 
         _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.pooled", () => ObservePools(static s => s.PooledBytes), "By",
-            "Free bytes in the pool's cached pages, ready for the next rents.");
-        _meter.CreateObservableCounter("pagefrag.memory_pool.allocated", () => ObservePools(static s => s.AllocatedBytes), "By",
-            "Bytes of pages and blocks the pool took from its page allocator.");
-        _meter.CreateObservableCounter("pagefrag.memory_pool.evicted", () => ObservePools(static s => s.EvictedBytes), "By",
-            "Free page bytes the pool gave back when trimmed.");
+            "Free bytes at the end of the pool's cached pages, ready for the next rents.");
+        _meter.CreateObservableCounter("pagefrag.memory_pool.refill", () => ObservePools(static s => s.AllocatedBytes), "By",
+            "Bytes of pages and blocks the pool took from its page allocator (recycled pages included: not new memory).");
+        _meter.CreateObservableCounter("pagefrag.memory_pool.drained", () => ObservePools(static s => s.EvictedBytes), "By",
+            "Free page bytes the pool's caches gave back when trimmed.");
         _meter.CreateObservableCounter("pagefrag.memory_pool.rented", () => ObservePools(static s => s.RentedBytes), "By",
             "Bytes rented from the pool (true sizes).");
-        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.outstanding", () => ObservePools(static s => s.OutstandingBuffers), "{buffer}",
+        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.buffer.count", () => ObservePools(static s => s.OutstandingBuffers), "{buffer}",
             "Buffers rented and not yet given back.");
-        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.truesize_held", () => ObservePools(static s => s.OutstandingBytes), "By",
-            "Memory kept from reuse by the buffers rented and not yet given back.");
-        _meter.CreateObservableUpDownCounter("pagefrag.pages.in_use", () => ObserveAllocators(static a => a.PagesInUse), "{page}",
-            "Pages handed out by the page allocator, including those held by caches and pools.");
-        _meter.CreateObservableUpDownCounter("pagefrag.pages.total", () => ObserveAllocators(static a => a.GetStats().TotalPages), "{page}",
-            "Pages in the page allocator's arenas.");
+        _meter.CreateObservableUpDownCounter("pagefrag.memory_pool.buffer.usage", () => ObservePools(static s => s.OutstandingBytes), "By",
+            "Memory kept from reuse by the buffers rented and not yet given back (true sizes).");
+        _meter.CreateObservableUpDownCounter("pagefrag.page.usage", ObservePageUsage, "{page}",
+            "Pages of the page allocator's arenas, by state: used (handed out, caches and pools included), cached (free, on the per-CPU lists), free.");
+        _meter.CreateObservableUpDownCounter("pagefrag.page.limit", ObservePageLimit, "{page}",
+            "The page allocator's limit in pages (MaxBytes), for allocators that have one.");
+        _meter.CreateObservableUpDownCounter("pagefrag.arena.count", () => ObserveAllocators(static a => a.GetStats().Arenas), "{arena}",
+            "Arenas (pinned arrays) the page allocator holds.");
         _meter.CreateObservableCounter("pagefrag.page_pool.alloc", ObservePagePoolAllocs, "{page}",
             "Page pool allocations by path (page_pool_get_stats alloc_stats).");
         _meter.CreateObservableCounter("pagefrag.page_pool.recycle", ObservePagePoolRecycles, "{page}",
@@ -151,6 +154,38 @@ public sealed class PageFragMetrics : IDisposable
         foreach (KeyValuePair<PageAllocator, Tracked> entry in _allocators)
         {
             measurements.Add(new Measurement<long>(field(entry.Key), new KeyValuePair<string, object?>("pagefrag.allocator.id", entry.Value.Id)));
+        }
+
+        return measurements;
+    }
+
+    private IEnumerable<Measurement<long>> ObservePageUsage()
+    {
+        Interlocked.Increment(ref _observations);
+        var measurements = new List<Measurement<long>>();
+        foreach (KeyValuePair<PageAllocator, Tracked> entry in _allocators)
+        {
+            PageAllocatorStats stats = entry.Key.GetStats();
+            KeyValuePair<string, object?> id = new("pagefrag.allocator.id", entry.Value.Id);
+            measurements.Add(new Measurement<long>(stats.PagesInUse, id, new KeyValuePair<string, object?>("pagefrag.page.state", "used")));
+            measurements.Add(new Measurement<long>(stats.CachedPages, id, new KeyValuePair<string, object?>("pagefrag.page.state", "cached")));
+            measurements.Add(new Measurement<long>(stats.FreePages, id, new KeyValuePair<string, object?>("pagefrag.page.state", "free")));
+        }
+
+        return measurements;
+    }
+
+    private IEnumerable<Measurement<long>> ObservePageLimit()
+    {
+        Interlocked.Increment(ref _observations);
+        var measurements = new List<Measurement<long>>();
+        foreach (KeyValuePair<PageAllocator, Tracked> entry in _allocators)
+        {
+            long max = entry.Key.GetStats().MaxPages;
+            if (max >= 0)
+            {
+                measurements.Add(new Measurement<long>(max, new KeyValuePair<string, object?>("pagefrag.allocator.id", entry.Value.Id)));
+            }
         }
 
         return measurements;

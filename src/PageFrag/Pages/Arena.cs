@@ -11,14 +11,18 @@ namespace PageFrag.Pages;
 /// <remarks>
 /// <code>
 ///  Array (pinned, from the POH)
-///  ├─ up to 4 KiB of slack so that page 0 starts on a 4096-byte address
+///  ├─ up to min(ArenaSize, 32 KiB) of slack so that page 0 starts on a BlockAlignment address
 ///  ├─ page 0 │ page 1 │ … │ page N-1            BaseAddress + i * 4096
 ///  Pages[i]   descriptor of page i (refcount, order, head index, …)
 ///  FragStates one byte per 8 bytes: 0, or the live tag of the fragment that starts there
 ///  FreeHeads  per order, the first free block (-1 for none); blocks are linked through Next/Prev
 /// </code>
 /// A free block of order k starts at a page index that is a multiple of 2^k, and its buddy is the
-/// block at index ^ 2^k. All buddy operations run under the owning allocator's lock.
+/// block at index ^ 2^k. Since <see cref="BaseAddress"/> is a multiple of <see cref="BlockAlignment"/>, a
+/// block of order k is naturally aligned in the address space (its address is a multiple of its size) for
+/// every k up to <see cref="AlignedOrders"/> (3), as the kernel's pfn % 2^order == 0; larger blocks are
+/// aligned to <see cref="MaxBlockAlignment"/>. docs/kernel-map.md gives the measured cost of the choice.
+/// All buddy operations run under the owning allocator's lock.
 /// </remarks>
 internal sealed unsafe class Arena
 {
@@ -28,12 +32,24 @@ internal sealed unsafe class Arena
     /// <summary>The smallest number of bytes a fragment consumes, so that two fragment starts never share a granule.</summary>
     public const int MarkGranule = 1 << MarkShift;
 
+    /// <summary>
+    /// The highest order whose blocks are guaranteed to be naturally aligned in the address space: 3
+    /// (32 KiB), the fragment cache's page and the highest per-CPU order.
+    /// </summary>
+    public const int AlignedOrders = PageConstants.FragCacheMaxOrder;
+
+    /// <summary>The alignment of an arena's first page when the arena is at least this large: 32 KiB.</summary>
+    public const int MaxBlockAlignment = PageConstants.PageSize << AlignedOrders;
+
     public readonly PageAllocator Owner;
     public readonly byte[] Array;
     public readonly int ArrayOffset;
     public readonly nint BaseAddress;
     public readonly int PageCount;
     public readonly int ByteLength;
+
+    /// <summary>What <see cref="BaseAddress"/> is a multiple of: min(<see cref="ByteLength"/>, <see cref="MaxBlockAlignment"/>).</summary>
+    public readonly int BlockAlignment;
     public readonly int MaxOrder;
     public readonly PageDescriptor[] Pages;
     public readonly int Id;
@@ -51,19 +67,30 @@ internal sealed unsafe class Arena
     private readonly int[] _freeHeads;
     private int _freePages;
 
+    private static readonly bool s_layoutFits = PageDescriptor.LayoutFitsRefAndGeneration();
+
     public Arena(PageAllocator owner, int id, int byteLength)
     {
         Debug.Assert(BitOperations.IsPow2(byteLength) && byteLength >= PageConstants.PageSize);
+        if (!s_layoutFits)
+        {
+            throw new PlatformNotSupportedException("PageDescriptor's RefCount and Generation are not one aligned 64-bit word on this runtime.");
+        }
+
         Owner = owner;
         Id = id;
         ByteLength = byteLength;
         PageCount = byteLength >> PageConstants.PageShift;
         MaxOrder = BitOperations.Log2((uint)PageCount);
 
-        // Pinned so that pointers stay valid and MemoryMarshal.TryGetArray hands sockets the real array.
-        Array = GC.AllocateUninitializedArray<byte>(byteLength + PageConstants.PageSize - 1, pinned: true);
+        // Pinned so that pointers stay valid and MemoryMarshal.TryGetArray hands sockets the real array. The
+        // slack in front of page 0 is never touched, so it costs committed GC heap but no resident memory
+        // (measured: docs/kernel-map.md). byteLength <= 1 GiB and the slack < 32 KiB, so every offset into the
+        // array (ArrayOffset + an arena offset + a length) stays below int.MaxValue.
+        BlockAlignment = Math.Min(byteLength, MaxBlockAlignment);
+        Array = GC.AllocateUninitializedArray<byte>(byteLength + BlockAlignment - 1, pinned: true);
         nint start = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(Array));
-        nint aligned = (start + (PageConstants.PageSize - 1)) & ~(nint)(PageConstants.PageSize - 1);
+        nint aligned = (start + (BlockAlignment - 1)) & ~(nint)(BlockAlignment - 1);
         ArrayOffset = (int)(aligned - start);
         BaseAddress = aligned;
 

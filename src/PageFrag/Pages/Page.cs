@@ -31,7 +31,10 @@ public readonly struct Page : IEquatable<Page>
     /// <summary>The block's size in bytes: 4096 &lt;&lt; <see cref="Order"/>.</summary>
     public int Length => PageConstants.PageSize << Descriptor.Order;
 
-    /// <summary>The address of the first byte; 4096-aligned.</summary>
+    /// <summary>
+    /// The address of the first byte, aligned to the block's size (<see cref="Length"/>) for orders 0 to 3,
+    /// and to 32 KiB (or the whole arena if smaller) for larger blocks.
+    /// </summary>
     public nint Address => NonEmpty.BaseAddress + (Index << PageConstants.PageShift);
 
     /// <summary>The current reference count (page_ref_count).</summary>
@@ -49,32 +52,17 @@ public readonly struct Page : IEquatable<Page>
     /// <summary>The block's bytes as <see cref="Memory{T}"/> over the pinned arena array.</summary>
     public Memory<byte> Memory => new(NonEmpty.Array, Arena!.ArrayOffset + (Index << PageConstants.PageShift), Length);
 
-    /// <summary>Takes one more reference (get_page).</summary>
-    /// <exception cref="InvalidOperationException">The page is empty or has no reference left.</exception>
+    /// <summary>
+    /// Takes one more reference (get_page), to be dropped with <see cref="PageAllocator.FreePages"/>. Allowed on
+    /// a page pool's or fragment cache's page too (the page then outlives its owner's release until the
+    /// caller frees this reference, as with the kernel's get_page on a page-pool page).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The page is empty, has no reference left (it was freed),
+    /// already has <see cref="int.MaxValue"/> references, or the handle is stale (the block was freed and
+    /// handed out again since).</exception>
     public void AddRef()
     {
-        ref PageDescriptor d = ref Descriptor;
-        if (d.Generation != Generation)
-        {
-            ThrowHelper.InvalidOperation("Cannot take a reference through a stale handle: the block was freed and handed out again since.");
-        }
-
-        int seen = Volatile.Read(ref d.RefCount);
-        while (true)
-        {
-            if (seen <= 0)
-            {
-                ThrowHelper.InvalidOperation("Cannot take a reference on a page that has none: it was already freed.");
-            }
-
-            int prev = Interlocked.CompareExchange(ref d.RefCount, seen + 1, seen);
-            if (prev == seen)
-            {
-                return;
-            }
-
-            seen = prev;
-        }
+        PageAllocator.AddCallerRef(ref Descriptor, Generation);
     }
 
     internal ref PageDescriptor Descriptor => ref NonEmpty.Pages[Index];

@@ -4,7 +4,7 @@ public sealed partial class PageAllocator
 {
     /// <summary>
     /// Allocates up to <paramref name="arenas"/>.Length order-0 pages (alloc_pages_bulk), each set up as
-    /// <see cref="TryAllocBlock"/> does (reference count 1, fresh generation).
+    /// <see cref="TryAllocBlock(int, AllocFlags, out Arena?, out int)"/> does (reference count 1, fresh generation).
     /// </summary>
     /// <returns>
     /// How many pages were allocated: the first that fails (memory limit, reserve watermark, injected fault)

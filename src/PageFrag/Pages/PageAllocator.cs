@@ -24,6 +24,7 @@ public sealed partial class PageAllocator : IDisposable
 
     private readonly Lock _buddyLock = new();
     private readonly PerCpuPages[] _perCpu;
+    private readonly TransferStack _transfer = new();
     private readonly long _maxPages;
     private readonly long _reservePages;
     private readonly int _maxArenas;
@@ -72,8 +73,12 @@ public sealed partial class PageAllocator : IDisposable
         }
         else
         {
-            _maxArenas = (int)Math.Min(int.MaxValue, options.MaxBytes / _arenaSize);
-            _maxPages = (long)_maxArenas * arenaPages;
+            // MaxBytes / ArenaSize * arenaPages <= MaxBytes / 4096: no overflow. The arena count is capped at
+            // int.MaxValue (more than any machine holds); the page limit is not, so that it matches the
+            // effective limit the reserve was validated against.
+            long arenas = options.MaxBytes / _arenaSize;
+            _maxArenas = (int)Math.Min(int.MaxValue, arenas);
+            _maxPages = arenas * arenaPages;
             _reservePages = options.ReserveBytes >> PageConstants.PageShift;
         }
 
@@ -125,7 +130,7 @@ public sealed partial class PageAllocator : IDisposable
             ThrowHelper.ArgumentOutOfRange(nameof(order), order, $"order must be between 0 and {MaxOrder} (log2 of the arena's page count).");
         }
 
-        if (TryAllocBlock(order, flags, out Arena? arena, out int index))
+        if (TryAllocBlock(order, flags, PageFlags.Caller, out Arena? arena, out int index))
         {
             page = new Page(arena, index);
             return true;
@@ -137,11 +142,34 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>
     /// Drops one reference to <paramref name="page"/> (put_page); the block returns to the allocator when
-    /// the count reaches zero.
+    /// the count reaches zero. Accepted: any reference of a block from <see cref="TryAllocPages"/>, and on a
+    /// fragment cache's or page pool's block only the references callers added with <see cref="Page.AddRef"/>.
     /// </summary>
+    /// <remarks>
+    /// One compare-and-swap on the block's reference count and generation together decides: of two threads
+    /// freeing the last reference at once, exactly one wins and the other gets
+    /// <see cref="PageFragDoubleFreeException"/>, even when the winner's block was already handed out again.
+    /// A refused call changes nothing.
+    /// </remarks>
     /// <exception cref="ArgumentException">The page is empty or belongs to another allocator.</exception>
-    /// <exception cref="PageFragDoubleFreeException">The block has no reference left, or the handle is stale (the block was freed and reallocated since).</exception>
+    /// <exception cref="PageFragDoubleFreeException">The block has no reference left (it is free, or parked on a
+    /// per-CPU list), or the handle is stale (the block was freed and handed out again since).</exception>
+    /// <exception cref="InvalidOperationException">The block belongs to a page pool or a fragment cache (for
+    /// example a page found with <see cref="TryGetPage"/> from a fragment's address) and the caller holds no
+    /// reference it took with <see cref="Page.AddRef"/>: the owner's references are returned through the
+    /// owner, never here.</exception>
     public void FreePages(Page page)
+    {
+        Arena arena = CheckOwnPage(page);
+        ref PageDescriptor d = ref arena.Pages[page.Index];
+        if (TryDropCallerRef(ref d, page.Generation))
+        {
+            ReleaseBlock(arena, page.Index);
+        }
+    }
+
+    /// <summary>The checks FreePages makes before touching the block.</summary>
+    private Arena CheckOwnPage(Page page)
     {
         if (page.Arena is null)
         {
@@ -153,12 +181,161 @@ public sealed partial class PageAllocator : IDisposable
             ThrowHelper.Argument(nameof(page), "The page belongs to another PageAllocator.");
         }
 
-        if (page.Arena.Pages[page.Index].Generation != page.Generation)
+        return page.Arena;
+    }
+
+    /// <summary>
+    /// Drops one reference of a caller's block whose handle has <paramref name="generation"/>; true when it
+    /// was the last one (the caller then releases the block). Throws, changing nothing, for a stale handle,
+    /// a block without references and a block that is not the caller's.
+    /// </summary>
+    private static bool TryDropCallerRef(ref PageDescriptor d, int generation)
+    {
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+        bool tookCallerRef = false;
+        try
         {
-            ThrowHelper.DoubleFree("The page handle is stale: the block was freed and handed out again since, so this free would drop another owner's reference.");
+            while (true)
+            {
+                if (!TryReadFlags(ref d, ref word, ref seen, out PageFlags flags))
+                {
+                    continue;
+                }
+
+                RefAndGeneration current = RefAndGeneration.From(seen);
+                CheckRef(current, flags, generation, forAddRef: false);
+                if (!tookCallerRef && (flags & PageFlags.Caller) == 0)
+                {
+                    // A fragment cache's or a page pool's block: only a reference a caller added may go.
+                    TakeCallerRef(ref d);
+                    tookCallerRef = true;
+                }
+
+                long next = new RefAndGeneration(current.RefCount - 1, generation).ToWord();
+                long prev = Interlocked.CompareExchange(ref word, next, seen);
+                if (prev == seen)
+                {
+                    tookCallerRef = false;
+                    return current.RefCount == 1;
+                }
+
+                seen = prev;
+            }
+        }
+        finally
+        {
+            if (tookCallerRef)
+            {
+                // Refused after all (stale handle, no reference left): the caller's reference stays counted.
+                Interlocked.Increment(ref d.CallerRefs);
+            }
+        }
+    }
+
+    private static void TakeCallerRef(ref PageDescriptor d)
+    {
+        int seen = Volatile.Read(ref d.CallerRefs);
+        while (true)
+        {
+            if (seen <= 0)
+            {
+                ThrowHelper.InvalidOperation("The page belongs to a page pool or a fragment cache: return it through its owner (PagePool.PutPage, PageFragCache.Free), not through the page allocator. FreePages drops on such a page only a reference taken with Page.AddRef.");
+            }
+
+            int prev = Interlocked.CompareExchange(ref d.CallerRefs, seen - 1, seen);
+            if (prev == seen)
+            {
+                return;
+            }
+
+            seen = prev;
+        }
+    }
+
+    /// <summary>
+    /// Takes one more reference on a block whose handle has <paramref name="generation"/> (get_page), with the
+    /// same checks as <see cref="FreePages"/>. On a fragment cache's or page pool's block the reference is
+    /// counted as the caller's, so that FreePages may later drop it.
+    /// </summary>
+    internal static void AddCallerRef(ref PageDescriptor d, int generation)
+    {
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+        while (true)
+        {
+            if (!TryReadFlags(ref d, ref word, ref seen, out PageFlags flags))
+            {
+                continue;
+            }
+
+            RefAndGeneration current = RefAndGeneration.From(seen);
+            CheckRef(current, flags, generation, forAddRef: true);
+            if (current.RefCount == int.MaxValue)
+            {
+                ThrowHelper.InvalidOperation("Cannot take a reference: the page already has int.MaxValue references.");
+            }
+
+            long next = new RefAndGeneration(current.RefCount + 1, generation).ToWord();
+            long prev = Interlocked.CompareExchange(ref word, next, seen);
+            if (prev == seen)
+            {
+                if ((flags & PageFlags.Caller) == 0)
+                {
+                    Interlocked.Increment(ref d.CallerRefs);
+                }
+
+                return;
+            }
+
+            seen = prev;
+        }
+    }
+
+    /// <summary>
+    /// Reads the block's flags as they were when the count and generation were <paramref name="seen"/>: false
+    /// (with <paramref name="seen"/> refreshed) when the word changed meanwhile, and the caller reads again.
+    /// </summary>
+    /// <remarks>
+    /// Flags change only after the word does (a release drops the count to zero before clearing them; a
+    /// hand-out sets them before bumping the generation and publishing the count), so flags read between two
+    /// equal reads of the word belong to that word's allocation. Both reads are acquires, so on weakly ordered
+    /// CPUs the flags read cannot move past the second read of the word.
+    /// </remarks>
+    private static bool TryReadFlags(ref PageDescriptor d, ref long word, ref long seen, out PageFlags flags)
+    {
+        flags = (PageFlags)Volatile.Read(ref Unsafe.As<PageFlags, byte>(ref d.Flags));
+        long again = Volatile.Read(ref word);
+        if (again == seen)
+        {
+            return true;
         }
 
-        PutBlockRef(page.Arena, page.Index);
+        seen = again;
+        return false;
+    }
+
+    private static void CheckRef(RefAndGeneration current, PageFlags flags, int generation, bool forAddRef)
+    {
+        if (current.Generation != generation)
+        {
+            if (forAddRef)
+            {
+                ThrowHelper.InvalidOperation("Cannot take a reference through a stale handle: the block was freed and handed out again since.");
+            }
+
+            ThrowHelper.DoubleFree("The page handle is stale: the block was freed and handed out again since, so this call would act on another owner's reference.");
+        }
+
+        if (current.RefCount <= 0 || (flags & PageFlags.Head) == 0)
+        {
+            if (forAddRef)
+            {
+                ThrowHelper.InvalidOperation("Cannot take a reference on a page that has none: it was already freed.");
+            }
+
+            ThrowHelper.DoubleFree("The page is not allocated: it was already returned to the allocator.");
+        }
     }
 
     /// <summary>
@@ -235,12 +412,16 @@ public sealed partial class PageAllocator : IDisposable
                 }
             }
         }
+
+        // Last: a list spills into the transfer stack under its own lock, so once every list was drained
+        // after Dispose set _disposed (each list checks it under its lock), nothing can arrive here any more.
+        _transfer.DrainTo(this);
     }
 
     /// <summary>A snapshot of the allocator's counters.</summary>
     public PageAllocatorStats GetStats()
     {
-        long cached = 0;
+        long cached = (long)_transfer.Count << TransferStack.Order;
         foreach (PerCpuPages pcp in _perCpu)
         {
             lock (pcp.Lock)
@@ -283,11 +464,14 @@ public sealed partial class PageAllocator : IDisposable
                 Failures = Volatile.Read(ref _failures),
                 PfMemallocAllocations = Volatile.Read(ref _pfmemallocAllocations),
                 ArenasTrimmed = _arenasTrimmed,
-                MaxPages = _maxArenas == int.MaxValue ? -1 : _maxPages,
+                MaxPages = Options.MaxBytes == long.MaxValue ? -1 : _maxPages,
                 ReservePages = _reservePages,
             };
         }
     }
+
+    /// <summary>Order-3 blocks on the transfer stack (a test hook).</summary>
+    internal int TransferStackBlocks => _transfer.Count;
 
     /// <summary>Pages currently handed out (not free and not on a per-CPU list).</summary>
     public long PagesInUse => Volatile.Read(ref _pagesInUse);
@@ -329,7 +513,12 @@ public sealed partial class PageAllocator : IDisposable
     // ---- internal block interface used by the fragment cache and the page pool ----
 
     /// <summary>Allocates a block and sets its descriptor up (refcount 1, head/tail, generation).</summary>
-    internal bool TryAllocBlock(int order, AllocFlags flags, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Arena? arena, out int index)
+    /// <remarks>For the fragment cache and the page pool: the block does not carry <see cref="PageFlags.Caller"/>,
+    /// so <see cref="FreePages"/> refuses it; release it with <see cref="PutBlockRef"/> or <see cref="ReleaseBlock"/>.</remarks>
+    internal bool TryAllocBlock(int order, AllocFlags flags, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Arena? arena, out int index) =>
+        TryAllocBlock(order, flags, PageFlags.None, out arena, out index);
+
+    private bool TryAllocBlock(int order, AllocFlags flags, PageFlags kind, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Arena? arena, out int index)
     {
         if (_disposed)
         {
@@ -368,13 +557,14 @@ public sealed partial class PageAllocator : IDisposable
 
         ref PageDescriptor d = ref arena!.Pages[index];
         d.Order = (byte)order;
-        d.Flags = pfmemalloc ? PageFlags.Head | PageFlags.PfMemalloc : PageFlags.Head;
+        d.Flags = (pfmemalloc ? PageFlags.Head | PageFlags.PfMemalloc : PageFlags.Head) | kind;
         d.HeadIndex = index;
         d.Generation++;
         d.FragmentCachePage = false;
         d.Pool = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;
+        d.CallerRefs = 0;
         for (int i = 1; i < pages; i++)
         {
             ref PageDescriptor t = ref arena.Pages[index + i];
@@ -442,9 +632,14 @@ public sealed partial class PageAllocator : IDisposable
                 pcp.Push(order, arena, head);
                 if (pcp.Counts[order] > PerCpuPages.High(order))
                 {
-                    lock (_buddyLock)
+                    // Order 3 (the fragment cache's page) first goes to the transfer stack, where another CPU's
+                    // refill finds it without the buddy lock and without merging and splitting it again.
+                    if (order != TransferStack.Order || !_transfer.TryPutBatch(pcp))
                     {
-                        pcp.DrainTo(order, PerCpuPages.Batch(order), this);
+                        lock (_buddyLock)
+                        {
+                            pcp.DrainTo(order, PerCpuPages.Batch(order), this);
+                        }
                     }
                 }
             }
@@ -477,6 +672,7 @@ public sealed partial class PageAllocator : IDisposable
             long next = current + pages;
             if (next > limit)
             {
+                PageFragEventSource.Log.LimitReached(limit * PageConstants.PageSize, current * PageConstants.PageSize, (long)pages * PageConstants.PageSize);
                 pfmemalloc = false;
                 return false;
             }
@@ -497,7 +693,7 @@ public sealed partial class PageAllocator : IDisposable
         PerCpuPages pcp = _perCpu[CurrentCpu()];
         lock (pcp.Lock)
         {
-            if (pcp.Counts[order] == 0)
+            if (pcp.Counts[order] == 0 && (order != TransferStack.Order || !_transfer.TryTakeBatch(pcp)))
             {
                 lock (_buddyLock)
                 {
@@ -576,6 +772,96 @@ public sealed partial class PageAllocator : IDisposable
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int CurrentCpu() => (int)((uint)Thread.GetCurrentProcessorId() % (uint)_perCpu.Length);
+
+    /// <summary>
+    /// Free order-3 blocks between the per-CPU lists and the buddy lists (a transfer cache, as in tcmalloc):
+    /// a CPU whose list is over its high mark puts a batch here, a CPU whose list is empty takes a batch from
+    /// here before it goes to the buddy lists. When one thread frees the pages another allocates (a fragment
+    /// cache's 32 KiB pages freed on a consumer thread), they cycle through here instead of through the buddy
+    /// lock, the merges up to the arena's order and the splits back down. Bounded; beyond it batches go to
+    /// the buddy lists as before. Blocks here count as cached pages and keep the PerCpu flag.
+    /// </summary>
+    private sealed class TransferStack
+    {
+        public const int Order = PageConstants.FragCacheMaxOrder;
+
+        /// <summary>At most this many blocks (8 batches of 4: 1 MiB of order-3 blocks).</summary>
+        public const int Capacity = 32;
+
+        private readonly object _lock = new();
+        private readonly Arena?[] _arenas = new Arena?[Capacity];
+        private readonly int[] _indexes = new int[Capacity];
+        private int _count;
+
+        /// <summary>Blocks held; exact when read under the lock, a snapshot otherwise.</summary>
+        public int Count => Volatile.Read(ref _count);
+
+        /// <summary>Moves one batch from <paramref name="pcp"/> here; false when full. Caller holds the list's lock.</summary>
+        public bool TryPutBatch(PerCpuPages pcp)
+        {
+            int batch = PerCpuPages.Batch(Order);
+            lock (_lock)
+            {
+                if (_count + batch > Capacity)
+                {
+                    return false;
+                }
+
+                for (int i = 0; i < batch && pcp.TryPop(Order, out Arena? arena, out int index); i++)
+                {
+                    arena!.Pages[index].Flags = PageFlags.PerCpu;
+                    _arenas[_count] = arena;
+                    _indexes[_count] = index;
+                    _count++;
+                }
+
+                return true;
+            }
+        }
+
+        /// <summary>Moves up to one batch from here to <paramref name="pcp"/>; false when empty. Caller holds the list's lock.</summary>
+        public bool TryTakeBatch(PerCpuPages pcp)
+        {
+            if (Volatile.Read(ref _count) == 0)
+            {
+                return false;
+            }
+
+            int batch = PerCpuPages.Batch(Order);
+            lock (_lock)
+            {
+                int moved = 0;
+                for (; moved < batch && _count > 0; moved++)
+                {
+                    _count--;
+                    Arena arena = _arenas[_count]!;
+                    _arenas[_count] = null;
+                    pcp.Push(Order, arena, _indexes[_count]);
+                }
+
+                return moved > 0;
+            }
+        }
+
+        /// <summary>Gives every block back to the buddy lists (or forgets it once the allocator is disposed).</summary>
+        public void DrainTo(PageAllocator owner)
+        {
+            lock (_lock)
+            {
+                lock (owner._buddyLock)
+                {
+                    while (_count > 0)
+                    {
+                        _count--;
+                        Arena arena = _arenas[_count]!;
+                        _arenas[_count] = null;
+                        arena.Pages[_indexes[_count]].Flags = PageFlags.None;
+                        owner.GiveToBuddy(arena, _indexes[_count], Order);
+                    }
+                }
+            }
+        }
+    }
 
     /// <summary>
     /// One CPU's stash of free blocks of orders 0–3 (the kernel's per_cpu_pages), refilled from and drained

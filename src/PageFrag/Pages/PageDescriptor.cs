@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace PageFrag.Pages;
@@ -22,6 +23,14 @@ internal enum PageFlags : byte
 
     /// <summary>The block was taken from the emergency reserve (page_is_pfmemalloc).</summary>
     PfMemalloc = 16,
+
+    /// <summary>
+    /// The block was handed out by <see cref="PageAllocator.TryAllocPages"/>: its references are the caller's,
+    /// so <see cref="PageAllocator.FreePages"/> accepts any of them. Blocks a fragment cache or a page pool
+    /// took through the internal interface never carry it: FreePages accepts on those only the references a
+    /// caller took with <see cref="Page.AddRef"/> (counted in <see cref="PageDescriptor.CallerRefs"/>).
+    /// </summary>
+    Caller = 32,
 }
 
 /// <summary>
@@ -37,6 +46,11 @@ internal enum PageFlags : byte
 [StructLayout(LayoutKind.Sequential)]
 internal struct PageDescriptor
 {
+    // RefCount and Generation must stay the first two int fields, in this order: FreePages and AddRef change
+    // them together with one 64-bit compare-and-swap (see RefAndGeneration). The struct holds a reference, so
+    // the runtime lays it out automatically (references, then 8-byte, then 4-byte fields in declaration
+    // order); PageAllocator checks the two are adjacent and 8-aligned once, and a test pins it.
+
     /// <summary>References held on the block (page-&gt;_refcount). 0 while the block is free.</summary>
     public int RefCount;
 
@@ -75,4 +89,53 @@ internal struct PageDescriptor
 
     /// <summary>Device address of the page when a pool maps it (page-&gt;dma_addr).</summary>
     public ulong DmaAddress;
+
+    /// <summary>
+    /// On a block without <see cref="PageFlags.Caller"/> (a fragment cache's or a page pool's), the references
+    /// callers took with <see cref="Page.AddRef"/> and have not dropped yet: the only ones
+    /// <see cref="PageAllocator.FreePages"/> may drop. Reset when the block is handed out.
+    /// </summary>
+    public int CallerRefs;
+
+    /// <summary>
+    /// <see cref="RefCount"/> and <see cref="Generation"/> as one 64-bit word, for a compare-and-swap that
+    /// decides on both at once (little-endian: the count is the low half). Mixing this 64-bit CAS with 32-bit interlocked operations on RefCount is
+    /// coherent on every 64-bit platform .NET runs on.
+    /// </summary>
+    public static ref long RefAndGeneration(ref PageDescriptor d) => ref Unsafe.As<int, long>(ref d.RefCount);
+
+    /// <summary>
+    /// True when <see cref="Generation"/> directly follows <see cref="RefCount"/>, the pair starts on an
+    /// 8-byte boundary of the descriptor (whose array elements are 8-aligned) and the platform is
+    /// little-endian: what <see cref="RefAndGeneration(ref PageDescriptor)"/> relies on.
+    /// </summary>
+    public static bool LayoutFitsRefAndGeneration()
+    {
+        PageDescriptor d = default;
+        nint refCount = Unsafe.ByteOffset(ref Unsafe.As<PageDescriptor, byte>(ref d), ref Unsafe.As<int, byte>(ref d.RefCount));
+        nint generation = Unsafe.ByteOffset(ref Unsafe.As<PageDescriptor, byte>(ref d), ref Unsafe.As<int, byte>(ref d.Generation));
+        return BitConverter.IsLittleEndian && generation == refCount + sizeof(int) && refCount % 8 == 0 && Unsafe.SizeOf<PageDescriptor>() % 8 == 0;
+    }
+}
+
+/// <summary>The layout of <see cref="PageDescriptor.RefAndGeneration"/>: the first two fields of a descriptor.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct RefAndGeneration
+{
+    public int RefCount;
+    public int Generation;
+
+    public RefAndGeneration(int refCount, int generation)
+    {
+        RefCount = refCount;
+        Generation = generation;
+    }
+
+    public static RefAndGeneration From(long word) => Unsafe.As<long, RefAndGeneration>(ref word);
+
+    public readonly long ToWord()
+    {
+        RefAndGeneration copy = this;
+        return Unsafe.As<RefAndGeneration, long>(ref copy);
+    }
 }

@@ -81,7 +81,7 @@ public sealed partial class PagePool
         }
 
         int trueSize = aligned;
-        if (_fragOffset + aligned > _maxSize)
+        if (aligned > _maxSize - _fragOffset)
         {
             // No room for another fragment of this size: the tail would sit unused while this buffer keeps the
             // page alive, so it is this buffer's cost (the truesize fix asked for in the mono-frag review).
@@ -100,7 +100,10 @@ public sealed partial class PagePool
     private bool TryCarve(int aligned, out int offset)
     {
         offset = _fragOffset;
-        if (offset + aligned <= _fragLimit)
+
+        // Room left first, then the comparison: offset + aligned can pass int.MaxValue on a 1 GiB page, the
+        // difference of two values in [0, _fragLimit] cannot.
+        if (aligned <= _fragLimit - offset)
         {
             _fragOffset = offset + aligned;
             _fragUsers++;
@@ -156,7 +159,7 @@ public sealed partial class PagePool
     {
         NetMem page = _fragPage;
         ref PageDescriptor d = ref page.Descriptor;
-        if (Unref(ref d, BiasMax - _fragUsers) != 0)
+        if (Unref(ref d, BiasMax - _fragUsers, page.Generation) != 0)
         {
             // Fragments are still out; the last one freed recycles the page.
             return default;
@@ -169,8 +172,7 @@ public sealed partial class PagePool
                 SyncForDevice(page, ref d, -1);
             }
 
-            int generation = d.Generation + 1;
-            d.Generation = generation;
+            int generation = ClaimRelease(page, ref d);
             _recycleCached++;
             _allocFast++;
             return new NetMem(page.Area!, page.Index, generation);
@@ -195,7 +197,7 @@ public sealed partial class PagePool
         _fragLimit = 0;
         _fragOffset = 0;
         _fragUsers = 0;
-        if (Unref(ref page.Descriptor, drain) == 0)
+        if (Unref(ref page.Descriptor, drain, page.Generation) == 0)
         {
             ReturnPage(page);
         }

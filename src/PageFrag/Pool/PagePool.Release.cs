@@ -10,7 +10,10 @@ namespace PageFrag.Pool;
 public sealed partial class PagePool
 {
     private readonly Lock _releaseLock = new();
-    private Timer? _retryTimer;
+    private readonly HashSet<NetMemArea> _knownAreas = [];
+    private NetMemArea? _lastAdmittedArea;
+    private long _nextRetry;
+    private volatile bool _waiting;
     private long _destroyStart;
     private long _nextWarning;
     private bool _negativeWarned;
@@ -55,7 +58,7 @@ public sealed partial class PagePool
         }
         else if (inflight > 0)
         {
-            StartRetryTimer();
+            StartRetry();
         }
         else
         {
@@ -130,6 +133,8 @@ public sealed partial class PagePool
         {
             _nextWarning = now + ToTicks(Options.StallWarningInterval);
             TimeSpan elapsed = Stopwatch.GetElapsedTime(_destroyStart, now);
+            string missing = DescribeMissing();
+            PageFragEventSource.Log.PoolStalled(Id, inflight, elapsed.TotalSeconds, missing);
             Raise(new PagePoolWarningEventArgs(PagePoolWarningKind.StalledShutdown, Id, inflight, elapsed,
                 $"stalled pool shutdown: id {Id}, {inflight} inflight {(long)elapsed.TotalSeconds} sec"));
         }
@@ -137,7 +142,7 @@ public sealed partial class PagePool
         return inflight;
     }
 
-    private void StartRetryTimer()
+    private void StartRetry()
     {
         lock (_releaseLock)
         {
@@ -146,16 +151,33 @@ public sealed partial class PagePool
                 return;
             }
 
-            // Suppress the execution context: the timer must not capture the disposing caller's async locals.
-            using (ExecutionContext.SuppressFlow())
-            {
-                _retryTimer = new Timer(static s => ((PagePool)s!).OnRetryTimer(), this, Options.ReleaseRetryPeriod, Options.ReleaseRetryPeriod);
-            }
+            _nextRetry = Stopwatch.GetTimestamp() + ToTicks(Options.ReleaseRetryPeriod);
+            _waiting = true;
+        }
+
+        // Outside the pool's lock: the worker's lock is never taken while holding a pool's.
+        PoolReleaseWorker.Add(this);
+        if (IsReleased)
+        {
+            // The last page came back between the check and the registration.
+            PoolReleaseWorker.Remove(this);
         }
     }
 
-    private void OnRetryTimer()
+    /// <summary>Called by <see cref="PoolReleaseWorker"/> on each tick; retries once this pool's period passed.</summary>
+    internal void OnRetryTick(long now)
     {
+        if (IsReleased || !_waiting)
+        {
+            PoolReleaseWorker.Remove(this);
+            return;
+        }
+
+        if (now < Volatile.Read(ref _nextRetry))
+        {
+            return;
+        }
+
         // Skip a tick rather than queue behind a slow one.
         if (!_releaseLock.TryEnter())
         {
@@ -164,21 +186,62 @@ public sealed partial class PagePool
 
         try
         {
+            _nextRetry = now + ToTicks(Options.ReleaseRetryPeriod);
             RetryReleaseLocked();
         }
         finally
         {
             _releaseLock.Exit();
         }
+
+        if (IsReleased || !_waiting)
+        {
+            PoolReleaseWorker.Remove(this);
+        }
     }
 
     private void StopRetryTimer()
     {
-        lock (_releaseLock)
+        // Only flags the pool: the worker drops it on its next tick (or now, when not under the pool's lock).
+        _waiting = false;
+    }
+
+    /// <summary>The addresses of up to 16 pages this pool handed out that are not back (cold: stall warnings).</summary>
+    private string DescribeMissing()
+    {
+        var missing = new System.Text.StringBuilder();
+        int found = 0;
+        NetMemArea[] areas;
+        lock (_knownAreas)
         {
-            _retryTimer?.Dispose();
-            _retryTimer = null;
+            areas = [.. _knownAreas];
         }
+
+        foreach (NetMemArea area in areas)
+        {
+            Pages.PageDescriptor[] descriptors = area.Descriptors;
+            for (int i = 0; i < descriptors.Length && found < 16; i++)
+            {
+                if (ReferenceEquals(Volatile.Read(ref descriptors[i].Pool), this))
+                {
+                    if (found++ > 0)
+                    {
+                        missing.Append(", ");
+                    }
+
+                    missing.Append("0x").Append(((long)area.BaseAddress + ((long)i << area.ChunkShift)).ToString("x", System.Globalization.CultureInfo.InvariantCulture));
+                }
+            }
+        }
+
+        if (found == 0)
+        {
+            return "none found in the pool's areas (pages on their way back)";
+        }
+
+        // Allocation stacks are not recorded: a stack per admitted page would cost the slow allocation path a
+        // StackTrace capture (tens of microseconds) in every mode; the addresses let a caller find the holder.
+        return missing.ToString();
     }
 
     /// <summary>__page_pool_destroy: the last page is back; unbind the provider and stop the timer.</summary>
@@ -190,6 +253,11 @@ public sealed partial class PagePool
         }
 
         StopRetryTimer();
+        if (!_releaseLock.IsHeldByCurrentThread)
+        {
+            PoolReleaseWorker.Remove(this);
+        }
+
         _provider?.Destroy(this);
     }
 

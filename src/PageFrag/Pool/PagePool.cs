@@ -145,7 +145,7 @@ public sealed partial class PagePool : IDisposable
     /// <summary>Size of the pool's pages: 4096 &lt;&lt; <see cref="Order"/>.</summary>
     public int PageSize => _maxSize;
 
-    /// <summary>Entries of the recycle ring (the pool size rounded up to a power of two).</summary>
+    /// <summary>Entries the recycle ring holds at most: exactly <see cref="PagePoolOptions.PoolSize"/> (ptr_ring).</summary>
     public int RingCapacity => _ring.Capacity;
 
     /// <summary>The managed thread id of the owner thread (0 once disposed).</summary>
@@ -482,6 +482,12 @@ public sealed partial class PagePool : IDisposable
             }
         }
 
+        if (!ReferenceEquals(area, _lastAdmittedArea))
+        {
+            // Remembered for the stall warning's list of missing pages; one compare per admitted page.
+            NoteArea(area);
+        }
+
         int generation = d.Generation + 1;
         d.Generation = generation;
         d.PpRefCount = 1;
@@ -489,6 +495,16 @@ public sealed partial class PagePool : IDisposable
         page = new NetMem(area, page.Index, generation);
         _holdCount++;
         return true;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void NoteArea(NetMemArea area)
+    {
+        _lastAdmittedArea = area;
+        lock (_knownAreas)
+        {
+            _knownAreas.Add(area);
+        }
     }
 
     // ------------------------------------------------------------------ recycling
@@ -513,7 +529,7 @@ public sealed partial class PagePool : IDisposable
             ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
         }
 
-        if (Unref(ref d, 1) == 0)
+        if (Unref(ref d, 1, netmem.Generation) == 0)
         {
             PutUnrefed(netmem, ref d, dmaSyncSize, allowDirect);
         }
@@ -609,7 +625,7 @@ public sealed partial class PagePool : IDisposable
             ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be positive.");
         }
 
-        return Unref(ref d, count);
+        return Unref(ref d, count, netmem.Generation);
     }
 
     /// <summary>Recycles a page whose references <see cref="UnrefNetMem"/> dropped to zero
@@ -642,7 +658,7 @@ public sealed partial class PagePool : IDisposable
             }
         }
 
-        if (Unref(ref d, 1) == 0)
+        if (Unref(ref d, 1, buffer.NetMem.Generation) == 0)
         {
             PutUnrefed(buffer.NetMem, ref d, -1, allowDirect);
         }
@@ -682,8 +698,13 @@ public sealed partial class PagePool : IDisposable
     /// dropped); otherwise atomic subtract; at zero reset to 1". The reset keeps every recyclable page at 1, so a
     /// page allocated whole after being a fragment page needs no extra write.
     /// </summary>
+    /// <remarks>
+    /// The plain "I was last" read does not decide who releases the page: two racing puts of one handle both
+    /// read 1. The caller that gets 0 goes on to <see cref="PutUnrefed"/>, whose compare-exchange of the
+    /// generation is the one atomic that picks exactly one winner (see docs/kernel-map.md).
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static long Unref(ref PageDescriptor d, long count)
+    private static long Unref(ref PageDescriptor d, long count, int generation)
     {
         if (Volatile.Read(ref d.PpRefCount) == count)
         {
@@ -695,12 +716,20 @@ public sealed partial class PagePool : IDisposable
             return 0;
         }
 
-        return UnrefAtomic(ref d, count);
+        return UnrefAtomic(ref d, count, generation);
     }
 
-    private static long UnrefAtomic(ref PageDescriptor d, long count)
+    private static long UnrefAtomic(ref PageDescriptor d, long count, int generation)
     {
         long left = Interlocked.Add(ref d.PpRefCount, -count);
+        if (Volatile.Read(ref d.Generation) != generation)
+        {
+            // A stale handle that passed the generation check just before its page was recycled and handed
+            // out again: give the new user its references back.
+            Interlocked.Add(ref d.PpRefCount, count);
+            PoolThrowHelper.StaleHandle();
+        }
+
         if (left > 0)
         {
             return left;
@@ -717,10 +746,38 @@ public sealed partial class PagePool : IDisposable
         return 0;
     }
 
+    /// <summary>
+    /// The release decision: moves the page from the generation of <paramref name="netmem"/> to the next with
+    /// one compare-exchange. Exactly one of any number of racing releases of the same handle succeeds; the others
+    /// throw the double-put exception. Returns the new generation.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ClaimRelease(in NetMem netmem, ref PageDescriptor d)
+    {
+        int generation = netmem.Generation;
+        if (Interlocked.CompareExchange(ref d.Generation, generation + 1, generation) != generation)
+        {
+            // Lost to another release of the same handle.
+            PoolThrowHelper.StaleHandle();
+        }
+
+        if (Volatile.Read(ref d.Pool) is null)
+        {
+            // Lost too: the winner already gave the page back and restored its generation (ReturnPage).
+            Interlocked.CompareExchange(ref d.Generation, generation, generation + 1);
+            PoolThrowHelper.StaleHandle();
+        }
+
+        return generation + 1;
+    }
+
     /// <summary>__page_pool_put_page + the ring: recycle a page whose last pool reference was dropped.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void PutUnrefed(NetMem netmem, ref PageDescriptor d, int dmaSyncSize, bool allowDirect)
     {
+        // A new generation makes every handle of the previous use stale, so a later put is caught; the
+        // compare-exchange makes a racing put of the same handle lose here.
+        int generation = ClaimRelease(netmem, ref d);
         if (Volatile.Read(ref d.RefCount) == 1 && (d.Flags & PageFlags.PfMemalloc) == 0 && Volatile.Read(ref _state) == StateAlive)
         {
             if (_dmaSync)
@@ -728,9 +785,6 @@ public sealed partial class PagePool : IDisposable
                 SyncForDevice(netmem, ref d, dmaSyncSize);
             }
 
-            // A new generation makes every handle of the previous use stale, so a second put is caught.
-            int generation = d.Generation + 1;
-            d.Generation = generation;
             var recycled = new NetMem(netmem.Area!, netmem.Index, generation);
             if (allowDirect && ReferenceEquals(Thread.CurrentThread, _owner))
             {
@@ -804,6 +858,11 @@ public sealed partial class PagePool : IDisposable
 
         d.Pool = null;
         d.PpRefCount = 0;
+
+        // A page that leaves the pool keeps the generation it had in the pool (a holder of a reference outside
+        // the pool still has a valid handle): this undoes the release claim of PutUnrefed, after the page
+        // stopped being a pool page, so a late racing put fails on the pool check of ClaimRelease.
+        Volatile.Write(ref d.Generation, netmem.Generation);
         try
         {
             GiveBack(netmem);

@@ -10,17 +10,23 @@ namespace PageFrag.Pool;
 /// <remarks>
 /// D. Vyukov's bounded queue: each slot carries a sequence number that says whose turn it is. A producer claims
 /// a position with one compare-exchange and publishes the item by advancing the slot's sequence; the single
-/// consumer reads the slot once its sequence says it is published and hands it to the next lap. Full and empty are seen without locks and never block. Capacity is a power of two so that
+/// consumer reads the slot once its sequence says it is published and hands it to the next lap. The slot array
+/// is the capacity rounded up to a power of two, and a producer also refuses while the capacity's count of
+/// entries sits between the positions, so the ring holds exactly the capacity asked for. Full and empty are seen without locks and never block. Capacity is a power of two so that
 /// a position maps to a slot with a mask.
 /// </remarks>
 internal sealed class RecycleRing
 {
     private readonly Slot[] _slots;
     private readonly int _mask;
+    private readonly long _limit;
     private Positions _positions;
 
     public RecycleRing(int capacity)
     {
+        // ptr_ring holds exactly pool_size entries: the slot array is a power of two for the mask, but a
+        // producer only claims a position while fewer than _limit entries are between the two positions.
+        _limit = Math.Max(1, capacity);
         int size = (int)Math.Max(1, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)capacity));
         _slots = new Slot[size];
         _mask = size - 1;
@@ -30,7 +36,8 @@ internal sealed class RecycleRing
         }
     }
 
-    public int Capacity => _slots.Length;
+    /// <summary>The most entries the ring holds (the pool size, exactly).</summary>
+    public int Capacity => (int)_limit;
 
     /// <summary>Entries in the ring; exact only when nobody pushes or pops.</summary>
     public int Count => (int)Math.Max(0, Volatile.Read(ref _positions.Enqueue) - Volatile.Read(ref _positions.Dequeue));
@@ -44,6 +51,13 @@ internal sealed class RecycleRing
             long diff = Volatile.Read(ref slot.Sequence) - pos;
             if (diff == 0)
             {
+                // The consumer publishes its position after it frees a slot, so the count seen here is never
+                // below the real one: the bound can refuse a little early, never overshoot.
+                if (pos - Volatile.Read(ref _positions.Dequeue) >= _limit)
+                {
+                    return false;
+                }
+
                 long seen = Interlocked.CompareExchange(ref _positions.Enqueue, pos + 1, pos);
                 if (seen == pos)
                 {

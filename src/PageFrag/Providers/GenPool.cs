@@ -53,6 +53,14 @@ internal sealed class GenPool
     /// <returns>False when no range has that many consecutive free units.</returns>
     public bool TryAlloc(long size, out long address, out object? owner)
     {
+        if (size <= 0 || size > _size)
+        {
+            // Also keeps the unit count below (size + unit - 1, shifted) inside an int.
+            address = -1;
+            owner = null;
+            return false;
+        }
+
         int units = (int)((size + (1L << _unitShift) - 1) >> _unitShift);
         foreach (Range r in _ranges)
         {
@@ -74,18 +82,19 @@ internal sealed class GenPool
     /// <exception cref="ArgumentException">The address is in no range, or part of it is already free.</exception>
     public object? Free(long address, long size)
     {
-        int units = (int)((size + (1L << _unitShift) - 1) >> _unitShift);
         foreach (Range r in _ranges)
         {
-            if (address >= r.Start && address + size <= r.Start + r.Size)
+            // Differences, not sums: address + size may pass long.MaxValue for a bad address.
+            if (size > 0 && size <= r.Size && address >= r.Start && address - r.Start <= r.Size - size)
             {
+                int units = (int)((size + (1L << _unitShift) - 1) >> _unitShift);
                 r.Give((int)((address - r.Start) >> _unitShift), units);
                 _available += (long)units << _unitShift;
                 return r.Owner;
             }
         }
 
-        throw new ArgumentException($"No range of the pool holds [{address}, {address + size}).", nameof(address));
+        throw new ArgumentException($"No range of the pool holds {size} bytes at {address}.", nameof(address));
     }
 
     private sealed class Range

@@ -30,8 +30,10 @@ public sealed class RegionMemoryProviderOptions
 /// is its offset in the region.
 /// </summary>
 /// <remarks>
-/// <para>Bound to one pool at a time (as a dma-buf binding is bound to one receive queue); it can be bound again
-/// once that pool was released. <see cref="AllocNetMems"/> runs on the pool's owner thread; everything else is
+/// <para>Serves the pools of several receive queues at once, as a dma-buf binding does: each pool binds
+/// (<see cref="Init"/>) and holds the region until it is released (<see cref="Destroy"/>); the region is free
+/// again when the last one goes. Each slow-path allocation gets one chunk, as devmem hands out one net_iov, so
+/// one queue cannot empty the region into its cache and starve the others. <see cref="AllocNetMems"/> runs on the pool's owner thread; everything else is
 /// thread-safe (one lock around the range allocator and the token table).</para>
 /// <para>Pools using it must not ask for <see cref="PagePoolFlags.DmaSyncForDevice"/>: the region's owner
 /// decides when the device sees the bytes, as devmem refuses the sync flag.</para>
@@ -46,7 +48,7 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
     private readonly Dictionary<uint, PagePoolBuffer> _tokens = [];
     private readonly int _chunkSize;
     private readonly Action? _onDispose;
-    private PagePool? _pool;
+    private readonly List<PagePool> _pools = [];
     private uint _nextToken;
     private bool _disposed;
 
@@ -190,11 +192,33 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
         }
     }
 
-    /// <summary>The pool the provider is bound to, or null.</summary>
-    public PagePool? BoundPool => Volatile.Read(ref _pool);
+    /// <summary>The first pool still bound to the region, or null when none is.</summary>
+    public PagePool? BoundPool
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _pools.Count == 0 ? null : _pools[0];
+            }
+        }
+    }
+
+    /// <summary>How many pools are bound to the region (one per receive queue it serves).</summary>
+    public int BoundPoolCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _pools.Count;
+            }
+        }
+    }
 
     /// <inheritdoc/>
-    /// <exception cref="InvalidOperationException">Already bound to another pool, or disposed.</exception>
+    /// <exception cref="InvalidOperationException">This pool is already bound to the region.</exception>
+    /// <exception cref="ObjectDisposedException">The region was disposed.</exception>
     /// <exception cref="ArgumentException">The pool's page size is not the chunk size, or it asks for device syncs.</exception>
     public void Init(PagePool pool)
     {
@@ -212,12 +236,12 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_pool is not null)
+            if (_pools.Contains(pool))
             {
-                throw new InvalidOperationException("The region is already bound to a page pool.");
+                throw new InvalidOperationException("The pool is already bound to this region.");
             }
 
-            _pool = pool;
+            _pools.Add(pool);
         }
     }
 
@@ -226,13 +250,14 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
     {
         lock (_lock)
         {
-            if (!ReferenceEquals(_pool, pool))
+            if (!_pools.Contains(pool))
             {
                 throw new InvalidOperationException("The region is not bound to this page pool.");
             }
 
+            // One chunk per slow-path allocation (devmem's net_iov at a time): several queues share the region.
             int got = 0;
-            while (got < netmems.Length && _chunks.TryAlloc(_chunkSize, out long offset, out object? owner))
+            while (got < Math.Min(1, netmems.Length) && _chunks.TryAlloc(_chunkSize, out long offset, out object? owner))
             {
                 var area = (NetIovArea)owner!;
                 netmems[got++] = area.GetChunk(area.IndexOf((ulong)offset));
@@ -263,10 +288,7 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
     {
         lock (_lock)
         {
-            if (ReferenceEquals(_pool, pool))
-            {
-                _pool = null;
-            }
+            _pools.Remove(pool);
         }
     }
 
@@ -340,7 +362,7 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
                 return;
             }
 
-            if (_pool is not null || _chunks.Available != _chunks.Size)
+            if (_pools.Count != 0 || _chunks.Available != _chunks.Size)
             {
                 throw new InvalidOperationException("The region is still in use by a page pool: dispose the pool and return its buffers first.");
             }

@@ -165,8 +165,11 @@ public class BenchCommandTests
         CliRun run = CliRun.Of([.. (string[])["bench", "--json", "--quick"], .. args]);
 
         Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        message = message.TrimEnd('.'); // the one error style ends the message with "(see 'pagefrag bench --help')"
         Assert.Contains(message, run.Error);
-        Assert.Equal("", run.Out);
+        JsonElement json = run.Json();
+        Assert.False(json.GetProperty("ok").GetBoolean());
+        Assert.Contains(message, json.GetProperty("error").GetString(), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -275,18 +275,27 @@ public class PageFragMemoryPoolTests
     }
 
     [Fact]
-    public void A_pool_that_owns_its_allocator_gives_empty_arenas_back_when_trimmed()
+    public void A_pool_created_without_an_allocator_takes_its_pages_from_the_shared_allocator()
     {
         using var pool = new PageFragMemoryPool();
+        Assert.Same(PageAllocator.Shared, pool.Allocator);
         IMemoryOwner<byte> owner = pool.Rent(100);
-        Assert.Equal(1, pool.Allocator.GetStats().Arenas);
-        pool.Trim();
-        Assert.Equal(1, pool.Allocator.GetStats().Arenas);
+        Assert.Same(PageAllocator.Shared, ((FragmentMemoryOwner)owner).Home.Cache.Allocator);
         owner.Dispose();
         pool.Trim();
-        PageAllocatorStats stats = pool.Allocator.GetStats();
-        Assert.Equal(0, stats.Arenas);
-        Assert.Equal(0, stats.PagesInUse);
+        Assert.Equal(0, pool.GetStats().OutstandingBuffers);
+    }
+
+    [Fact]
+    public void The_shared_pool_is_one_instance_over_the_shared_allocator_and_ignores_Dispose()
+    {
+        PageFragMemoryPool shared = PageFragMemoryPool.Shared;
+        Assert.Same(shared, PageFragMemoryPool.Shared);
+        Assert.Same(PageAllocator.Shared, shared.Allocator);
+        shared.Dispose();
+        Assert.False(shared.IsDisposed);
+        using IMemoryOwner<byte> owner = shared.Rent(300);
+        Assert.Equal(320, owner.Memory.Length);
     }
 
     [Fact]

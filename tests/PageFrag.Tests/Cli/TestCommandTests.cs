@@ -15,7 +15,6 @@ public class TestCommandTests
     [InlineData("pagefrag", new[] { "--align", "64" }, 64, false)]
     [InlineData("pagefrag", new[] { "--prepare" }, 0, true)]
     [InlineData("pagefrag", new[] { "--prepare", "--align", "64" }, 64, true)]
-    [InlineData("pagefrag", new[] { "--no-double-free-check" }, 0, false)]
     [InlineData("native", new string[0], 0, false)]
     [InlineData("native", new[] { "--align", "64" }, 64, false)]
     public void A_pagefrag_or_native_run_frees_every_fragment_and_allocates_nothing_on_the_GC_heap(string allocator, string[] mode, int align, bool prepare)
@@ -80,8 +79,8 @@ public class TestCommandTests
         JsonElement[] results = [.. json.GetProperty("results").EnumerateArray()];
         Assert.Equal(["pagefrag", "arraypool", "gc", "native"], results.Select(r => r.GetProperty("allocator").GetString()));
         Assert.All(results, r => Assert.Equal(100_000, r.GetProperty("nr_test").GetInt64()));
-        Assert.Equal(1.0, results[0].GetProperty("speed_vs_pagefrag").GetDouble());
-        Assert.All(results, r => Assert.True(r.GetProperty("speed_vs_pagefrag").GetDouble() > 0));
+        Assert.Equal(1.0, results[0].GetProperty("pagefrag_advantage").GetDouble());
+        Assert.All(results, r => Assert.True(r.GetProperty("pagefrag_advantage").GetDouble() > 0));
     }
 
     [Fact]
@@ -163,23 +162,57 @@ public class TestCommandTests
     [InlineData(new[] { "--nr-test", "0" }, "--nr-test must be positive, got 0.")]
     [InlineData(new[] { "--align", "3" }, "--align must be a power of two from 1 to 4096, got 3.")]
     [InlineData(new[] { "--align", "8192" }, "--align must be a power of two from 1 to 4096, got 8192.")]
-    [InlineData(new[] { "--ring-size", "1" }, "--ring-size must be a power of two of at least 2, got 1.")]
-    [InlineData(new[] { "--ring-size", "500" }, "--ring-size must be a power of two of at least 2, got 500.")]
+    [InlineData(new[] { "--ring-size", "1" }, "--ring-size must be a power of two from 2 to 524288 (ptr_ring's limit, KMALLOC_MAX_SIZE / sizeof(void *)), got 1.")]
+    [InlineData(new[] { "--ring-size", "500" }, "--ring-size must be a power of two from 2 to 524288 (ptr_ring's limit, KMALLOC_MAX_SIZE / sizeof(void *)), got 500.")]
+    [InlineData(new[] { "--ring-size", "1073741824" }, "--ring-size must be a power of two from 2 to 524288 (ptr_ring's limit, KMALLOC_MAX_SIZE / sizeof(void *)), got 1073741824.")]
+    [InlineData(new[] { "--ring-size", "1048576" }, "--ring-size must be a power of two from 2 to 524288")]
     [InlineData(new[] { "--runs", "0" }, "--runs must be positive, got 0.")]
     [InlineData(new[] { "--memory-limit", "4096" }, "--memory-limit must be 0 (none) or at least 32768 bytes (one 32 KiB page), got 4096.")]
-    [InlineData(new[] { "--no-double-free-check", "--allocator", "arraypool" }, "--no-double-free-check configures PageFrag's page allocator, not --allocator arraypool.")]
+    [InlineData(new[] { "--no-double-free-check" }, "unknown option '--no-double-free-check'")]
     [InlineData(new[] { "--prepare", "--allocator", "native" }, "--prepare uses PageFrag's prepare/probe/commit API, which --allocator native does not have.")]
     [InlineData(new[] { "--align", "64", "--allocator", "gc" }, "--align is not available with --allocator gc")]
-    [InlineData(new[] { "--allocator", "slab" }, "'slab'")]
-    [InlineData(new[] { "--alloc-len", "twelve" }, "twelve")]
-    [InlineData(new[] { "--no-such-option" }, "--no-such-option")]
-    public void Bad_arguments_exit_with_code_2_and_say_what_is_wrong(string[] args, string message)
+    [InlineData(new[] { "--allocator", "slab" }, "'slab' is not one of pagefrag, arraypool, gc, native, all")]
+    [InlineData(new[] { "--alloc-len", "twelve" }, "--alloc-len: 'twelve' is not a whole number")]
+    [InlineData(new[] { "--runs", "abc" }, "--runs: 'abc' is not a whole number")]
+    [InlineData(new[] { "--push-cpu", "x" }, "--push-cpu: 'x' is not a whole number")]
+    [InlineData(new[] { "--no-such-option" }, "unknown option '--no-such-option'")]
+    public void Bad_arguments_exit_with_code_2_say_what_is_wrong_and_print_one_JSON_error_object(string[] args, string message)
     {
         CliRun run = CliRun.Of([.. (string[])["test", "--json"], .. args]);
 
         Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.StartsWith("pagefrag test: ", run.Error, StringComparison.Ordinal);
         Assert.Contains(message, run.Error);
+        Assert.Single(run.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.DoesNotContain("System.", run.Error, StringComparison.Ordinal);
+        JsonElement json = run.Json();
+        Assert.False(json.GetProperty("ok").GetBoolean());
+        Assert.Equal("test", json.GetProperty("command").GetString());
+        Assert.Contains(message, json.GetProperty("error").GetString(), StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Usage, json.GetProperty("exit_code").GetInt32());
+    }
+
+    [Fact]
+    public void Without_json_a_bad_argument_writes_nothing_on_standard_output()
+    {
+        CliRun run = CliRun.Of("test", "--runs", "abc");
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
         Assert.Equal("", run.Out);
+        Assert.Equal($"pagefrag test: --runs: 'abc' is not a whole number (see 'pagefrag test --help'){Environment.NewLine}", run.Error);
+    }
+
+    [Fact]
+    public void The_PASS_line_says_what_was_checked_and_shows_the_kernels_time_beside_ours()
+    {
+        CliRun run = CliRun.Of("test", "--nr-test", "100000");
+
+        Assert.True(run.ExitCode == ExitCodes.Success, run.Error);
+        string pass = run.Out.Split('\n').Single(l => l.StartsWith("PASS ", StringComparison.Ordinal));
+        Assert.Contains("100,000 x 12 B allocated and freed across threads", pass, StringComparison.Ordinal);
+        Assert.Contains("0 pages leaked", pass, StringComparison.Ordinal);
+        Assert.Contains("GC", pass, StringComparison.Ordinal);
+        Assert.Contains("0.935 s", pass, StringComparison.Ordinal);
     }
 
     [Fact]

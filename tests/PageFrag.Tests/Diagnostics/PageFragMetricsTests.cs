@@ -28,11 +28,20 @@ public class PageFragMetricsTests
             _listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
             {
                 bool isPool = instrument.Name.StartsWith("pagefrag.memory_pool.", StringComparison.Ordinal);
+                string name = instrument.Name;
+                foreach (KeyValuePair<string, object?> tag in tags)
+                {
+                    if (tag.Key == "pagefrag.page.state")
+                    {
+                        name += "/" + tag.Value;
+                    }
+                }
+
                 foreach (KeyValuePair<string, object?> tag in tags)
                 {
                     if (!isPool || (tag.Key == "pagefrag.memory_pool.owner" && (string?)tag.Value == owner))
                     {
-                        _values[instrument.Name] = value;
+                        _values[name] = value;
                         return;
                     }
                 }
@@ -54,7 +63,7 @@ public class PageFragMetricsTests
     }
 
     [Fact]
-    public void The_pool_instruments_report_rented_outstanding_truesize_pooled_allocated_and_evicted()
+    public void The_pool_instruments_report_rented_buffers_truesize_pooled_refill_and_drained()
     {
         using PageAllocator allocator = WarmAllocator();
         using var metrics = new PageFragMetrics();
@@ -66,18 +75,18 @@ public class PageFragMetricsTests
             IMemoryOwner<byte> a = pool.Rent(100);
             IMemoryOwner<byte> b = pool.Rent(4096);
             Assert.Equal(128 + 4096, collector["pagefrag.memory_pool.rented"]);
-            Assert.Equal(2, collector["pagefrag.memory_pool.outstanding"]);
-            Assert.Equal(128 + 4096, collector["pagefrag.memory_pool.truesize_held"]);
-            Assert.Equal(32768, collector["pagefrag.memory_pool.allocated"]);
+            Assert.Equal(2, collector["pagefrag.memory_pool.buffer.count"]);
+            Assert.Equal(128 + 4096, collector["pagefrag.memory_pool.buffer.usage"]);
+            Assert.Equal(32768, collector["pagefrag.memory_pool.refill"]);
             Assert.Equal(32768 - 128 - 4096, collector["pagefrag.memory_pool.pooled"]);
 
             a.Dispose();
             b.Dispose();
-            Assert.Equal(0, collector["pagefrag.memory_pool.outstanding"]);
-            Assert.Equal(0, collector["pagefrag.memory_pool.truesize_held"]);
+            Assert.Equal(0, collector["pagefrag.memory_pool.buffer.count"]);
+            Assert.Equal(0, collector["pagefrag.memory_pool.buffer.usage"]);
 
             pool.Trim();
-            Assert.Equal(32768 - 128 - 4096, collector["pagefrag.memory_pool.evicted"]);
+            Assert.Equal(32768 - 128 - 4096, collector["pagefrag.memory_pool.drained"]);
             Assert.Equal(0, collector["pagefrag.memory_pool.pooled"]);
         }
 
@@ -92,10 +101,25 @@ public class PageFragMetricsTests
         metrics.Track(allocator);
         using var collector = new Collector(metrics.Meter, owner: "");
         Assert.True(allocator.TryAllocPages(2, AllocFlags.None, out Page page));
-        Assert.Equal(4, collector["pagefrag.pages.in_use"]);
-        Assert.Equal(16, collector["pagefrag.pages.total"]);
+        Assert.Equal(4, collector["pagefrag.page.usage/used"]);
+        PageAllocatorStats stats = allocator.GetStats();
+        Assert.Equal(stats.TotalPages, collector["pagefrag.page.usage/used"] + collector["pagefrag.page.usage/cached"] + collector["pagefrag.page.usage/free"]);
+        Assert.Equal(stats.Arenas, collector["pagefrag.arena.count"]);
+        Assert.Equal(-1, collector["pagefrag.page.limit"]);
         allocator.FreePages(page);
-        Assert.Equal(0, collector["pagefrag.pages.in_use"]);
+        Assert.Equal(0, collector["pagefrag.page.usage/used"]);
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void The_page_limit_is_reported_in_pages_for_an_allocator_with_MaxBytes()
+    {
+        using var allocator = new PageAllocator(new PageAllocatorOptions { ArenaSize = 1 << 16, MaxBytes = 1 << 17 });
+        using var metrics = new PageFragMetrics();
+        metrics.Track(allocator);
+        using var collector = new Collector(metrics.Meter, owner: "");
+        Assert.Equal(32, collector["pagefrag.page.limit"]);
+        Assert.Equal(0, collector["pagefrag.page.usage/used"]);
         Leaks.AssertNone(allocator);
     }
 

@@ -280,6 +280,55 @@ public class NcBehaviourTests
 
         return int.Parse(text[(text.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture);
     }
+
+    [Fact]
+    public void A_client_given_an_IPv4_mapped_IPv6_address_reaches_an_IPv4_listener_as_OpenBSD_nc_does()
+    {
+        using PageAllocator allocator = NcKit.NewAllocator();
+        using var server = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        server.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        server.Listen(1);
+        long received = 0;
+        var peer = new Thread(() =>
+        {
+            try
+            {
+                using Socket s = server.Accept();
+                byte[] buffer = new byte[64 * 1024];
+                int n;
+                while ((n = s.Receive(buffer)) > 0)
+                {
+                    received += n;
+                }
+            }
+            catch (SocketException)
+            {
+                // No client came (the server closed below): the assertions on the exit code say why.
+            }
+        })
+        { IsBackground = true };
+        peer.Start();
+        const long size = 1 << 20;
+        using var input = new PatternStream(size, 11);
+        NcOptions options = NcKit.Client(allocator, ((IPEndPoint)server.LocalEndPoint!).Port) with
+        {
+            Host = "::ffff:127.0.0.1",
+            Family = NcFamily.Any,
+        };
+        NcRun client = NcRun.Start(options, input, Stream.Null);
+
+        int code = client.WaitExit();
+        if (code != 0)
+        {
+            server.Close();
+        }
+
+        Assert.True(peer.Join(NcEnv.Deadline));
+
+        Assert.True(code == 0, client.Error);
+        Assert.Equal(size, received);
+        NcKit.AssertClean(allocator, client.Error);
+    }
 }
 
 /// <summary>A fact that needs Linux (descriptors, /proc, signals): skipped elsewhere, with the reason.</summary>

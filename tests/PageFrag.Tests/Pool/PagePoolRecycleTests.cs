@@ -112,12 +112,47 @@ public class PagePoolRecycleTests
         DisposeAndAssertNoLeak(pool, allocator);
     }
 
-    [Fact]
-    public void The_ring_size_is_rounded_up_to_a_power_of_two()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(100)]
+    [InlineData(1000)]
+    public void The_ring_holds_exactly_the_pool_size_not_the_power_of_two_above_it(int poolSize)
     {
-        using PageAllocator allocator = Leaks.NewAllocator();
-        PagePool pool = NewPool(allocator, poolSize: 1000);
-        Assert.Equal(1024, pool.RingCapacity);
+        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 4 << 20);
+        PagePool pool = NewPool(allocator, poolSize: poolSize);
+        Assert.Equal(poolSize, pool.RingCapacity);
+        int count = poolSize + 50;
+        var held = new NetMem[count];
+        for (int i = 0; i < count; i++)
+        {
+            Assert.True(pool.TryAllocNetMem(out held[i]));
+        }
+
+        // Two producers at once, as ptr_ring allows: the bound holds under concurrency too.
+        using var start = new Barrier(2);
+        var threads = new Thread[2];
+        for (int t = 0; t < 2; t++)
+        {
+            int first = t;
+            threads[t] = new Thread(() =>
+            {
+                start.SignalAndWait();
+                for (int i = first; i < count; i += 2)
+                {
+                    pool.PutFullPage(held[i], allowDirect: false);
+                }
+            });
+            threads[t].Start();
+        }
+
+        foreach (Thread t in threads)
+        {
+            t.Join();
+        }
+
+        PagePoolStats s = pool.GetStats();
+        Assert.Equal(poolSize, pool.RingPages);
+        Assert.Equal((poolSize, 50L), (s.RecycleRing, s.RecycleRingFull));
         DisposeAndAssertNoLeak(pool, allocator);
     }
 

@@ -180,14 +180,68 @@ public class RegionMemoryProviderTests
         Assert.Null(provider.BoundPool);
 
         PagePool pool = NewPool(allocator, provider: provider);
-        InvalidOperationException bound = Assert.Throws<InvalidOperationException>(() => NewPool(allocator, provider: provider));
-        Assert.Equal("The region is already bound to a page pool.", bound.Message);
+        InvalidOperationException bound = Assert.Throws<InvalidOperationException>(() => provider.Init(pool));
+        Assert.Equal("The pool is already bound to this region.", bound.Message);
+        Assert.Equal(1, provider.BoundPoolCount);
         Assert.True(pool.TryAllocNetMem(out NetMem m));
 
         InvalidOperationException inUse = Assert.Throws<InvalidOperationException>(provider.Dispose);
         Assert.StartsWith("The region is still in use by a page pool", inUse.Message, StringComparison.Ordinal);
         pool.RecycleDirect(m);
         pool.Dispose();
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void One_region_serves_the_pools_of_two_queues_and_is_free_again_when_the_last_pool_goes()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        using RegionMemoryProvider provider = RegionMemoryProvider.FromArray(new byte[8 * 4096]);
+        PagePool q0 = NewPool(allocator, provider: provider);
+        PagePool q1 = NewPool(allocator, provider: provider);
+        Assert.Equal(2, provider.BoundPoolCount);
+        Assert.True(q0.TryAllocNetMem(out NetMem a));
+        Assert.True(q1.TryAllocNetMem(out NetMem b));
+        Assert.NotEqual(a.DmaAddress, b.DmaAddress);
+        Assert.Same(q0, a.Pool);
+        Assert.Same(q1, b.Pool);
+
+        q0.RecycleDirect(a);
+        q0.Dispose();
+        Assert.True(q0.IsReleased);
+        Assert.Equal(1, provider.BoundPoolCount);
+        Assert.Throws<InvalidOperationException>(provider.Dispose); // q1 still holds the region
+
+        q1.PutFullPage(b, allowDirect: false);
+        q1.Dispose();
+        Assert.True(q1.IsReleased);
+        Assert.Equal(0, provider.BoundPoolCount);
+        Assert.Null(provider.BoundPool);
+        Assert.Equal(8, provider.FreeChunks);
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void One_queue_cannot_starve_another_the_slow_path_takes_one_chunk_at_a_time()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        using RegionMemoryProvider provider = RegionMemoryProvider.FromArray(new byte[4 * 4096]);
+        PagePool q0 = NewPool(allocator, provider: provider);
+        PagePool q1 = NewPool(allocator, provider: provider);
+
+        // Before: the first allocation of q0 took all four chunks into its cache and q1 got none.
+        Assert.True(q0.TryAllocNetMem(out NetMem a));
+        Assert.Equal(0, q0.CachedPages);
+        Assert.Equal(3, provider.FreeChunks);
+        Assert.True(q1.TryAllocNetMem(out NetMem b));
+        Assert.Equal(2, provider.FreeChunks);
+
+        q0.PutFullPage(a, allowDirect: false);
+        q1.PutFullPage(b, allowDirect: false);
+        q0.Dispose();
+        q1.Dispose();
+        Assert.True(q0.IsReleased && q1.IsReleased);
+        Assert.Equal(4, provider.FreeChunks);
         Leaks.AssertNone(allocator);
     }
 
