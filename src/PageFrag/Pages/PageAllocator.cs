@@ -62,7 +62,6 @@ public sealed partial class PageAllocator : IDisposable
         _isShared = isShared;
         _arenaSize = options.ArenaSize;
         _faultInjection = options.FaultInjection;
-        DetectDoubleFree = options.DetectDoubleFree;
         DetectMisuse = options.DetectMisuse;
         int arenaPages = _arenaSize >> PageConstants.PageShift;
         if (options.MaxBytes == long.MaxValue)
@@ -96,9 +95,6 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>The highest order a block can have: log2(ArenaSize / 4096).</summary>
     public int MaxOrder { get; }
-
-    /// <summary>The value of <see cref="PageAllocatorOptions.DetectDoubleFree"/>, which has no effect: the double-free check is always on.</summary>
-    public bool DetectDoubleFree { get; }
 
     /// <summary>Whether the detection mode is on (see <see cref="PageAllocatorOptions.DetectMisuse"/>).</summary>
     public bool DetectMisuse { get; }

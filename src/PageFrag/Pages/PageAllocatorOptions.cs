@@ -4,8 +4,9 @@ namespace PageFrag.Pages;
 /// Settings of a <see cref="PageAllocator"/>, checked when the allocator is created.
 /// </summary>
 /// <remarks>
-/// Defaults: 4 MiB arenas, no memory limit, no emergency reserve, no fault injection, double-free
-/// detection on.
+/// Defaults: 4 MiB arenas, no memory limit, no emergency reserve, no fault injection, the detection mode
+/// off (on in Debug builds of PageFrag). The double-free check of fragments and pages is always on: of two
+/// racing releases exactly one wins, and the other throws <see cref="PageFragDoubleFreeException"/>.
 /// </remarks>
 public sealed class PageAllocatorOptions
 {
@@ -34,16 +35,6 @@ public sealed class PageAllocatorOptions
 
     /// <summary>Optional fault injection; see <see cref="FaultInjection"/>. Default none.</summary>
     public FaultInjection? FaultInjection { get; init; }
-
-    /// <summary>
-    /// No longer has any effect: the double-free check of fragments is always on. Every release of a
-    /// fragment (free by handle or address, owner-local free, abort, a page pool's fragment put) clears the
-    /// fragment's state byte with one compare-and-swap (one byte per 8 bytes of an arena, created when the
-    /// arena first serves fragments), so of two racing releases exactly one wins and the other throws
-    /// <see cref="PageFragDoubleFreeException"/>, whatever this option says. Kept only for source
-    /// compatibility; it will be removed.
-    /// </summary>
-    public bool DetectDoubleFree { get; init; } = true;
 
     /// <summary>
     /// The detection mode: handles (fragments, pool buffers) check on every access (<c>Span</c>,
