@@ -56,14 +56,6 @@ public class FragAllocFreeBenchmarks : FragCacheBenchmark
     public long PageFragFreeLocal() =>
         AllocFreeLoop<Locally>(Cache, alignment: 0);
 
-    /// <summary>
-    /// The same without double-free detection (<c>PageAllocatorOptions.DetectDoubleFree</c> off):
-    /// the free is the atomic decrement alone, without the plain write of the double-free mark.
-    /// </summary>
-    [Benchmark(OperationsPerInvoke = Operations)]
-    public long PageFragNoDoubleFreeCheck() =>
-        AllocFreeLoop<ByHandle>(UncheckedCache, alignment: 0);
-
     /// <summary>Free by address (page_frag_free(va)): the arena is found through the address registry.</summary>
     [Benchmark(OperationsPerInvoke = Operations)]
     public long PageFragFreeByAddress() =>

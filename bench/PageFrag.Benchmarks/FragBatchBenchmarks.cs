@@ -76,34 +76,6 @@ public class FragBatchBenchmarks : FragCacheBenchmark
         return sum;
     }
 
-    /// <summary>The same burst without double-free detection: each free is one atomic decrement.</summary>
-    [Benchmark(OperationsPerInvoke = Batch)]
-    public long PageFragBatchNoDoubleFreeCheck()
-    {
-        PageFragCache cache = UncheckedCache;
-        PageFragment[] fragments = _fragments;
-        int size = Size;
-        for (int i = 0; i < fragments.Length; i++)
-        {
-            if (!cache.TryAlloc(size, out fragments[i]))
-            {
-                ThrowAllocFailed(size);
-            }
-
-            Stamp.Write(fragments[i].Span, i);
-        }
-
-        long sum = 0;
-        for (int i = 0; i < fragments.Length; i++)
-        {
-            sum += Stamp.Read(fragments[i].Span);
-            PageFragCache.Free(in fragments[i]);
-            fragments[i] = default;
-        }
-
-        return sum;
-    }
-
     /// <summary>The same burst, freed by address (page_frag_free(va)), as a caller that kept only pointers would.</summary>
     [Benchmark(OperationsPerInvoke = Batch)]
     public long PageFragBatchFreeByAddress()

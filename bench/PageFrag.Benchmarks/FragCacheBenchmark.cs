@@ -8,14 +8,12 @@ namespace PageFrag.Benchmarks;
 
 /// <summary>
 /// Common set-up of the fragment cache suites: private <see cref="PageAllocator"/>s (never
-/// <see cref="PageAllocator.Shared"/>, so that nothing else in the process moves their pages), one with
-/// the default options and one without double-free detection, and one cache over each, used by the
-/// benchmark thread only.
+/// <see cref="PageAllocator.Shared"/>, so that nothing else in the process moves their pages) with the
+/// default options, and one cache over it, used by the benchmark thread only.
 /// </summary>
 public abstract class FragCacheBenchmark
 {
     private Setup? _checked;
-    private Setup? _unchecked;
 
     /// <summary>
     /// Test hook: when set before <see cref="GlobalSetup"/>, <see cref="Cache"/> runs on this allocator, which
@@ -23,26 +21,16 @@ public abstract class FragCacheBenchmark
     /// </summary>
     internal PageAllocator? Allocator { get; set; }
 
-    /// <summary>Test hook for <see cref="UncheckedCache"/>; the allocator must have double-free detection off.</summary>
-    internal PageAllocator? UncheckedAllocator { get; set; }
-
     /// <summary>What every benchmark method of the suite must return for the current parameters.</summary>
     internal abstract long ExpectedChecksum { get; }
 
     /// <summary>The cache over an allocator with the default options (valid between set-up and clean-up).</summary>
     internal PageFragCache Cache => _checked!.Cache;
 
-    /// <summary>
-    /// The cache over an allocator with <see cref="PageAllocatorOptions.DetectDoubleFree"/> off: a free is
-    /// then a single atomic decrement of the page's count, as in the kernel.
-    /// </summary>
-    internal PageFragCache UncheckedCache => _unchecked!.Cache;
-
     [GlobalSetup]
     public void GlobalSetup()
     {
-        _checked = new Setup(Allocator, detectDoubleFree: true);
-        _unchecked = new Setup(UncheckedAllocator, detectDoubleFree: false);
+        _checked = new Setup(Allocator);
         AfterSetup();
     }
 
@@ -50,9 +38,8 @@ public abstract class FragCacheBenchmark
     public void GlobalCleanup()
     {
         BeforeCleanup();
-        long leaked = (_checked?.Cleanup() ?? 0) + (_unchecked?.Cleanup() ?? 0);
+        long leaked = _checked?.Cleanup() ?? 0;
         _checked = null;
-        _unchecked = null;
 
         // A benchmark that leaks measures something else than it claims: fail the run rather than print it.
         if (leaked != 0)
@@ -81,14 +68,10 @@ public abstract class FragCacheBenchmark
         private readonly PageAllocator _allocator;
         private readonly bool _ownsAllocator;
 
-        public Setup(PageAllocator? given, bool detectDoubleFree)
+        public Setup(PageAllocator? given)
         {
             _ownsAllocator = given is null;
-            _allocator = given ?? new PageAllocator(new PageAllocatorOptions { DetectDoubleFree = detectDoubleFree });
-            if (_allocator.DetectDoubleFree != detectDoubleFree)
-            {
-                throw new ArgumentException($"The allocator must have DetectDoubleFree = {detectDoubleFree}.", nameof(given));
-            }
+            _allocator = given ?? new PageAllocator();
 
             // A fresh allocator has no arena, and the cache's order-3 attempt is opportunistic (it never grows
             // the arenas), so the first refill would get a 4 KiB page, which reuse in place then keeps forever.

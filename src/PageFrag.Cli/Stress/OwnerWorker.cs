@@ -189,7 +189,7 @@ internal sealed class OwnerWorker
         if (what < 8)
         {
             // page_frag_alloc_abort: the bytes and the reference go back; the offset returns to before the padding.
-            int expectedOffset = f.PageOffset + f.Length - f.TrueSize;
+            int expectedOffset = f.PageOffset + Math.Max(f.Length, 8) - f.TrueSize;
             cache.Abort(f);
             Counters.CacheAborts++;
             Check(cache.Offset == expectedOffset, $"after an abort the cache's offset is {cache.Offset}, not {expectedOffset}");
@@ -231,7 +231,9 @@ internal sealed class OwnerWorker
         PageFragment f = cache.Commit(prepared, used);
         Counters.CacheCommits++;
         Check(f.Length == used && f.Address == prepared.Address, "a commit returned another fragment than the one prepared");
-        Check(f.TrueSize == prepared.Offset + used - offsetBefore, $"commit's true size {f.TrueSize} is not the {prepared.Offset + used - offsetBefore} bytes consumed");
+        // A fragment consumes at least 8 bytes (one state granule).
+        int consumed = prepared.Offset + Math.Max(used, 8) - offsetBefore;
+        Check(f.TrueSize == consumed, $"commit's true size {f.TrueSize} is not the {consumed} bytes consumed");
         CheckFragment(cache, f, used, align);
 
         // Kept back for a while: the next bytes may extend it (commit_noref).
@@ -276,7 +278,7 @@ internal sealed class OwnerWorker
     {
         int min = SmallSize();
         int offset = cache.Offset;
-        bool expected = cache.CurrentPageSize > 0 && offset + min <= cache.CurrentPageSize;
+        bool expected = cache.CurrentPageSize > 0 && offset + Math.Max(min, 8) <= cache.CurrentPageSize;
         long pages = cache.PagesAllocated;
         Check(cache.TryProbe(min, out PreparedFragment probed) == expected, "probe's answer does not match the room left");
         Check(cache.PagesAllocated == pages && cache.Offset == offset, "probe moved the cache");
@@ -288,7 +290,7 @@ internal sealed class OwnerWorker
         Page page = f.Page;
         Check(f.Length == size && f.TrueSize >= size, $"{f} does not have the {size} bytes asked for");
         Check(f.PageOffset >= 0 && f.PageOffset + f.Length <= page.Length, $"{f} is not inside its page");
-        Check(page == cache.CurrentPage && cache.Offset == f.PageOffset + f.Length, $"{f} is not the cache's last fragment");
+        Check(page == cache.CurrentPage && cache.Offset == f.PageOffset + Math.Max(f.Length, 8), $"{f} is not the cache's last fragment");
         Check(align == 0 || f.Address % align == 0, $"{f} is not aligned to {align}");
 
         // The page's count is the bias plus one per fragment still out, and this one is out.

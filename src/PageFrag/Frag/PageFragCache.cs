@@ -27,16 +27,26 @@ namespace PageFrag.Frag;
 /// reaches zero every fragment is already free and the page is reused in place (unless it came from the
 /// emergency reserve); otherwise the last fragment freed returns the page.</para>
 /// <para><b>Threading.</b> The allocation side (every <c>Try…</c>, <c>Commit…</c>, <see cref="Abort"/>,
-/// <see cref="Drain"/>) belongs to one thread at a time, as the kernel's per-CPU and per-task caches do,
-/// and takes no lock. <see cref="Free(in PageFragment)"/> and <see cref="Free(nint)"/> are safe from any
-/// thread. Callers without an owner context use <see cref="ForCurrentThread"/> (the kernel's
-/// <c>current-&gt;task_frag</c>).</para>
+/// <see cref="Drain"/>, <see cref="FreeLocal"/>, <see cref="Dispose"/>) belongs to one thread at a time, as
+/// the kernel's per-CPU and per-task caches do, and takes no lock (the owner rule). In the detection mode
+/// (<see cref="PageAllocatorOptions.DetectMisuse"/>) every such call checks that no other thread is inside
+/// the cache at the same time, and that the cache of <see cref="ForCurrentThread"/> is used on its own
+/// thread. <see cref="Free(in PageFragment)"/> and <see cref="Free(nint)"/> are safe from any thread.
+/// Callers without an owner context use <see cref="ForCurrentThread"/> (the kernel's
+/// <c>current-&gt;task_frag</c>); async code uses a cache of its own per connection or pipe.</para>
+/// <para><b>One release wins.</b> Each fragment start has a state byte in its arena; every release (free
+/// by handle or address, <see cref="FreeLocal"/>, <see cref="Abort"/>) clears it with one compare-and-swap,
+/// so of two racing releases exactly one wins and the other throws <see cref="PageFragDoubleFreeException"/>.
+/// A fragment consumes at least 8 bytes of its page, so that two fragment starts never share a state byte.</para>
+/// <para><b>Lifetime.</b> <see cref="Dispose"/> drains the cache; a cache collected without
+/// <see cref="Dispose"/> or <see cref="Drain"/> gives its page back from its finalizer and reports the leak
+/// through the <c>PageFrag</c> event source.</para>
 /// <para><b>Sizes.</b> Requests are meant to be at most 4096 bytes. Requests from 4097 to 32768 bytes
 /// succeed while the cache holds an order-3 page with room; on an order-0 page (memory was too fragmented
 /// for order 3) they fail and the page is kept, as in the kernel. Above 32768 bytes a request can never
 /// succeed and is rejected with <see cref="ArgumentOutOfRangeException"/>.</para>
 /// </remarks>
-public sealed partial class PageFragCache
+public sealed partial class PageFragCache : IDisposable
 {
     /// <summary>The largest request a cache accepts: 32768 bytes (an order-3 page).</summary>
     public const int MaxFragmentSize = PageConstants.FragCacheMaxSize;
@@ -47,17 +57,27 @@ public sealed partial class PageFragCache
     // PAGE_FRAG_CACHE_MAX_SIZE: the reference count added to a fresh page at once.
     private const int RefBias = PageConstants.FragCacheMaxSize;
 
-    // Fragments shorter than this share double-free granules with their neighbours and are not marked.
-    private const int MarkGranule = 1 << Arena.MarkShift;
+    // The least a fragment consumes of its page: one state granule, so that two starts never share one.
+    private const int MarkGranule = Arena.MarkGranule;
+
+    private const string OwnerRule =
+        "a PageFragCache's allocation side belongs to one thread at a time: do not share a cache between threads " +
+        "that may use it at once, and do not keep PageFragCache.ForCurrentThread across an await (use one cache per " +
+        "connection or pipe instead)";
 
     [ThreadStatic]
     private static ThreadCacheHolder? s_threadCache;
 
     private readonly PageAllocator _allocator;
     private readonly AllocFlags _flags;
-    private readonly bool _detectDoubleFree;
+    private readonly bool _detectMisuse;
+
+    // ForCurrentThread's cache: the managed id of its thread (checked in the detection mode); 0 otherwise.
+    private readonly int _ownerThread;
 
     private Arena? _arena;
+    private byte[]? _states;
+    private byte _tag;
     private int _pageIndex;
     private int _pageStart;
     private int _size;
@@ -67,6 +87,9 @@ public sealed partial class PageFragCache
     private bool _pfmemalloc;
     private long _pagesAllocated;
     private long _pagesReused;
+    private int _inUse;
+    private bool _disposed;
+    private string? _pageStack;
 
     /// <summary>Creates an empty cache; the first allocation takes a page.</summary>
     /// <param name="allocator">Where pages come from; <see cref="PageAllocator.Shared"/> when null.</param>
@@ -84,13 +107,43 @@ public sealed partial class PageFragCache
 
         _allocator = allocator ?? PageAllocator.Shared;
         _flags = flags;
-        _detectDoubleFree = _allocator.DetectDoubleFree;
+        _detectMisuse = _allocator.DetectMisuse;
+    }
+
+    private PageFragCache(int ownerThread)
+        : this(PageAllocator.Shared)
+    {
+        _ownerThread = ownerThread;
+    }
+
+    /// <summary>
+    /// The safety net: a cache collected while it still held a page gives the page's remaining references
+    /// back, as <see cref="Drain"/> would, and reports the leak (<c>PageFragEventSource.LeakReclaimed</c>,
+    /// with the refill's stack in the detection mode).
+    /// </summary>
+    ~PageFragCache()
+    {
+        int size = _size;
+        if (_arena is not null)
+        {
+            DrainCore();
+            PageFragEventSource.Log.LeakReclaimed(nameof(PageFragCache), 1, size, _pageStack ?? "");
+        }
     }
 
     /// <summary>
     /// This thread's own cache over <see cref="PageAllocator.Shared"/>, created on first use (the kernel's
     /// <c>current-&gt;task_frag</c>). Its page is drained when the thread is gone and the cache collected.
     /// </summary>
+    /// <remarks>
+    /// Use it only in synchronous code, and do not keep it in a field or across an <c>await</c>: the
+    /// continuation may run on another thread while this thread uses the same cache, which breaks the owner
+    /// rule (two threads in one cache hand out the same bytes twice). Async code (a connection, a pipe, a
+    /// <c>FragBufferWriter</c> that lives across awaits) creates one <see cref="PageFragCache"/> of its own,
+    /// used by one logical flow at a time, and disposes it at the end. In the detection mode a use of this
+    /// cache on another thread throws <see cref="InvalidOperationException"/> naming the owner rule.
+    /// <see cref="Dispose"/> of this cache only drains it: the thread keeps using it.
+    /// </remarks>
     public static PageFragCache ForCurrentThread => (s_threadCache ??= new ThreadCacheHolder()).Cache;
 
     /// <summary>The allocator the cache takes pages from.</summary>
@@ -123,14 +176,12 @@ public sealed partial class PageFragCache
     public bool TryAlloc(int size, out PageFragment fragment)
     {
         CheckSize(size, nameof(size));
-        if (!TryReserve(size, 0, out int offset))
+        if (_detectMisuse)
         {
-            fragment = default;
-            return false;
+            return TryAllocChecked(size, 0, out fragment);
         }
 
-        fragment = Take(offset, size);
-        return true;
+        return TryAllocCore(size, 0, out fragment);
     }
 
     /// <summary>
@@ -144,14 +195,40 @@ public sealed partial class PageFragCache
     {
         CheckSize(size, nameof(size));
         int mask = AlignMask(alignment);
-        if (!TryReserve(size, mask, out int offset))
+        if (_detectMisuse)
+        {
+            return TryAllocChecked(size, mask, out fragment);
+        }
+
+        return TryAllocCore(size, mask, out fragment);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool TryAllocCore(int size, int alignMask, out PageFragment fragment)
+    {
+        int consumed = size < MarkGranule ? MarkGranule : size;
+        if (!TryReserve(consumed, alignMask, out int offset))
         {
             fragment = default;
             return false;
         }
 
-        fragment = Take(offset, size);
+        fragment = Take(offset, size, consumed);
         return true;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool TryAllocChecked(int size, int alignMask, out PageFragment fragment)
+    {
+        Enter();
+        try
+        {
+            return TryAllocCore(size, alignMask, out fragment);
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>
@@ -179,14 +256,23 @@ public sealed partial class PageFragCache
     {
         CheckSize(minSize, nameof(minSize));
         int mask = AlignMask(alignment);
-        if (!TryReserve(minSize, mask, out int offset))
+        Enter();
+        try
         {
-            prepared = default;
-            return false;
-        }
+            // At least one granule, so that a commit of fewer than 8 bytes still fits its minimum consumption.
+            if (!TryReserve(Math.Max(minSize, MarkGranule), mask, out int offset))
+            {
+                prepared = default;
+                return false;
+            }
 
-        prepared = new PreparedFragment(_arena!, _pageIndex, _generation, offset, _size - offset);
-        return true;
+            prepared = new PreparedFragment(_arena!, _pageIndex, _generation, offset, _size - offset);
+            return true;
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>
@@ -206,8 +292,13 @@ public sealed partial class PageFragCache
         CheckSize(minSize, nameof(minSize));
         int mask = AlignMask(alignment);
         int offset = (_offset + mask) & ~mask;
-        if (_arena is null || offset + minSize > _size)
+        if (_arena is null || offset + Math.Max(minSize, MarkGranule) > _size)
         {
+            if (_disposed)
+            {
+                ThrowDisposed();
+            }
+
             prepared = default;
             return false;
         }
@@ -226,8 +317,16 @@ public sealed partial class PageFragCache
     /// <exception cref="InvalidOperationException">The preparation is stale: the cache moved to another page or past its offset.</exception>
     public PageFragment Commit(in PreparedFragment prepared, int usedSize)
     {
-        CheckPrepared(prepared, usedSize);
-        return Take(prepared.Offset, usedSize);
+        Enter();
+        try
+        {
+            CheckPrepared(prepared, usedSize);
+            return Take(prepared.Offset, usedSize, usedSize < MarkGranule ? MarkGranule : usedSize);
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>
@@ -240,6 +339,19 @@ public sealed partial class PageFragCache
     /// no one).
     /// </exception>
     public int CommitNoRef(in PreparedFragment prepared, int usedSize)
+    {
+        Enter();
+        try
+        {
+            return CommitNoRefCore(prepared, usedSize);
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    private int CommitNoRefCore(in PreparedFragment prepared, int usedSize)
     {
         CheckPrepared(prepared, usedSize);
         if (_bias > RefBias)
@@ -260,14 +372,11 @@ public sealed partial class PageFragCache
     /// <exception cref="InvalidOperationException">Stale preparation, or <paramref name="previous"/> does not end where it starts.</exception>
     public int CommitNoRef(in PreparedFragment prepared, int usedSize, ref PageFragment previous)
     {
-        CheckPrepared(prepared, usedSize);
-        if (!CanCoalesce(prepared, previous))
+        if (!TryCommitNoRef(prepared, usedSize, ref previous))
         {
             ThrowHelper.InvalidOperation("The previous fragment does not end where the preparation starts, so the new bytes cannot be coalesced with it.");
         }
 
-        _offset = prepared.Offset + usedSize;
-        previous = new PageFragment(_arena!, previous.ArenaOffset, previous.Length + usedSize, previous.TrueSize + usedSize, _generation);
         return usedSize;
     }
 
@@ -283,15 +392,24 @@ public sealed partial class PageFragCache
     /// <exception cref="InvalidOperationException">The preparation is stale.</exception>
     public bool TryCommitNoRef(in PreparedFragment prepared, int usedSize, ref PageFragment previous)
     {
-        CheckPrepared(prepared, usedSize);
-        if (!CanCoalesce(prepared, previous))
+        Enter();
+        try
         {
-            return false;
-        }
+            CheckPrepared(prepared, usedSize);
+            if (!CanCoalesce(prepared, previous))
+            {
+                return false;
+            }
 
-        _offset = prepared.Offset + usedSize;
-        previous = new PageFragment(_arena!, previous.ArenaOffset, previous.Length + usedSize, previous.TrueSize + usedSize, _generation);
-        return true;
+            // Bounded: usedSize <= prepared.Size and previous lies on this page, so both sums stay below a page.
+            _offset = prepared.Offset + usedSize;
+            previous = new PageFragment(_arena!, previous.ArenaOffset, previous.Length + usedSize, previous.TrueSize + usedSize, _generation);
+            return true;
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     private bool CanCoalesce(in PreparedFragment prepared, in PageFragment previous) =>
@@ -299,15 +417,18 @@ public sealed partial class PageFragCache
         // reference, and an aligned preparation may start exactly where such a fragment used to end.
         // And previous must start on the cache's page: a fragment that ends its own block is address-contiguous
         // with the next block, which may be the cache's page with an equal generation number.
+        // A fragment shorter than a granule consumed a whole granule, so it never ends at the offset.
         ReferenceEquals(previous.Arena, _arena) && previous.Generation == _generation &&
         prepared.Offset == _offset && previous.ArenaOffset >= _pageStart &&
-        previous.ArenaOffset + previous.Length == _pageStart + prepared.Offset;
+        (long)previous.ArenaOffset + previous.Length == _pageStart + prepared.Offset;
 
     /// <summary>
     /// Undoes the most recent allocation or commit of this cache (page_frag_alloc_abort): the bytes and
-    /// the reference go back to the cache, and the handle is dead: freeing it afterwards is a bug that, as
-    /// in the kernel, is not detected. As the reviewer of the kernel series asked, the fragment itself is
-    /// passed and checked.
+    /// the reference go back to the cache, and the handle is dead: freeing it afterwards throws
+    /// <see cref="PageFragDoubleFreeException"/> (the kernel does not detect it). As the reviewer of the kernel
+    /// series asked, the fragment itself is passed and checked. The abort is a release like a free: it clears
+    /// the fragment's state with one compare-and-swap, so an abort racing a free of a copy of the handle
+    /// loses or wins as a whole.
     /// </summary>
     /// <exception cref="ArgumentException">The fragment is empty.</exception>
     /// <exception cref="InvalidOperationException">The fragment is not the most recent one of this cache.</exception>
@@ -319,19 +440,32 @@ public sealed partial class PageFragCache
             ThrowHelper.Argument(nameof(fragment), "The fragment is empty: it came from a failed or default allocation.");
         }
 
-        if (!ReferenceEquals(fragment.Arena, _arena) || fragment.Generation != _generation ||
-            fragment.ArenaOffset + fragment.Length != _pageStart + _offset || fragment.TrueSize > _offset)
+        Enter();
+        try
         {
-            ThrowHelper.InvalidOperation("Only the most recent allocation of this cache can be aborted, and this fragment is not it.");
-        }
+            if (!ReferenceEquals(fragment.Arena, _arena) || fragment.Generation != _generation ||
+                (long)fragment.ArenaOffset + Math.Max(fragment.Length, MarkGranule) != _pageStart + _offset || fragment.TrueSize > _offset)
+            {
+                if (_disposed)
+                {
+                    ThrowDisposed();
+                }
 
-        if (_detectDoubleFree && fragment.Length >= MarkGranule && IsMarkedFreed(fragment.Arena, fragment.ArenaOffset))
+                ThrowHelper.InvalidOperation("Only the most recent allocation of this cache can be aborted, and this fragment is not it.");
+            }
+
+            if (!Arena.TryRelease(_states!, fragment.ArenaOffset >> Arena.MarkShift, Arena.LiveTag(_generation, fragment.ArenaOffset)))
+            {
+                ThrowHelper.DoubleFree("The fragment was already freed and cannot be aborted.");
+            }
+
+            _bias++;
+            _offset -= fragment.TrueSize;
+        }
+        finally
         {
-            ThrowHelper.DoubleFree("The fragment was already freed and cannot be aborted.");
+            Exit();
         }
-
-        _bias++;
-        _offset -= fragment.TrueSize;
     }
 
     /// <summary>
@@ -345,9 +479,48 @@ public sealed partial class PageFragCache
             return;
         }
 
-        if (Interlocked.Add(ref _arena.Pages[_pageIndex].RefCount, -_bias) == 0)
+        Enter();
+        try
         {
-            _allocator.ReleaseBlock(_arena, _pageIndex);
+            DrainCore();
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// Drains the cache and retires it (the cache of <see cref="ForCurrentThread"/> is only drained). Fragments
+    /// still out stay valid and can be freed as usual; any later allocation-side call throws
+    /// <see cref="ObjectDisposedException"/>. A second call does nothing.
+    /// </summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        Drain();
+        if (_ownerThread == 0)
+        {
+            _disposed = true;
+            GC.SuppressFinalize(this);
+        }
+    }
+
+    private void DrainCore()
+    {
+        Arena? arena = _arena;
+        if (arena is null)
+        {
+            return;
+        }
+
+        if (Interlocked.Add(ref arena.Pages[_pageIndex].RefCount, -_bias) == 0)
+        {
+            _allocator.ReleaseBlock(arena, _pageIndex);
         }
 
         Forget();
@@ -371,10 +544,15 @@ public sealed partial class PageFragCache
         ref PageDescriptor d = ref arena.Pages[head];
         if (d.Generation != fragment.Generation || (d.Flags & PageFlags.Head) == 0)
         {
-            ThrowHelper.DoubleFree("The fragment's page was already returned to the allocator or reused: the fragment was freed before.");
+            ThrowStaleFree();
         }
 
-        MarkFreedOrThrow(arena, in fragment);
+        // The release itself: one compare-and-swap of the state byte, tagged with the handle's generation, so
+        // a stale handle cannot clear the byte of a newer fragment even if the page was reused just now.
+        if (!Arena.TryRelease(arena.FragStates, fragment.ArenaOffset >> Arena.MarkShift, Arena.LiveTag(fragment.Generation, fragment.ArenaOffset)))
+        {
+            ThrowDoubleFree();
+        }
 
         PageAllocator.PutBlockRef(arena, head);
     }
@@ -388,18 +566,36 @@ public sealed partial class PageFragCache
     /// <remarks>
     /// Not in the kernel, whose <c>page_frag_free</c> always does an atomic decrement. Like every instance
     /// member it must only be called by the cache's owner; fragments freed by other threads use the static
-    /// <see cref="Free(in PageFragment)"/>. The double-free check is the same as the static one's.
+    /// <see cref="Free(in PageFragment)"/>. The release is decided by the same compare-and-swap of the
+    /// fragment's state as the static free's (a copy of the handle may be freed elsewhere at the same time);
+    /// only the page's count is settled without an atomic.
     /// </remarks>
     /// <exception cref="ArgumentException">The fragment is empty.</exception>
     /// <exception cref="PageFragDoubleFreeException">The fragment was already freed, or its page was returned or reused since.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void FreeLocal(in PageFragment fragment)
     {
+        if (_detectMisuse)
+        {
+            FreeLocalChecked(fragment);
+            return;
+        }
+
+        FreeLocalCore(fragment);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void FreeLocalCore(in PageFragment fragment)
+    {
         // An empty fragment never matches: its arena is null only when ours is too, and then _size is 0.
         if (ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
             (uint)(fragment.ArenaOffset - _pageStart) < (uint)_size)
         {
-            MarkFreedOrThrow(_arena!, in fragment);
+            if (!Arena.TryRelease(_states!, fragment.ArenaOffset >> Arena.MarkShift, Arena.LiveTag(_generation, fragment.ArenaOffset)))
+            {
+                ThrowDoubleFree();
+            }
+
             _bias++;
             return;
         }
@@ -407,12 +603,40 @@ public sealed partial class PageFragCache
         Free(in fragment);
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FreeLocalChecked(in PageFragment fragment)
+    {
+        Enter();
+        try
+        {
+            FreeLocalCore(fragment);
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
     /// <summary>
     /// Frees the fragment that starts at <paramref name="address"/>, whichever cache or allocator it came
     /// from (page_frag_free(va)). Safe from any thread; finding the page is constant time and lock-free.
     /// </summary>
-    /// <exception cref="ArgumentException">No arena of this process owns the address.</exception>
-    /// <exception cref="PageFragDoubleFreeException">The fragment at that address was already freed.</exception>
+    /// <remarks>
+    /// Only the exact start of a live fragment of a fragment cache's page is accepted: an address inside a
+    /// fragment, in the part of a page not carved yet, on a page from <see cref="PageAllocator.TryAllocPages"/>
+    /// or on a page pool's page is refused and nothing changes. One limit remains, shared with the kernel's
+    /// <c>page_frag_free(va)</c>: after the page was reused in place, an old address that is again the start of
+    /// a live fragment cannot be told from the new fragment by its address alone, and frees the new one. Free by
+    /// handle (<see cref="Free(in PageFragment)"/>) where that matters: a handle knows its page's generation.
+    /// </remarks>
+    /// <exception cref="ArgumentException">
+    /// No arena of this process owns the address, it is on a page that is not a fragment cache's, or it is
+    /// inside a live fragment rather than at its start.
+    /// </exception>
+    /// <exception cref="PageFragDoubleFreeException">
+    /// No live fragment starts at that address: it was already freed, or it was never a fragment start (for
+    /// example the uncarved tail of a page), or its page was already returned.
+    /// </exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Free(nint address)
     {
@@ -435,9 +659,18 @@ public sealed partial class PageFragCache
             ThrowPoolPage(address);
         }
 
-        if (!d.TinyFragments && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, offset))
+        byte[] states = arena.FragStates;
+        if (!d.FragmentCachePage)
         {
-            ThrowDoubleFreeAt(address);
+            ThrowNotFragmentPage(address);
+        }
+
+        // The page's current generation: a live fragment on it carries that tag. If the page moves on between
+        // this read and the swap, the tag no longer matches and the free is refused.
+        int granule = offset >> Arena.MarkShift;
+        if (!Arena.TryRelease(states, granule, Arena.LiveTag(d.Generation, offset)))
+        {
+            ThrowNotLiveStart(address, Volatile.Read(ref states[granule]), offset);
         }
 
         PageAllocator.PutBlockRef(arena, head);
@@ -448,6 +681,8 @@ public sealed partial class PageFragCache
 
     // ------------------------------------------------------------------ internals
 
+    // No sum here can wrap: size <= 32768 and alignMask < 4096 were checked by every caller, and
+    // _offset <= _size <= 32768.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool TryReserve(int size, int alignMask, out int offset)
     {
@@ -460,18 +695,28 @@ public sealed partial class PageFragCache
         return TryRefillSlow(size, out offset);
     }
 
+    /// <summary>
+    /// Hands out the bytes at <paramref name="offset"/>: writes the fragment's live state (a plain byte store:
+    /// only the owner writes live states, and a byte store never touches a neighbour's byte) and takes a
+    /// reference from the bias. <paramref name="consumed"/> is <paramref name="size"/>, or 8 for shorter fragments.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private PageFragment Take(int offset, int size)
+    private PageFragment Take(int offset, int size, int consumed)
     {
-        if (size < MarkGranule)
+        int start = _pageStart + offset;
+        ref byte state = ref _states![start >> Arena.MarkShift];
+        if (state != 0)
         {
-            _arena!.Pages[_pageIndex].TinyFragments = true;
+            // Every fragment of this page after the cache's offset is in the future; a live one there means two
+            // threads carved the page at once.
+            ThrowOwnerRuleOverlap();
         }
 
-        int trueSize = offset + size - _offset;
+        state = (byte)(_tag | ((start & 7) << 4));
+        int trueSize = offset + consumed - _offset;
         _bias--;
-        _offset = offset + size;
-        return new PageFragment(_arena!, _pageStart + offset, size, trueSize, _generation);
+        _offset = offset + consumed;
+        return new PageFragment(_arena!, start, size, trueSize, _generation);
     }
 
     /// <summary>The page has no room for <paramref name="size"/>: give it back or reuse it, then refill.</summary>
@@ -479,6 +724,11 @@ public sealed partial class PageFragCache
     private bool TryRefillSlow(int size, out int offset)
     {
         offset = 0;
+        if (_disposed)
+        {
+            ThrowDisposed();
+        }
+
         if (_arena is not null)
         {
             if (size > PageConstants.PageSize && _size == PageConstants.PageSize)
@@ -496,7 +746,6 @@ public sealed partial class PageFragCache
                     // Every fragment is already free: reuse the page in place. Nobody else can see it now.
                     Volatile.Write(ref d.RefCount, RefBias + 1);
                     d.Generation++;
-                    d.TinyFragments = false;
                     StartPage(d.Generation);
                     _pagesReused++;
                     Debug.Assert(size <= _size);
@@ -521,6 +770,8 @@ public sealed partial class PageFragCache
         // The page came with a count of 1; add the bias with an atomic add rather than a plain store, so that
         // a concurrent speculative reference taker (get_page_unless_zero) can never be overwritten.
         Interlocked.Add(ref nd.RefCount, RefBias);
+        nd.FragmentCachePage = true;
+        _states = arena.FragStates;
         _arena = arena;
         _pageIndex = index;
         _pageStart = index << PageConstants.PageShift;
@@ -528,6 +779,11 @@ public sealed partial class PageFragCache
         _pfmemalloc = (nd.Flags & PageFlags.PfMemalloc) != 0;
         StartPage(nd.Generation);
         _pagesAllocated++;
+        if (_detectMisuse)
+        {
+            _pageStack = Environment.StackTrace;
+        }
+
         return size <= _size;
     }
 
@@ -536,10 +792,11 @@ public sealed partial class PageFragCache
         _bias = RefBias + 1;
         _offset = 0;
         _generation = generation;
-        if (_detectDoubleFree)
-        {
-            _arena!.ClearFreeMarks(_pageStart, _size);
-        }
+        _tag = Arena.LiveTag(generation, 0);
+
+        // Every release clears its fragment's state before it drops its page reference, so a page whose count
+        // reached zero (a fresh one, or one reused in place) has no live state left: nothing to clear.
+        Debug.Assert(Arena.NoLiveFragments(_states!, _pageStart, _size), "a page starts carving with no live fragment state");
     }
 
     private void Forget()
@@ -548,29 +805,6 @@ public sealed partial class PageFragCache
         _size = 0;
         _offset = 0;
         _bias = 0;
-    }
-
-    /// <summary>Sets the "freed" mark of the fragment at <paramref name="arenaOffset"/>; false on a double free.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static bool TryMarkFreed(Arena arena, int arenaOffset) => Arena.TrySetFreeMark(arena.FreeMarks, arenaOffset);
-
-    /// <summary>
-    /// The double-free check of a free by handle (static or owner's): marks the fragment freed, or throws
-    /// when it already was. Fragments shorter than a mark granule share granules and are not marked.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MarkFreedOrThrow(Arena arena, in PageFragment fragment)
-    {
-        if (fragment.Length >= MarkGranule && arena.Owner.DetectDoubleFree && !TryMarkFreed(arena, fragment.ArenaOffset))
-        {
-            ThrowHelper.DoubleFree("The fragment was already freed.");
-        }
-    }
-
-    private static bool IsMarkedFreed(Arena arena, int arenaOffset)
-    {
-        int granule = arenaOffset >> Arena.MarkShift;
-        return (Volatile.Read(ref arena.FreeMarks[granule >> 6]) & (1L << (granule & 63))) != 0;
     }
 
     [DoesNotReturn]
@@ -600,8 +834,76 @@ public sealed partial class PageFragCache
 
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void ThrowDoubleFreeAt(nint address) =>
-        ThrowHelper.DoubleFree($"The fragment at 0x{address:x} was already freed.");
+    private static void ThrowNotFragmentPage(nint address) =>
+        ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is on a page that no fragment cache carves (for example a page from TryAllocPages): it is not a fragment.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowNotLiveStart(nint address, byte state, int offset)
+    {
+        if (state != 0 && ((state >> 4) & 7) != (offset & 7))
+        {
+            ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is inside a fragment, not at its start: free a fragment by the address of its first byte.");
+        }
+
+        ThrowHelper.DoubleFree($"No live fragment starts at 0x{address:x}: it was already freed, or it was never the start of a fragment (an address inside a fragment or in the uncarved part of its page).");
+    }
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowStaleFree() =>
+        ThrowHelper.DoubleFree("The fragment's page was already returned to the allocator or reused: the fragment was freed before. " +
+            "If it was freed only once, the likely cause is a broken owner rule: " + OwnerRule + ".");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowDoubleFree() =>
+        ThrowHelper.DoubleFree("The fragment was already freed. If it was freed only once, the likely cause is a broken owner rule " +
+            "(two threads in one cache handed out the same bytes twice): " + OwnerRule + ".");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowOwnerRuleOverlap() =>
+        ThrowHelper.InvalidOperation("The cache was about to hand out bytes that another fragment already holds: " + OwnerRule + ".");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowDisposed() => ThrowHelper.ObjectDisposed(nameof(PageFragCache));
+
+    /// <summary>Detection mode: enters the allocation side, or throws when the owner rule is broken.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Enter()
+    {
+        if (_detectMisuse)
+        {
+            EnterChecked();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Exit()
+    {
+        if (_detectMisuse)
+        {
+            Volatile.Write(ref _inUse, 0);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void EnterChecked()
+    {
+        int thread = Environment.CurrentManagedThreadId;
+        if (_ownerThread != 0 && thread != _ownerThread)
+        {
+            ThrowHelper.InvalidOperation($"The cache of PageFragCache.ForCurrentThread for thread {_ownerThread} is used on thread {thread} " +
+                "(was it kept across an await?): " + OwnerRule + ".");
+        }
+
+        if (Interlocked.Exchange(ref _inUse, 1) != 0)
+        {
+            ThrowHelper.InvalidOperation("Two threads used the cache at the same time: " + OwnerRule + ".");
+        }
+    }
 
     private void CheckPrepared(in PreparedFragment prepared, int usedSize)
     {
@@ -612,12 +914,19 @@ public sealed partial class PageFragCache
 
         if (!ReferenceEquals(prepared.Arena, _arena) || prepared.PageIndex != _pageIndex || prepared.Generation != _generation)
         {
-            ThrowHelper.InvalidOperation("The preparation is stale: the cache has moved to another page since it was made.");
+            if (_disposed)
+            {
+                ThrowDisposed();
+            }
+
+            ThrowHelper.InvalidOperation("The preparation is stale: the cache has moved to another page since it was made. " +
+                "If this code made no other call on the cache in between, the likely cause is a broken owner rule: " + OwnerRule + ".");
         }
 
         if (prepared.Offset < _offset)
         {
-            ThrowHelper.InvalidOperation("The preparation is stale: the cache has already handed out bytes past its offset.");
+            ThrowHelper.InvalidOperation("The preparation is stale: the cache has already handed out bytes past its offset. " +
+                "If this code made no other call on the cache in between, the likely cause is a broken owner rule: " + OwnerRule + ".");
         }
 
         Debug.Assert(prepared.Offset + prepared.Size == _size, "a preparation always reaches the end of its page");
@@ -650,8 +959,16 @@ public sealed partial class PageFragCache
     /// <summary>Owns a thread's cache; when the thread is gone and this is collected, the page is drained.</summary>
     private sealed class ThreadCacheHolder
     {
-        public readonly PageFragCache Cache = new(PageAllocator.Shared);
+        public readonly PageFragCache Cache;
 
-        ~ThreadCacheHolder() => Cache.Drain();
+        public ThreadCacheHolder()
+        {
+            // The holder, not the cache, gives the page back when the thread is gone: that is the expected end
+            // of a thread's cache, not a leak to report.
+            Cache = new PageFragCache(Environment.CurrentManagedThreadId);
+            GC.SuppressFinalize(Cache);
+        }
+
+        ~ThreadCacheHolder() => Cache.DrainCore();
     }
 }

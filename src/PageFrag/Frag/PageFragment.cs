@@ -12,8 +12,12 @@ namespace PageFrag.Frag;
 /// <see cref="Memory"/>, <see cref="ArraySegment"/> (which <c>MemoryMarshal.TryGetArray</c> also returns)
 /// and as a raw pointer (<see cref="Address"/>), all valid until the fragment is freed.</para>
 /// <para>Freeing is safe from any thread. Copies of the handle are the same fragment: free exactly one of
-/// them, once. A second free throws <see cref="PageFragDoubleFreeException"/> (see
-/// <see cref="PageAllocatorOptions.DetectDoubleFree"/> for the exact coverage).</para>
+/// them, once. A second free, also a racing one, always throws <see cref="PageFragDoubleFreeException"/>.</para>
+/// <para>Use after free: in the detection mode (<see cref="PageAllocatorOptions.DetectMisuse"/>),
+/// <see cref="Span"/>, <see cref="Memory"/>, <see cref="ArraySegment"/> and <see cref="Pointer"/> of a freed,
+/// aborted or stale handle throw <see cref="InvalidOperationException"/>. In the default mode they are not
+/// checked (a freed handle's bytes may already belong to another owner). <see cref="Address"/> is never
+/// checked: it is the fragment's identity (for <see cref="PageFragCache.Free(nint)"/>, logs), not access.</para>
 /// </remarks>
 public readonly struct PageFragment : IEquatable<PageFragment>
 {
@@ -51,23 +55,41 @@ public readonly struct PageFragment : IEquatable<PageFragment>
     public nint Address => NonEmpty.BaseAddress + ArenaOffset;
 
     /// <summary>The fragment's bytes.</summary>
+    /// <exception cref="InvalidOperationException">The handle is empty, or (detection mode) the fragment was freed.</exception>
     public Span<byte> Span
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => NonEmpty.GetSpan(ArenaOffset, _length);
+        get => Accessible.GetSpan(ArenaOffset, _length);
     }
 
     /// <summary>The fragment's bytes as memory over the pinned backing array.</summary>
-    public Memory<byte> Memory => new(NonEmpty.Array, Arena!.ArrayOffset + ArenaOffset, _length);
+    /// <exception cref="InvalidOperationException">The handle is empty, or (detection mode) the fragment was freed.</exception>
+    public Memory<byte> Memory
+    {
+        get
+        {
+            Arena a = Accessible;
+            return new(a.Array, a.ArrayOffset + ArenaOffset, _length);
+        }
+    }
 
     /// <summary>The fragment as a segment of the pinned backing array.</summary>
-    public ArraySegment<byte> ArraySegment => new(NonEmpty.Array, Arena!.ArrayOffset + ArenaOffset, _length);
+    /// <exception cref="InvalidOperationException">The handle is empty, or (detection mode) the fragment was freed.</exception>
+    public ArraySegment<byte> ArraySegment
+    {
+        get
+        {
+            Arena a = Accessible;
+            return new(a.Array, a.ArrayOffset + ArenaOffset, _length);
+        }
+    }
 
     /// <summary>The page block that holds the fragment.</summary>
     public Page Page => new(NonEmpty, NonEmpty.Pages[ArenaOffset >> PageConstants.PageShift].HeadIndex);
 
     /// <summary>A pointer to the first byte. Valid until the fragment is freed.</summary>
-    public unsafe byte* Pointer => (byte*)Address;
+    /// <exception cref="InvalidOperationException">The handle is empty, or (detection mode) the fragment was freed.</exception>
+    public unsafe byte* Pointer => (byte*)(Accessible.BaseAddress + ArenaOffset);
 
     /// <summary>Drops the fragment's page reference (page_frag_free). Any thread.</summary>
     /// <exception cref="ArgumentException">The handle is empty.</exception>
@@ -86,6 +108,34 @@ public readonly struct PageFragment : IEquatable<PageFragment>
             }
 
             return a;
+        }
+    }
+
+    /// <summary>The arena, for an access to the bytes: in the detection mode, only while the fragment is live.</summary>
+    private Arena Accessible
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            Arena a = NonEmpty;
+            if (a.DetectMisuse)
+            {
+                CheckLive(a);
+            }
+
+            return a;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckLive(Arena arena)
+    {
+        ref PageDescriptor d = ref arena.Pages[arena.Pages[ArenaOffset >> PageConstants.PageShift].HeadIndex];
+        if (d.Generation != Generation || (d.Flags & PageFlags.Head) == 0 ||
+            Volatile.Read(ref arena.FragStates[ArenaOffset >> Arena.MarkShift]) != Arena.LiveTag(Generation, ArenaOffset))
+        {
+            ThrowHelper.InvalidOperation($"Use after free: the fragment at 0x{arena.BaseAddress + ArenaOffset:x} was freed or aborted, or its page moved on, " +
+                "so its bytes may belong to another owner now.");
         }
     }
 

@@ -14,7 +14,7 @@ namespace PageFrag.Pages;
 ///  ├─ up to min(ArenaSize, 32 KiB) of slack so that page 0 starts on a BlockAlignment address
 ///  ├─ page 0 │ page 1 │ … │ page N-1            BaseAddress + i * 4096
 ///  Pages[i]   descriptor of page i (refcount, order, head index, …)
-///  FreeMarks  one bit per 8 bytes: "the fragment that starts here was freed" (double-free check)
+///  FragStates one byte per 8 bytes: 0, or the live tag of the fragment that starts there
 ///  FreeHeads  per order, the first free block (-1 for none); blocks are linked through Next/Prev
 /// </code>
 /// A free block of order k starts at a page index that is a multiple of 2^k, and its buddy is the
@@ -26,8 +26,11 @@ namespace PageFrag.Pages;
 /// </remarks>
 internal sealed unsafe class Arena
 {
-    /// <summary>log2 of the double-free granule (8 bytes).</summary>
+    /// <summary>log2 of the fragment-state granule (8 bytes): one state byte per granule.</summary>
     public const int MarkShift = 3;
+
+    /// <summary>The smallest number of bytes a fragment consumes, so that two fragment starts never share a granule.</summary>
+    public const int MarkGranule = 1 << MarkShift;
 
     /// <summary>
     /// The highest order whose blocks are guaranteed to be naturally aligned in the address space: 3
@@ -49,8 +52,17 @@ internal sealed unsafe class Arena
     public readonly int BlockAlignment;
     public readonly int MaxOrder;
     public readonly PageDescriptor[] Pages;
-    public readonly long[] FreeMarks;
     public readonly int Id;
+
+    /// <summary>Whether the owner runs in the detection mode (<see cref="PageAllocator.DetectMisuse"/>), read by handles.</summary>
+    public readonly bool DetectMisuse;
+
+    /// <summary>
+    /// Fragment states, one byte per 8 bytes of the arena: 0, or <see cref="LiveTag"/> of the live fragment
+    /// (of a fragment cache or a page pool) that starts in that granule. Allocated with the arena (12.5 % of
+    /// its size, on the ordinary heap) so that no fragment path ever allocates.
+    /// </summary>
+    public readonly byte[] FragStates;
 
     private readonly int[] _freeHeads;
     private int _freePages;
@@ -83,7 +95,8 @@ internal sealed unsafe class Arena
         BaseAddress = aligned;
 
         Pages = new PageDescriptor[PageCount];
-        FreeMarks = new long[(byteLength >> MarkShift) / 64];
+        DetectMisuse = owner.DetectMisuse;
+        FragStates = new byte[byteLength >> MarkShift];
         _freeHeads = new int[MaxOrder + 1];
         _freeHeads.AsSpan().Fill(-1);
         for (int i = 0; i < PageCount; i++)
@@ -216,39 +229,48 @@ internal sealed unsafe class Arena
         MemoryMarshal.CreateSpan(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(Array), (nint)(uint)(ArrayOffset + byteOffset)), length);
 
     /// <summary>
-    /// Sets the "freed" mark of the fragment that starts at <paramref name="byteOffset"/> in
-    /// <paramref name="marks"/> (an arena's <see cref="FreeMarks"/>, one bit per 8 bytes); false if it was
-    /// already set (a double free). Used by the fragment cache and by the page pool.
+    /// The state byte of a live fragment that starts at <paramref name="start"/> (any offset with the same
+    /// low 3 bits) on a page of generation <paramref name="generation"/>: bit 7 set, bits 6-4 the start's
+    /// offset within its 8-byte granule (so that a free by address can tell a start from an interior
+    /// address), bits 3-0 the low bits of the generation (so that a stale handle cannot release a newer
+    /// fragment even when the page is reused between its checks).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static byte LiveTag(int generation, int start) => (byte)(0x80 | ((start & 7) << 4) | (generation & 0x0F));
+
+    /// <summary>
+    /// Releases the fragment whose state byte is <paramref name="states"/>[<paramref name="granule"/>]: one
+    /// compare-and-swap from <paramref name="live"/> to 0. True for the one caller that wins; false when the
+    /// byte is not <paramref name="live"/> (already freed, never a fragment start, or a newer fragment of a
+    /// reused page). Used by every release of a fragment cache's and a page pool's fragments.
     /// </summary>
     /// <remarks>
-    /// A plain read-modify-write, not an interlocked one: an atomic here cost a third of the cross-thread
-    /// free rate. The only writers of a mark word are freeing threads (the owner clears a page's words only
-    /// after the page's count reached zero, which happens after every mark of that page was written), so a
-    /// race between two threads freeing neighbours in the same 512 bytes can only lose a mark: a missed
-    /// detection, never a false one.
+    /// .NET 8 has no interlocked operation on a byte, so the containing aligned int is swapped; the loop only
+    /// retries when a neighbouring byte of the same int changed between the read and the swap.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static bool TrySetFreeMark(long[] marks, int byteOffset)
+    public static bool TryRelease(byte[] states, int granule, byte live)
     {
-        int granule = byteOffset >> MarkShift;
-        long bit = 1L << (granule & 63);
-        ref long word = ref marks[granule >> 6];
-        long old = Volatile.Read(ref word);
-        if ((old & bit) != 0)
+        ref int word = ref Unsafe.As<byte, int>(ref states[granule & ~3]);
+        int shift = BitConverter.IsLittleEndian ? (granule & 3) << 3 : (3 - (granule & 3)) << 3;
+        int mask = 0xFF << shift;
+        int expected = live << shift;
+        while (true)
         {
-            return false;
+            int old = Volatile.Read(ref word);
+            if ((old & mask) != expected)
+            {
+                return false;
+            }
+
+            if (Interlocked.CompareExchange(ref word, old & ~mask, old) == old)
+            {
+                return true;
+            }
         }
-
-        word = old | bit;
-        return true;
     }
 
-    /// <summary>Clears the double-free marks of the bytes [byteOffset, byteOffset + length).</summary>
-    public void ClearFreeMarks(int byteOffset, int length)
-    {
-        // Pages are 4 KiB aligned and one mark word covers 512 bytes, so a page never shares a word.
-        int first = byteOffset >> (MarkShift + 6);
-        int count = length >> (MarkShift + 6);
-        System.Array.Clear(FreeMarks, first, Math.Max(count, 1));
-    }
+    /// <summary>True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) (the state a page must have when its carving starts).</summary>
+    public static bool NoLiveFragments(byte[] states, int byteOffset, int length, int shift = MarkShift) =>
+        !states.AsSpan(byteOffset >> shift, Math.Max(1, length >> shift)).ContainsAnyExcept((byte)0);
 }

@@ -62,7 +62,6 @@ public sealed partial class PageAllocator : IDisposable
         _isShared = isShared;
         _arenaSize = options.ArenaSize;
         _faultInjection = options.FaultInjection;
-        DetectDoubleFree = options.DetectDoubleFree;
         DetectMisuse = options.DetectMisuse;
         int arenaPages = _arenaSize >> PageConstants.PageShift;
         if (options.MaxBytes == long.MaxValue)
@@ -96,9 +95,6 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>The highest order a block can have: log2(ArenaSize / 4096).</summary>
     public int MaxOrder { get; }
-
-    /// <summary>Whether fragment frees are checked for double frees (see <see cref="PageAllocatorOptions.DetectDoubleFree"/>).</summary>
-    public bool DetectDoubleFree { get; }
 
     /// <summary>Whether the detection mode is on (see <see cref="PageAllocatorOptions.DetectMisuse"/>).</summary>
     public bool DetectMisuse { get; }
@@ -560,7 +556,7 @@ public sealed partial class PageAllocator : IDisposable
         d.Flags = (pfmemalloc ? PageFlags.Head | PageFlags.PfMemalloc : PageFlags.Head) | kind;
         d.HeadIndex = index;
         d.Generation++;
-        d.TinyFragments = false;
+        d.FragmentCachePage = false;
         d.Pool = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;

@@ -4,8 +4,9 @@ namespace PageFrag.Pages;
 /// Settings of a <see cref="PageAllocator"/>, checked when the allocator is created.
 /// </summary>
 /// <remarks>
-/// Defaults: 4 MiB arenas, no memory limit, no emergency reserve, no fault injection, double-free
-/// detection on.
+/// Defaults: 4 MiB arenas, no memory limit, no emergency reserve, no fault injection, the detection mode
+/// off (on in Debug builds of PageFrag). The double-free check of fragments and pages is always on: of two
+/// racing releases exactly one wins, and the other throws <see cref="PageFragDoubleFreeException"/>.
 /// </remarks>
 public sealed class PageAllocatorOptions
 {
@@ -34,17 +35,6 @@ public sealed class PageAllocatorOptions
 
     /// <summary>Optional fault injection; see <see cref="FaultInjection"/>. Default none.</summary>
     public FaultInjection? FaultInjection { get; init; }
-
-    /// <summary>
-    /// Whether frees of fragments are checked against a per-arena bitmap (one bit per 8 bytes, 1.6 % of
-    /// the arena) so that a second free of the same fragment throws <see cref="PageFragDoubleFreeException"/>
-    /// instead of corrupting the page's reference count. The mark is a plain write, not an atomic one, so
-    /// two threads freeing neighbouring fragments at the same instant may lose a mark: detection is then
-    /// missed, never reported falsely. Fragments shorter than 8 bytes are not marked, and once a page holds
-    /// one, frees by address on that page are not checked (the address alone cannot tell which fragment it
-    /// is). Default true.
-    /// </summary>
-    public bool DetectDoubleFree { get; init; } = true;
 
     /// <summary>
     /// The detection mode: handles (fragments, pool buffers) check on every access (<c>Span</c>,

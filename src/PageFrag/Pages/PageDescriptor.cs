@@ -76,10 +76,10 @@ internal struct PageDescriptor
     public PageFlags Flags;
 
     /// <summary>
-    /// Set by a fragment cache when it hands out a fragment shorter than the double-free granule
-    /// (8 bytes) on this page; frees by address then skip the double-free mark for the page.
+    /// Set by a fragment cache when it takes the block to carve fragments from it; reset by the allocator
+    /// on every handout. A free by address accepts only addresses on such blocks.
     /// </summary>
-    public bool TinyFragments;
+    public bool FragmentCachePage;
 
     /// <summary>The page pool that owns the page (page-&gt;pp), or null.</summary>
     public object? Pool;

@@ -33,11 +33,15 @@ public abstract class NetMemArea
     /// <summary>The whole area as memory (array-backed for host pages), sliced without allocating.</summary>
     internal readonly Memory<byte> WholeMemory;
 
-    /// <summary>Double-free marks, one bit per 8 bytes of the area (shared with the arena for host pages).</summary>
-    internal readonly long[] FreeMarks;
+    /// <summary>
+    /// Fragment states, one byte per 2^<see cref="FragStateShift"/> bytes of the area: 0, or the live tag of the
+    /// fragment that starts there (<see cref="Arena.LiveTag"/>). For host pages it is the arena's own array.
+    /// </summary>
+    internal readonly byte[] FragStates;
 
-    /// <summary>Whether fragment frees set and check <see cref="FreeMarks"/>.</summary>
-    internal readonly bool DetectDoubleFree;
+    /// <summary>log2 of the bytes per state byte: 3 for host pages (shared with fragment caches), 6 for provider
+    /// areas (pool fragments start on 64-byte boundaries).</summary>
+    internal readonly int FragStateShift;
 
     /// <summary>Whether a pool with <see cref="PagePoolFlags.DmaMap"/> maps the chunks itself (host pages) or
     /// the provider already gave them device addresses (provider memory).</summary>
@@ -50,14 +54,14 @@ public abstract class NetMemArea
     internal readonly bool Readable;
 
     private protected NetMemArea(PageDescriptor[] descriptors, nint baseAddress, int chunkShift, Memory<byte> memory,
-        long[] freeMarks, bool detectDoubleFree, bool needsDmaMapping, int node, bool readable)
+        byte[] fragStates, int fragStateShift, bool needsDmaMapping, int node, bool readable)
     {
         Descriptors = descriptors;
         BaseAddress = baseAddress;
         ChunkShift = chunkShift;
         WholeMemory = memory;
-        FreeMarks = freeMarks;
-        DetectDoubleFree = detectDoubleFree;
+        FragStates = fragStates;
+        FragStateShift = fragStateShift;
         NeedsDmaMapping = needsDmaMapping;
         NodeId = node;
         Readable = readable;
@@ -82,8 +86,8 @@ internal sealed class HostPageArea : NetMemArea
 
     private HostPageArea(Arena arena)
         : base(arena.Pages, arena.BaseAddress, PageConstants.PageShift,
-            new Memory<byte>(arena.Array, arena.ArrayOffset, arena.ByteLength), arena.FreeMarks,
-            arena.Owner.DetectDoubleFree, needsDmaMapping: true, node: 0, readable: true)
+            new Memory<byte>(arena.Array, arena.ArrayOffset, arena.ByteLength), arena.FragStates,
+            Arena.MarkShift, needsDmaMapping: true, node: 0, readable: true)
     {
         Arena = arena;
     }
@@ -116,7 +120,7 @@ public sealed class NetIovArea : NetMemArea
     public NetIovArea(IMemoryProvider provider, nint baseAddress, Memory<byte> memory, int chunkSize, int chunkCount,
         ulong deviceAddressBase, bool readable)
         : base(CreateDescriptors(chunkSize, chunkCount, deviceAddressBase), baseAddress, Log2Checked(chunkSize), memory,
-            new long[Math.Max(1, (int)(((long)chunkSize * chunkCount) >> 9))], detectDoubleFree: true,
+            new byte[Math.Max(1, (int)(((long)chunkSize * chunkCount) >> 6))], fragStateShift: 6,
             needsDmaMapping: false, node: -1, readable: readable)
     {
         ArgumentNullException.ThrowIfNull(provider);

@@ -107,6 +107,7 @@ public sealed partial class PagePool
         {
             _fragOffset = offset + aligned;
             _fragUsers++;
+            MarkFragmentLive(offset);
             return true;
         }
 
@@ -137,16 +138,16 @@ public sealed partial class PagePool
 
         // page_pool_fragment_netmem(BIAS_MAX): the page is ours alone, one store is enough.
         Volatile.Write(ref d.PpRefCount, BiasMax);
-        if (area.DetectDoubleFree)
-        {
-            // One mark word covers 512 bytes, and pages start on 4096: the page never shares a word.
-            Array.Clear(area.FreeMarks, page.AreaOffset >> 9, Math.Max(1, _maxSize >> 9));
-        }
+
+        // Every fragment release clears its state before it drops its reference, so a page that starts (fresh
+        // or reused in place) has no live fragment state left: nothing to clear.
+        System.Diagnostics.Debug.Assert(Arena.NoLiveFragments(area.FragStates, page.AreaOffset, _maxSize, area.FragStateShift));
 
         _fragPage = page;
         _fragLimit = _maxSize;
         _fragUsers = 1;
         _fragOffset = aligned;
+        MarkFragmentLive(0);
         return true;
     }
 
@@ -202,16 +203,22 @@ public sealed partial class PagePool
         }
     }
 
+    /// <summary>Writes the live state of the fragment carved at <paramref name="offset"/> (owner; a plain byte store).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void MarkFragmentFreed(in PagePoolBuffer buffer)
+    private void MarkFragmentLive(int offset)
+    {
+        NetMemArea area = _fragPage.Area!;
+        int start = _fragPage.AreaOffset + offset;
+        area.FragStates[start >> area.FragStateShift] = Arena.LiveTag(_fragPage.Generation, start);
+    }
+
+    /// <summary>The release of a fragment: one compare-and-swap of its state decides which of racing puts wins.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MarkFragmentFreed(in PagePoolBuffer buffer)
     {
         NetMemArea area = buffer.NetMem.Area!;
-        if (!area.DetectDoubleFree)
-        {
-            return;
-        }
-
-        if (!Arena.TrySetFreeMark(area.FreeMarks, buffer.NetMem.AreaOffset + buffer.Offset))
+        int start = buffer.NetMem.AreaOffset + buffer.Offset;
+        if (!Arena.TryRelease(area.FragStates, start >> area.FragStateShift, Arena.LiveTag(buffer.NetMem.Generation, start)))
         {
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }

@@ -37,7 +37,6 @@ public class FragBenchmarkTests
         Assert.Equal(bench.ExpectedChecksum, (long)method.Invoke(bench, null)!);
         Assert.Equal(bench.ExpectedChecksum, (long)method.Invoke(bench, null)!);
         Assert.True(bench.Cache.CurrentPageSize is 0 or PageFragCache.MaxFragmentSize, "the PageFrag variants must run on 32 KiB pages");
-        Assert.True(bench.UncheckedCache.CurrentPageSize is 0 or PageFragCache.MaxFragmentSize, "the PageFrag variants must run on 32 KiB pages");
         bench.GlobalCleanup();
 
         allocators.AssertNoLeaks();
@@ -70,7 +69,7 @@ public class FragBenchmarkTests
     public void Clean_up_fails_the_run_when_a_benchmark_left_a_fragment_behind()
     {
         using var allocators = new Allocators();
-        var bench = new FragAllocFreeBenchmarks { Size = 12, Allocator = allocators.Checked, UncheckedAllocator = allocators.Unchecked };
+        var bench = new FragAllocFreeBenchmarks { Size = 12, Allocator = allocators.Checked };
         bench.GlobalSetup();
         Assert.True(bench.Cache.TryAlloc(12, out PageFragment forgotten));
 
@@ -113,7 +112,6 @@ public class FragBenchmarkTests
         var bench = (FragCacheBenchmark)Activator.CreateInstance(type)!;
         Parameter(type).SetValue(bench, size);
         bench.Allocator = allocators.Checked;
-        bench.UncheckedAllocator = allocators.Unchecked;
         return bench;
     }
 
@@ -121,23 +119,19 @@ public class FragBenchmarkTests
     private static PropertyInfo Parameter(Type suite) =>
         Assert.Single(suite.GetProperties(), p => p.GetCustomAttribute<ParamsAttribute>() is not null);
 
-    /// <summary>The two private allocators a suite runs on, checked for leaks and disposed together.</summary>
+    /// <summary>The private allocator a suite runs on, checked for leaks and disposed.</summary>
     private sealed class Allocators : IDisposable
     {
         public PageAllocator Checked { get; } = Leaks.NewAllocator(ArenaSize);
 
-        public PageAllocator Unchecked { get; } = new(new PageAllocatorOptions { ArenaSize = ArenaSize, DetectDoubleFree = false });
-
         public void AssertNoLeaks()
         {
             Leaks.AssertNone(Checked);
-            Leaks.AssertNone(Unchecked);
         }
 
         public void Dispose()
         {
             Checked.Dispose();
-            Unchecked.Dispose();
         }
     }
 }

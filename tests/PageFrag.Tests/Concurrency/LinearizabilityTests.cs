@@ -12,7 +12,8 @@ namespace PageFrag.Tests.Concurrency;
 /// </summary>
 /// <remarks>
 /// The paths are the fragment free (one atomic decrement per free, the last one returning the page, and the
-/// double-free marks, which may lose a mark under a race but must never report a false double free) and the page
+/// fragment state bytes, each cleared by one compare-and-swap so that a release never reports a false double free
+/// and of two racing releases exactly one wins; see also FragReleaseTests) and the page
 /// pool's put (pp_ref_count's "last one needs no atomic" shortcut, the reset to 1, the recycle ring's full check,
 /// the release to the allocator when it is full). Each state ends with everything freed and no page left.
 /// </remarks>
@@ -37,7 +38,7 @@ public class LinearizabilityTests
             var cache = new PageFragCache(_allocator);
             for (int i = 0; i < Fragments; i++)
             {
-                // 8 to 40 bytes: neighbours share double-free mark words, the race the plain mark write allows.
+                // 8 to 40 bytes: neighbours share the int that a state byte's compare-and-swap works on.
                 Assert.True(cache.TryAlloc(8 + (i * 7 % 33), out _fragments[i]));
             }
 

@@ -101,6 +101,8 @@ public class FragCacheModelTests
         /// <summary>Where the next fragment of <paramref name="size"/> would go, refilling like the kernel.</summary>
         public bool Reserve(int size, int align, out int offset)
         {
+            // A fragment consumes at least one 8-byte state granule, so prepares reserve that much too.
+            size = Math.Max(size, 8);
             offset = (Offset + align - 1) & ~(align - 1);
             if (Page >= 0 && offset + size <= Size)
             {
@@ -157,9 +159,10 @@ public class FragCacheModelTests
 
         public (int Offset, int TrueSize) Take(int offset, int used)
         {
-            int trueSize = offset + used - Offset;
+            int consumed = Math.Max(used, 8);
+            int trueSize = offset + consumed - Offset;
             CacheBias--;
-            Offset = offset + used;
+            Offset = offset + consumed;
             return (offset, trueSize);
         }
 
@@ -331,7 +334,7 @@ public class FragCacheModelTests
                 case Probe pr:
                 {
                     int offset = (model.Offset + pr.Align - 1) & ~(pr.Align - 1);
-                    bool expected = model.Page >= 0 && offset + pr.MinSize <= model.Size;
+                    bool expected = model.Page >= 0 && offset + Math.Max(pr.MinSize, 8) <= model.Size;
                     Assert.Equal(expected, cache.TryProbe(pr.MinSize, pr.Align, out PreparedFragment probed));
                     if (expected)
                     {
@@ -404,7 +407,7 @@ public class FragCacheModelTests
 
                 case AbortLast when !last.IsEmpty && live.Count > 0 && live[^1] == last:
                 {
-                    if (model.Page == model.Live[^1].Page && model.Live[^1].Offset + model.Live[^1].Length == model.Offset)
+                    if (model.Page == model.Live[^1].Page && model.Live[^1].Offset + Math.Max(model.Live[^1].Length, 8) == model.Offset)
                     {
                         cache.Abort(last);
                         model.CacheBias++;
