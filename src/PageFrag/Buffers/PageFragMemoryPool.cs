@@ -378,6 +378,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             _allocator = allocator;
             CaptureStacks = allocator.DetectMisuse;
             Cache = new PageFragCache(allocator);
+
+            // The pool's finalizer drains this cache and reports the pool's leak; without this the cache's own
+            // safety net could run first (finalization order is not defined) and report it as a cache's.
+            GC.SuppressFinalize(Cache);
             for (int i = 0; i < owners; i++)
             {
                 _owners[_ownerCount++] = new FragmentMemoryOwner(this);
