@@ -159,7 +159,7 @@ public sealed partial class PagePool
     {
         NetMem page = _fragPage;
         ref PageDescriptor d = ref page.Descriptor;
-        if (Unref(ref d, BiasMax - _fragUsers, page.Generation) != 0)
+        if (Unref(ref d, BiasMax - _fragUsers) != 0)
         {
             // Fragments are still out; the last one freed recycles the page.
             return default;
@@ -197,7 +197,7 @@ public sealed partial class PagePool
         _fragLimit = 0;
         _fragOffset = 0;
         _fragUsers = 0;
-        if (Unref(ref page.Descriptor, drain, page.Generation) == 0)
+        if (Unref(ref page.Descriptor, drain) == 0)
         {
             ReturnPage(page);
         }

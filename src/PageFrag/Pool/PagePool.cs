@@ -529,7 +529,7 @@ public sealed partial class PagePool : IDisposable
             ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
         }
 
-        if (Unref(ref d, 1, netmem.Generation) == 0)
+        if (Unref(ref d, 1) == 0)
         {
             PutUnrefed(netmem, ref d, dmaSyncSize, allowDirect);
         }
@@ -625,7 +625,7 @@ public sealed partial class PagePool : IDisposable
             ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be positive.");
         }
 
-        return Unref(ref d, count, netmem.Generation);
+        return Unref(ref d, count);
     }
 
     /// <summary>Recycles a page whose references <see cref="UnrefNetMem"/> dropped to zero
@@ -658,7 +658,7 @@ public sealed partial class PagePool : IDisposable
             }
         }
 
-        if (Unref(ref d, 1, buffer.NetMem.Generation) == 0)
+        if (Unref(ref d, 1) == 0)
         {
             PutUnrefed(buffer.NetMem, ref d, -1, allowDirect);
         }
@@ -704,7 +704,7 @@ public sealed partial class PagePool : IDisposable
     /// generation is the one atomic that picks exactly one winner (see docs/kernel-map.md).
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static long Unref(ref PageDescriptor d, long count, int generation)
+    private static long Unref(ref PageDescriptor d, long count)
     {
         if (Volatile.Read(ref d.PpRefCount) == count)
         {
@@ -716,20 +716,18 @@ public sealed partial class PagePool : IDisposable
             return 0;
         }
 
-        return UnrefAtomic(ref d, count, generation);
+        return UnrefAtomic(ref d, count);
     }
 
-    private static long UnrefAtomic(ref PageDescriptor d, long count, int generation)
+    private static long UnrefAtomic(ref PageDescriptor d, long count)
     {
+        // No generation check after the subtraction: a legitimate last put on another thread may claim the page
+        // (ClaimRelease moves the generation on) between this subtraction and such a check, which would then
+        // take this put for a stale one, give its reference back to a page that is already being recycled and
+        // throw at an innocent caller. A stale handle is caught where it can be: by the generation check before
+        // the subtraction, by the fragment's state byte (tagged with the generation) for fragments, and by
+        // ClaimRelease for the put that reaches zero.
         long left = Interlocked.Add(ref d.PpRefCount, -count);
-        if (Volatile.Read(ref d.Generation) != generation)
-        {
-            // A stale handle that passed the generation check just before its page was recycled and handed
-            // out again: give the new user its references back.
-            Interlocked.Add(ref d.PpRefCount, count);
-            PoolThrowHelper.StaleHandle();
-        }
-
         if (left > 0)
         {
             return left;
