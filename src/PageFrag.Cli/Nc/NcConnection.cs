@@ -188,7 +188,10 @@ internal sealed partial class NcConnection
 
         lock (_gate)
         {
-            if (_hasSendSide && !_aborted && !inputEnded && (_sendFailed || _netInError is not null))
+            // UDP has no connection for a peer to close: a receive error there (ICMP port unreachable) says
+            // nothing about input not sent, and the sender may simply not have seen the end of input yet.
+            bool peerGone = _sendFailed || (_netInError is not null && !_options.Udp);
+            if (_hasSendSide && !_aborted && !inputEnded && peerGone)
             {
                 string reason = _sendFailure ?? _netInError ?? "the connection failed";
                 _sendError = reason == _netInError
