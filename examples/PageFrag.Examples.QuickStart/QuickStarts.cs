@@ -15,8 +15,7 @@ internal static class QuickStarts
     // quick-start: pipe
     public static async Task PipeAsync()
     {
-        using var pool = new PageFragMemoryPool();            // a MemoryPool<byte> over pinned 32 KiB pages
-        var pipe = new Pipe(new PipeOptions(pool: pool));
+        var pipe = new Pipe(new PipeOptions(pool: PageFragMemoryPool.Shared)); // fragments of pinned 32 KiB pages
 
         await pipe.Writer.WriteAsync(Encoding.UTF8.GetBytes("hello"));
         await pipe.Writer.CompleteAsync();
@@ -31,7 +30,7 @@ internal static class QuickStarts
     // quick-start: socket
     public static void GatherSend(Socket socket)
     {
-        var cache = new PageFragCache();                       // one thread allocates; any thread frees
+        using var cache = new PageFragCache();                 // one thread allocates; any thread frees
         using var writer = new FragBufferWriter(cache);        // an IBufferWriter<byte> on prepare/commit
         writer.Write("HTTP/1.1 200 OK\r\n"u8);
         writer.Write("Content-Length: 2\r\n\r\nok"u8);
@@ -44,7 +43,7 @@ internal static class QuickStarts
     // quick-start: cache
     public static void FragmentCache()
     {
-        var cache = new PageFragCache();                       // PageAllocator.Shared underneath
+        using var cache = new PageFragCache();                 // PageAllocator.Shared underneath
         if (cache.TryAlloc(1500, out PageFragment frag))       // false when memory runs out (or over the page size)
         {
             frag.Span.Fill(0x2A);                              // also frag.Memory, frag.ArraySegment, frag.Pointer
