@@ -455,6 +455,10 @@ public sealed partial class PagePool : IDisposable
             ThrowHelper.InvalidOperation("The memory provider returned memory that a page pool still holds.");
         }
 
+        // The mapper sees a handle of the page's current generation, so its CPU accessors pass the detection
+        // mode's use-after-free check.
+        page = new NetMem(area, page.Index, d.Generation);
+
         if (_dmaMap && area.NeedsDmaMapping)
         {
             bool mapped;

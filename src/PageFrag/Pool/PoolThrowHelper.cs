@@ -30,6 +30,11 @@ internal static class PoolThrowHelper
         throw new ArgumentException("The memory belongs to another PagePool.", paramName);
 
     [DoesNotReturn]
+    public static void UseAfterFree() =>
+        throw new InvalidOperationException(
+            "Use after free: this handle's page was freed or recycled (its generation moved on), so its bytes belong to someone else now. Keep the buffer until you are done with its Span, Memory, ArraySegment or pointer, and free it last.");
+
+    [DoesNotReturn]
     public static void StaleHandle() =>
         throw new PageFragDoubleFreeException("The handle is stale: its memory was already put back into the pool (double put).");
 
