@@ -56,7 +56,7 @@ public readonly struct NetMem : IEquatable<NetMem>
     public long PpRefCount => Volatile.Read(ref Descriptor.PpRefCount);
 
     /// <summary>The pool that currently holds the memory (netmem-&gt;pp), or null.</summary>
-    public PagePool? Pool => Descriptor.Pool as PagePool;
+    public PagePool? Pool => (Descriptor.Pool as PagePoolCore)?.Shell;
 
     /// <summary>The memory node (netmem_nid); -1 for provider memory.</summary>
     public int Node => NonEmpty.NodeId;

@@ -10,7 +10,7 @@ internal static class PoolThrowHelper
         throw new NetMemUnreadableException("The memory is device memory registered as unreadable: the CPU cannot read or write it. Hand the consumer its (offset, length) token instead.");
 
     [DoesNotReturn]
-    public static void NotOwner(PagePool pool)
+    public static void NotOwner(PagePoolCore pool)
     {
         if (pool.IsDisposed)
         {
