@@ -16,6 +16,10 @@ namespace PageFrag.Pool;
 /// <para>Reading the accessors is safe from any thread while the caller holds the memory. Unreadable provider
 /// memory (device memory) throws <see cref="NetMemUnreadableException"/> from every CPU accessor
 /// (<see cref="Span"/>, <see cref="Memory"/>, <see cref="Address"/>, <see cref="Pointer"/>).</para>
+/// <para>In the detection mode (<see cref="PageAllocatorOptions.DetectMisuse"/> of the arena's allocator for
+/// host pages; Debug builds of PageFrag for provider memory) those accessors also throw
+/// <see cref="InvalidOperationException"/> once the memory was freed or recycled (its generation moved on). In
+/// the default mode they do not check: a stale handle reads and writes whoever holds the memory now.</para>
 /// </remarks>
 public readonly struct NetMem : IEquatable<NetMem>
 {
@@ -52,7 +56,7 @@ public readonly struct NetMem : IEquatable<NetMem>
     public long PpRefCount => Volatile.Read(ref Descriptor.PpRefCount);
 
     /// <summary>The pool that currently holds the memory (netmem-&gt;pp), or null.</summary>
-    public PagePool? Pool => Descriptor.Pool as PagePool;
+    public PagePool? Pool => (Descriptor.Pool as PagePoolCore)?.Shell;
 
     /// <summary>The memory node (netmem_nid); -1 for provider memory.</summary>
     public int Node => NonEmpty.NodeId;
@@ -131,12 +135,26 @@ public readonly struct NetMem : IEquatable<NetMem>
         get
         {
             NetMemArea area = NonEmpty;
-            if (!area.Readable)
+            if (area.CheckAccess)
             {
-                PoolThrowHelper.Unreadable();
+                CheckAccessSlow(area);
             }
 
             return area;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckAccessSlow(NetMemArea area)
+    {
+        if (!area.Readable)
+        {
+            PoolThrowHelper.Unreadable();
+        }
+
+        if (area.DetectMisuse && Volatile.Read(ref area.Descriptors[Index].Generation) != Generation)
+        {
+            PoolThrowHelper.UseAfterFree();
         }
     }
 

@@ -53,6 +53,15 @@ public abstract class NetMemArea
     /// <summary>False for device memory the CPU must not touch.</summary>
     internal readonly bool Readable;
 
+    /// <summary>
+    /// True when a CPU accessor of a handle must take the slow check: the memory is unreadable, or the
+    /// detection mode (<see cref="DetectMisuse"/>) is on. One field, so the default mode pays one predictable
+    /// branch, the one the readability test already took.
+    /// </summary>
+    internal readonly bool CheckAccess;
+
+    private readonly bool _detectMisuse;
+
     private protected NetMemArea(PageDescriptor[] descriptors, nint baseAddress, int chunkShift, Memory<byte> memory,
         byte[] fragStates, int fragStateShift, bool needsDmaMapping, int node, bool readable)
     {
@@ -65,6 +74,23 @@ public abstract class NetMemArea
         NeedsDmaMapping = needsDmaMapping;
         NodeId = node;
         Readable = readable;
+        CheckAccess = !readable;
+    }
+
+    /// <summary>
+    /// The detection mode (<see cref="PageAllocatorOptions.DetectMisuse"/>): CPU accessors of a handle whose
+    /// memory moved on to a new generation (freed, recycled, handed out again) throw
+    /// <see cref="InvalidOperationException"/>. Host areas take it from their arena's allocator; provider areas
+    /// have it in Debug builds of PageFrag.
+    /// </summary>
+    internal bool DetectMisuse
+    {
+        get => _detectMisuse;
+        private protected init
+        {
+            _detectMisuse = value;
+            CheckAccess = value || !Readable;
+        }
     }
 
     /// <summary>True when the CPU may read and write the area's bytes.</summary>
@@ -90,6 +116,7 @@ internal sealed class HostPageArea : NetMemArea
             Arena.MarkShift, needsDmaMapping: true, node: 0, readable: true)
     {
         Arena = arena;
+        DetectMisuse = arena.Owner.DetectMisuse;
     }
 
     /// <summary>The area of <paramref name="arena"/>; lock-free once created (slow paths only).</summary>
@@ -131,6 +158,12 @@ public sealed class NetIovArea : NetMemArea
 
         Provider = provider;
         ChunkSize = chunkSize;
+
+        // Provider memory is not tied to one allocator (several pools and allocators may share an area), so
+        // it follows the option's own default: checked in Debug builds of PageFrag, not in Release.
+#if DEBUG
+        DetectMisuse = true;
+#endif
         DeviceAddressBase = deviceAddressBase;
     }
 

@@ -15,7 +15,7 @@ namespace PageFrag.Pool;
 // When the page is full, the pool drops its unused bias (BiasMax - _fragUsers). If that brings the count to
 // zero, every fragment is already free and the page is reused in place; otherwise the last fragment freed
 // recycles it.
-public sealed partial class PagePool
+internal sealed partial class PagePoolCore
 {
     /// <summary>The bias a fresh fragment page starts with (BIAS_MAX): more than any page can have fragments.</summary>
     internal const long BiasMax = long.MaxValue >> 1;

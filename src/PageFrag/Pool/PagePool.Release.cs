@@ -7,7 +7,7 @@ namespace PageFrag.Pool;
 // what the pool itself holds, and the pool lives on, "destroying", until the release count catches up with the
 // hold count. Whoever returns the page that closes the gap frees the pool; a timer scrubs the ring (a put that
 // raced with Dispose may have pushed a page there) and warns while the gap stays open.
-public sealed partial class PagePool
+internal sealed partial class PagePoolCore
 {
     private readonly Lock _releaseLock = new();
     private readonly HashSet<NetMemArea> _knownAreas = [];
@@ -17,6 +17,43 @@ public sealed partial class PagePool
     private long _destroyStart;
     private long _nextWarning;
     private bool _negativeWarned;
+
+    // The public object users hold (see PagePool): weak, so that the pages' descriptors and the retry worker,
+    // which point at this state, do not keep it reachable; strong only for provider pools (see the constructor).
+    private readonly WeakReference<PagePool> _shellRef;
+    private readonly PagePool? _shellForProvider;
+    private readonly string? _creationStack;
+    private volatile bool _reclaimedByGc;
+
+    /// <summary>The public pool, or null once it was collected.</summary>
+    internal PagePool? Shell => _shellForProvider ?? (_shellRef.TryGetTarget(out PagePool? shell) ? shell : null);
+
+    /// <summary>The public pool handed to the provider's hooks (always alive for a provider pool).</summary>
+    private PagePool ProviderShell => _shellForProvider!;
+
+    /// <summary>
+    /// The safety net (issue 12 item 2): the public pool became unreachable without <see cref="Dispose"/>. Runs
+    /// on the finalizer thread. Nobody can allocate any more (allocation needs the public object); frees of
+    /// buffers still held go on working, through the ring once the pool is destroyed, and their pages go back
+    /// as they come. Gives back the cache, the ring and the current fragment page's bias, and reports it.
+    /// </summary>
+    internal void ReclaimUnreachable()
+    {
+        if (IsDisposed)
+        {
+            return;
+        }
+
+        // A buffer freed on the old owner thread while this runs may have passed the owner test just before
+        // Dispose cleared it and land in the cache after the scrub: the retry worker scrubs the cache too for a
+        // reclaimed pool (nobody else touches it any more).
+        _reclaimedByGc = true;
+        long before = Interlocked.Read(ref _releaseCount);
+        Dispose();
+        long pages = Interlocked.Read(ref _releaseCount) - before;
+        PageFragEventSource.Log.LeakReclaimed("PagePool", pages, pages * _maxSize,
+            _creationStack ?? "(creation stack recorded only when the allocator's DetectMisuse is on)");
+    }
 
     /// <summary>
     /// Raised from the release timer while a disposed pool waits for pages in flight (every
@@ -114,7 +151,7 @@ public sealed partial class PagePool
             return 0;
         }
 
-        long inflight = Scrub(includeCache: false);
+        long inflight = Scrub(includeCache: _reclaimedByGc);
         if (inflight == 0)
         {
             FinishRelease();
@@ -258,7 +295,7 @@ public sealed partial class PagePool
             PoolReleaseWorker.Remove(this);
         }
 
-        _provider?.Destroy(this);
+        _provider?.Destroy(ProviderShell);
     }
 
     private void WarnNegative(long inflight)
@@ -279,7 +316,7 @@ public sealed partial class PagePool
         Trace.TraceWarning(args.Message);
         try
         {
-            Warning?.Invoke(this, args);
+            Warning?.Invoke(Shell, args);
         }
 #pragma warning disable CA1031 // A diagnostic handler must not be able to stop the release.
         catch (Exception ex)

@@ -5,42 +5,11 @@ using PageFrag.Pages;
 namespace PageFrag.Pool;
 
 /// <summary>
-/// A page pool (the kernel's <c>page_pool</c>): recycles pages, with their device mapping, for one receive
-/// queue. Pages are handed out whole (<see cref="TryAllocNetMem"/>) or carved into fragments
-/// (<see cref="TryAllocFrag"/>, <see cref="TryAlloc"/>), and come back to the pool instead of the allocator when
-/// their last user lets go.
+/// The state and logic of a <see cref="PagePool"/> (what the kernel's <c>struct page_pool</c> holds). Pages'
+/// descriptors (<c>d.Pool</c>) and the release retry worker point at this object, never at the public
+/// <see cref="PagePool"/>, so a pool the user drops becomes collectable while its pages are still out.
 /// </summary>
-/// <remarks>
-/// <para><b>Where a page comes from</b>, fastest first:</para>
-/// <code>
-///   alloc cache  128 entries, owner thread only, no atomics         (stat: fast)
-///      ↑ refill up to 64 when empty
-///   recycle ring pool_size entries, lock-free, any thread pushes    (refill / empty / waive)
-///      ↑
-///   allocator    64 order-0 pages per batch (1 returned, 63 cached) or one high-order page
-///                (slow / slow_high_order), or the memory provider
-/// </code>
-/// <para><b>Where it goes back</b>: every pool page carries a pool reference count (<c>pp_ref_count</c>) that
-/// starts at 1 for a whole page ("mono-frag") or at a large bias for a fragment page. A put drops references
-/// with one rule for both: if the count equals what is dropped, the caller was last and nothing is written;
-/// otherwise an atomic subtract, and reaching zero resets the count to 1. The last put recycles the page: into
-/// the cache when called on the owner thread with <c>allowDirect</c> (cached, or cache_full), else into the
-/// ring (ring, or ring_full and the page goes back to the allocator). A page that someone else also holds (its
-/// page reference count is not 1) or that came from the emergency reserve is released instead
-/// (released_refcnt).</para>
-/// <para><b>Threading.</b> The pool has an owner thread (the kernel's NAPI context): the thread that created it,
-/// or the last one that called <see cref="SetOwnerThread"/>. Only the owner allocates (other threads get an
-/// <see cref="InvalidOperationException"/>), and only puts made on the owner thread with <c>allowDirect</c> use
-/// the cache; <c>allowDirect</c> from any other thread is ignored and the page takes the ring. Puts, frees and
-/// <see cref="GetStats()"/> are safe from any thread. Moving ownership is the caller's job: the old owner must
-/// have stopped using the pool before the new one calls <see cref="SetOwnerThread"/>.</para>
-/// <para><b>Release.</b> <see cref="Dispose"/> (page_pool_destroy) empties the cache and the ring; pages still in
-/// flight keep the pool alive and are returned to the allocator as they come back. A timer retries every
-/// <see cref="PagePoolOptions.ReleaseRetryPeriod"/> and raises <see cref="Warning"/> after each
-/// <see cref="PagePoolOptions.StallWarningInterval"/>; the last page returned frees the pool
-/// (<see cref="IsReleased"/>). Call <see cref="Dispose"/> on the owner thread, or after the owner has stopped.</para>
-/// </remarks>
-public sealed partial class PagePool : IDisposable
+internal sealed partial class PagePoolCore
 {
     /// <summary>Entries of the owner's array cache (PP_ALLOC_CACHE_SIZE).</summary>
     public const int AllocCacheSize = 128;
@@ -100,8 +69,9 @@ public sealed partial class PagePool : IDisposable
     /// <param name="options">Parameters, or null for the defaults (see <see cref="PagePoolOptions"/>).</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its documented range.</exception>
     /// <exception cref="ArgumentException">Inconsistent DMA flags.</exception>
+    /// <param name="shell">The public pool this state belongs to.</param>
     /// <remarks>Whatever the memory provider's <see cref="IMemoryProvider.Init"/> throws propagates.</remarks>
-    public PagePool(PagePoolOptions? options = null)
+    internal PagePoolCore(PagePoolOptions? options, PagePool shell)
     {
         options ??= new PagePoolOptions();
         _allocator = options.Allocator ?? PageAllocator.Shared;
@@ -121,8 +91,16 @@ public sealed partial class PagePool : IDisposable
         _ring = new RecycleRing(options.PoolSize);
         _stripes = new RecycleStripe[Math.Max(1, Environment.ProcessorCount)];
         _owner = Thread.CurrentThread;
-        _provider?.Init(this);
+        _shellRef = new WeakReference<PagePool>(shell);
+
+        // A provider's hooks take the public pool, so a provider pool's state keeps it: such a pool is not
+        // reclaimed by the GC (its provider usually holds it too) and must be disposed.
+        _shellForProvider = _provider is null ? null : shell;
+        _creationStack = _allocator.DetectMisuse ? new System.Diagnostics.StackTrace(2, fNeedFileInfo: true).ToString() : null;
     }
+
+    /// <summary>Binds the memory provider (its Init hook), once the public pool holds this state.</summary>
+    internal void InitProvider() => _provider?.Init(ProviderShell);
 
     /// <summary>The parameters the pool was created with.</summary>
     public PagePoolOptions Options { get; }
@@ -377,7 +355,7 @@ public sealed partial class PagePool : IDisposable
     private bool TryAllocFromProvider(IMemoryProvider provider, out NetMem netmem)
     {
         Span<NetMem> into = _bulkNetMems.AsSpan(0, _order == 0 ? AllocCacheRefill : 1);
-        int got = provider.AllocNetMems(this, into);
+        int got = provider.AllocNetMems(ProviderShell, into);
         if ((uint)got > (uint)into.Length)
         {
             into.Clear();
@@ -409,7 +387,7 @@ public sealed partial class PagePool : IDisposable
             // The unit that caused the exception is left alone: it may be another pool's.
             for (i++; i < got; i++)
             {
-                provider.ReleaseNetMem(this, into[i]);
+                provider.ReleaseNetMem(ProviderShell, into[i]);
                 into[i] = default;
             }
         }
@@ -454,6 +432,10 @@ public sealed partial class PagePool : IDisposable
         {
             ThrowHelper.InvalidOperation("The memory provider returned memory that a page pool still holds.");
         }
+
+        // The mapper sees a handle of the page's current generation, so its CPU accessors pass the detection
+        // mode's use-after-free check.
+        page = new NetMem(area, page.Index, d.Generation);
 
         if (_dmaMap && area.NeedsDmaMapping)
         {
@@ -574,7 +556,7 @@ public sealed partial class PagePool : IDisposable
         }
 
         ref PageDescriptor d = ref area.Descriptors[netmem.Index];
-        if (d.Pool is not PagePool pool)
+        if (d.Pool is not PagePoolCore pool)
         {
             PoolThrowHelper.NotPoolPage(nameof(buffer));
             return;
@@ -883,7 +865,7 @@ public sealed partial class PagePool : IDisposable
         }
         else
         {
-            _provider.ReleaseNetMem(this, netmem);
+            _provider.ReleaseNetMem(ProviderShell, netmem);
         }
     }
 

@@ -103,7 +103,7 @@ public readonly struct PagePoolBuffer : IEquatable<PagePoolBuffer>
     /// </summary>
     /// <exception cref="InvalidOperationException">The buffer is empty.</exception>
     /// <exception cref="PageFragDoubleFreeException">The buffer was already freed.</exception>
-    public void Free() => PagePool.Free(this);
+    public void Free() => PagePoolCore.Free(this);
 
     internal int Generation => _netMem.Generation;
 

@@ -14,10 +14,10 @@ namespace PageFrag.Pool;
 internal static class PoolReleaseWorker
 {
     private static readonly object s_gate = new();
-    private static readonly List<PagePool> s_waiting = [];
+    private static readonly List<PagePoolCore> s_waiting = [];
     private static Timer? s_timer;
     private static TimeSpan s_period;
-    private static PagePool[] s_snapshot = [];
+    private static PagePoolCore[] s_snapshot = [];
 
     /// <summary>Pools waiting for pages in flight (for tests and diagnostics).</summary>
     public static int WaitingPools
@@ -43,7 +43,7 @@ internal static class PoolReleaseWorker
         }
     }
 
-    public static void Add(PagePool pool)
+    public static void Add(PagePoolCore pool)
     {
         lock (s_gate)
         {
@@ -72,7 +72,7 @@ internal static class PoolReleaseWorker
         }
     }
 
-    public static void Remove(PagePool pool)
+    public static void Remove(PagePoolCore pool)
     {
         lock (s_gate)
         {
@@ -91,12 +91,12 @@ internal static class PoolReleaseWorker
 
     private static void Tick()
     {
-        PagePool[] pools;
+        PagePoolCore[] pools;
         lock (s_gate)
         {
             if (s_snapshot.Length != s_waiting.Count)
             {
-                s_snapshot = new PagePool[s_waiting.Count];
+                s_snapshot = new PagePoolCore[s_waiting.Count];
             }
 
             s_waiting.CopyTo(s_snapshot);
@@ -104,7 +104,7 @@ internal static class PoolReleaseWorker
         }
 
         long now = Stopwatch.GetTimestamp();
-        foreach (PagePool pool in pools)
+        foreach (PagePoolCore pool in pools)
         {
             try
             {

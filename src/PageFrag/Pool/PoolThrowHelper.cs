@@ -10,7 +10,7 @@ internal static class PoolThrowHelper
         throw new NetMemUnreadableException("The memory is device memory registered as unreadable: the CPU cannot read or write it. Hand the consumer its (offset, length) token instead.");
 
     [DoesNotReturn]
-    public static void NotOwner(PagePool pool)
+    public static void NotOwner(PagePoolCore pool)
     {
         if (pool.IsDisposed)
         {
@@ -28,6 +28,11 @@ internal static class PoolThrowHelper
     [DoesNotReturn]
     public static void OtherPool(string paramName) =>
         throw new ArgumentException("The memory belongs to another PagePool.", paramName);
+
+    [DoesNotReturn]
+    public static void UseAfterFree() =>
+        throw new InvalidOperationException(
+            "Use after free: this handle's page was freed or recycled (its generation moved on), so its bytes belong to someone else now. Keep the buffer until you are done with its Span, Memory, ArraySegment or pointer, and free it last.");
 
     [DoesNotReturn]
     public static void StaleHandle() =>
