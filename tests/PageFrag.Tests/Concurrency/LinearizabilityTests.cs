@@ -30,6 +30,7 @@ public class LinearizabilityTests
         private readonly PageFragment[] _fragments = new PageFragment[Fragments];
         private readonly int[] _claimed = new int[Fragments];
         private readonly Page _page;
+        private readonly object _snapshotLock = new();
         private FreeSnapshot? _snapshot;
 
         public FreeState()
@@ -67,8 +68,14 @@ public class LinearizabilityTests
         /// <summary>The state after the operations; then frees the rest and checks that no page is left.</summary>
         public FreeSnapshot Snapshot()
         {
-            if (_snapshot is null)
+            // Once, under a lock: the checker may compare with several linearizations at the same time.
+            lock (_snapshotLock)
             {
+                if (_snapshot is not null)
+                {
+                    return _snapshot;
+                }
+
                 long inUse = _allocator.PagesInUse;
                 int refs = inUse > 0 ? _page.RefCount : 0;
                 for (int i = 0; i < Fragments; i++)
@@ -79,9 +86,8 @@ public class LinearizabilityTests
                 PageAllocatorStats stats = _allocator.GetStats();
                 _snapshot = new FreeSnapshot(refs, inUse, stats.PagesInUse == 0 && stats.IsConsistent);
                 _allocator.Dispose();
+                return _snapshot;
             }
-
-            return _snapshot;
         }
 
         public override string ToString() => Snapshot().ToString();
@@ -137,6 +143,7 @@ public class LinearizabilityTests
         private readonly int[] _claimedFragments = new int[6];
         private readonly NetMem _split;
         private int _piecesLeft = Pieces;
+        private readonly object _snapshotLock = new();
         private PoolSnapshot? _snapshot;
 
         public PoolState()
@@ -183,35 +190,42 @@ public class LinearizabilityTests
 
         public PoolSnapshot Snapshot()
         {
-            if (_snapshot is null)
+            // Taken once, under a lock: the checker may compare the state with several linearizations at the same
+            // time, and a second caller must neither read counts while the first is putting everything back nor
+            // report its own half-cleaned reading.
+            lock (_snapshotLock)
             {
-                PagePoolStats stats = _pool.GetStats();
-                var snapshot = new PoolSnapshot(
-                    _pool.RingPages, stats.RecycleRing, stats.RecycleRingFull, _pool.PagesReleased, _allocator.PagesInUse,
-                    string.Join(",", _pages.Select(p => p.PpRefCount)), _fragments[0].NetMem.PpRefCount, _fragments[4].NetMem.PpRefCount,
-                    _split.PpRefCount, Clean: false);
-                for (int i = 0; i < WholePages; i++)
-                {
-                    PutPage(i);
-                }
+                return _snapshot ??= TakeSnapshot();
+            }
+        }
 
-                for (int i = 0; i < _fragments.Length; i++)
-                {
-                    FreeFragment(i);
-                }
-
-                while (Volatile.Read(ref _piecesLeft) > 0)
-                {
-                    PutPiece();
-                }
-
-                _pool.Dispose();
-                PageAllocatorStats end = _allocator.GetStats();
-                _snapshot = snapshot with { Clean = _pool.IsReleased && end.PagesInUse == 0 && end.IsConsistent };
-                _allocator.Dispose();
+        private PoolSnapshot TakeSnapshot()
+        {
+            PagePoolStats stats = _pool.GetStats();
+            var snapshot = new PoolSnapshot(
+                _pool.RingPages, stats.RecycleRing, stats.RecycleRingFull, _pool.PagesReleased, _allocator.PagesInUse,
+                string.Join(",", _pages.Select(p => p.PpRefCount)), _fragments[0].NetMem.PpRefCount, _fragments[4].NetMem.PpRefCount,
+                _split.PpRefCount, Clean: false);
+            for (int i = 0; i < WholePages; i++)
+            {
+                PutPage(i);
             }
 
-            return _snapshot;
+            for (int i = 0; i < _fragments.Length; i++)
+            {
+                FreeFragment(i);
+            }
+
+            while (Volatile.Read(ref _piecesLeft) > 0)
+            {
+                PutPiece();
+            }
+
+            _pool.Dispose();
+            PageAllocatorStats end = _allocator.GetStats();
+            PoolSnapshot taken = snapshot with { Clean = _pool.IsReleased && end.PagesInUse == 0 && end.IsConsistent };
+            _allocator.Dispose();
+            return taken;
         }
 
         public override string ToString() => Snapshot().ToString();
