@@ -24,6 +24,7 @@ public class DisposeLinearizabilityTests
         private readonly IMemoryOwner<byte>[] _owners = new IMemoryOwner<byte>[Owners];
         private readonly FragmentChain _chain = new();
         private int _errors;
+        private readonly object _snapshotLock = new();
         private DisposeSnapshot? _snapshot;
 
         public DisposeState()
@@ -49,8 +50,15 @@ public class DisposeLinearizabilityTests
 
         public DisposeSnapshot Snapshot()
         {
-            if (_snapshot is null)
+            // Once, under a lock: the checker may compare with several linearizations at the same time, and a
+            // second caller must not read the counts while the first is disposing everything.
+            lock (_snapshotLock)
             {
+                if (_snapshot is not null)
+                {
+                    return _snapshot;
+                }
+
                 PageFragMemoryPoolStats stats = _pool.GetStats();
                 long inUse = _allocator.PagesInUse;
                 int errors = Volatile.Read(ref _errors);
@@ -64,9 +72,8 @@ public class DisposeLinearizabilityTests
                 PageAllocatorStats end = _allocator.GetStats();
                 _snapshot = new DisposeSnapshot(stats.Returns, stats.OutstandingBytes, inUse, errors, end.PagesInUse == 0 && end.IsConsistent && _errors == 0);
                 _allocator.Dispose();
+                return _snapshot;
             }
-
-            return _snapshot;
         }
 
         public override string ToString() => Snapshot().ToString();
