@@ -221,16 +221,19 @@ public class LeakReclaimTests
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static async Task UsePipesAndForgetThem(int count)
     {
-        byte[] message = new byte[3000];
+        // One 2 KiB segment per pipe, so that its pool's cache keeps free space to give back even when the shared
+        // allocator could only give it a 4 KiB page (a 4 KiB segment would fill such a page, and a pool with nothing
+        // to drain has nothing to report).
+        byte[] message = new byte[1500];
         for (int i = 0; i < count; i++)
         {
-            var pipe = new Pipe(new PipeOptions(pool: new PageFragMemoryPool()));
+            var pipe = new Pipe(new PipeOptions(pool: new PageFragMemoryPool(), minimumSegmentSize: 2048));
             await pipe.Writer.WriteAsync(message);
             ReadResult read = await pipe.Reader.ReadAsync();
             Assert.Equal(message.Length, read.Buffer.Length);
-            pipe.Reader.AdvanceTo(read.Buffer.GetPosition(1000));
+            pipe.Reader.AdvanceTo(read.Buffer.GetPosition(500));
 
-            // Left with 2000 unread bytes, a rented segment, and a pool whose caches hold a page.
+            // Left with 1000 unread bytes, a rented segment, and a pool whose cache holds a page with free space.
         }
     }
 
