@@ -28,10 +28,12 @@ public class LinearizabilityTests
     {
         private readonly PageAllocator _allocator;
         private readonly PageFragment[] _fragments = new PageFragment[Fragments];
-        private readonly int[] _claimed = new int[Fragments];
+        private readonly int[] _won = new int[Fragments];
         private readonly Page _page;
         private readonly object _snapshotLock = new();
         private FreeSnapshot? _snapshot;
+        private int _refused;
+        private int _doubleWins;
 
         public FreeState()
         {
@@ -49,19 +51,29 @@ public class LinearizabilityTests
 
         public void Free(int i, bool byAddress)
         {
-            // Each fragment is freed once: a second op on it does nothing, as in the model.
-            if (Interlocked.Exchange(ref _claimed[i], 1) != 0)
+            // No claim: two operations on the same fragment race for real, and exactly one may win; the other must
+            // be refused with an exception (a double free, or, by address once the page went back, not a fragment).
+            try
             {
+                if (byAddress)
+                {
+                    PageFragCache.Free(_fragments[i].Address);
+                }
+                else
+                {
+                    _fragments[i].Free();
+                }
+            }
+            catch (Exception e) when (e is PageFragDoubleFreeException or ArgumentException)
+            {
+                Interlocked.Increment(ref _refused);
                 return;
             }
 
-            if (byAddress)
+            if (Interlocked.Exchange(ref _won[i], 1) != 0)
             {
-                PageFragCache.Free(_fragments[i].Address);
-            }
-            else
-            {
-                _fragments[i].Free();
+                // Two releases of one fragment both succeeded: the page count is now off by one.
+                Interlocked.Increment(ref _doubleWins);
             }
         }
 
@@ -78,13 +90,19 @@ public class LinearizabilityTests
 
                 long inUse = _allocator.PagesInUse;
                 int refs = inUse > 0 ? _page.RefCount : 0;
+                int wins = _won.Sum();
+                int refused = _refused;
+                int doubleWins = _doubleWins;
                 for (int i = 0; i < Fragments; i++)
                 {
-                    Free(i, byAddress: false);
+                    if (_won[i] == 0)
+                    {
+                        _fragments[i].Free();
+                    }
                 }
 
                 PageAllocatorStats stats = _allocator.GetStats();
-                _snapshot = new FreeSnapshot(refs, inUse, stats.PagesInUse == 0 && stats.IsConsistent);
+                _snapshot = new FreeSnapshot(refs, inUse, wins, refused, doubleWins, stats.PagesInUse == 0 && stats.IsConsistent);
                 _allocator.Dispose();
                 return _snapshot;
             }
@@ -96,27 +114,36 @@ public class LinearizabilityTests
     private sealed class FreeModel
     {
         public readonly bool[] Freed = new bool[Fragments];
+        public int Operations;
+
+        /// <summary>A free of a fragment not yet freed wins; every later one is refused.</summary>
+        public void Free(int i)
+        {
+            Operations++;
+            Freed[i] = true;
+        }
 
         public FreeSnapshot Expected
         {
             get
             {
-                int left = Freed.Count(f => !f);
-                return new FreeSnapshot(left, left > 0 ? 8 : 0, Clean: true);
+                int freed = Freed.Count(f => f);
+                int left = Fragments - freed;
+                return new FreeSnapshot(left, left > 0 ? 8 : 0, freed, Operations - freed, DoubleWins: 0, Clean: true);
             }
         }
 
         public override string ToString() => Expected.ToString();
     }
 
-    private sealed record FreeSnapshot(int PageRefCount, long PagesInUse, bool Clean);
+    private sealed record FreeSnapshot(int PageRefCount, long PagesInUse, int Wins, int Refused, int DoubleWins, bool Clean);
 
     [Fact]
-    public void Concurrent_frees_of_fragments_of_one_page_are_linearizable_and_return_the_page_exactly_once() =>
+    public void Concurrent_and_repeated_frees_of_fragments_of_one_page_are_linearizable_exactly_one_wins_and_the_page_returns_once() =>
         Gen.Const(() => (new FreeState(), new FreeModel()))
             .SampleParallel(
-                Gen.Int[0, Fragments - 1].Operation<FreeState, FreeModel>(i => $"Free({i})", (s, i) => s.Free(i, byAddress: false), (m, i) => m.Freed[i] = true),
-                Gen.Int[0, Fragments - 1].Operation<FreeState, FreeModel>(i => $"Free(address of {i})", (s, i) => s.Free(i, byAddress: true), (m, i) => m.Freed[i] = true),
+                Gen.Int[0, Fragments - 1].Operation<FreeState, FreeModel>(i => $"Free({i})", (s, i) => s.Free(i, byAddress: false), (m, i) => m.Free(i)),
+                Gen.Int[0, Fragments - 1].Operation<FreeState, FreeModel>(i => $"Free(address of {i})", (s, i) => s.Free(i, byAddress: true), (m, i) => m.Free(i)),
                 equal: (s, m) => s.Snapshot() == m.Expected,
                 iter: 200);
 
