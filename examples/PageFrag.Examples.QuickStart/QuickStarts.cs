@@ -55,7 +55,7 @@ internal static class QuickStarts
         {
             int used = Encoding.ASCII.GetBytes("a line of text\n", space.Span);
             PageFragment line = cache.Commit(space, used);     // line.TrueSize counts alignment padding too
-            cache.FreeLocal(line);                             // the owner's free: no atomic on the current page
+            cache.FreeLocal(line);                             // the owner's free: no atomic on the page's count
         }
     }
     // end
