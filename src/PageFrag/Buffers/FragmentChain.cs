@@ -32,9 +32,6 @@ namespace PageFrag.Buffers;
 /// </remarks>
 public sealed class FragmentChain : IDisposable
 {
-    // Recycled chains; 64 covers a few in flight per core on the machines PageFrag targets.
-    private static readonly ObjectStash<FragmentChain> s_stash = new(64);
-
     // A chain keeps at most this many spare segment objects between uses.
     private const int MaxSpareSegments = 32;
 
@@ -152,8 +149,10 @@ public sealed class FragmentChain : IDisposable
     }
 
     /// <summary>
-    /// Frees every buffer of the chain and recycles the chain object. A second call before the object is
-    /// reused does nothing. Any thread, but not concurrently with other use of the chain.
+    /// Frees every buffer of the chain. A chain a <see cref="FragBufferWriter"/> handed out goes back to that
+    /// writer for reuse; any other chain is left to the collector. A second call before the object is reused
+    /// does nothing; dispose a writer's chain exactly once, since after its reuse a second call would free the
+    /// writer's next chain. Any thread, but not concurrently with other use of the chain.
     /// </summary>
     /// <exception cref="PageFragDoubleFreeException">
     /// A fragment of the chain had already been freed by someone else; the rest of the chain is still freed.
@@ -166,7 +165,10 @@ public sealed class FragmentChain : IDisposable
         }
 
         ExceptionDispatchInfo? failure = ReleaseAll();
-        if ((_home is null || !_home.TryReturn(this)) && !s_stash.TryReturn(this))
+        // Only a writer's own chains go back to it, never to a process-wide stash: a caller's second Dispose
+        // after another owner took the object would free that owner's bytes. Within one writer the risk stays
+        // with the caller that broke the rule (its own next chain), as for a pooled buffer.
+        if (_home is null || !_home.TryReturn(this))
         {
             // Left to the collector with nothing to reclaim.
             GC.SuppressFinalize(this);
@@ -207,7 +209,7 @@ public sealed class FragmentChain : IDisposable
     /// </summary>
     internal static FragmentChain RentEmpty(ObjectStash<FragmentChain>? home)
     {
-        FragmentChain? chain = home?.TryTake() ?? s_stash.TryTake();
+        FragmentChain? chain = home?.TryTake();
         if (chain is null)
         {
             return new FragmentChain { _home = home };

@@ -112,6 +112,32 @@ public class FragmentChainTests
     }
 
     [Fact]
+    public void A_second_Dispose_of_a_chain_never_releases_the_chain_of_another_writer()
+    {
+        // A chain is recycled only by the writer it came from, never through a process-wide stash: a caller's
+        // second Dispose after another writer took the object would otherwise free that writer's bytes.
+        using PageAllocator allocator = WarmAllocator();
+        var cache = new PageFragCache(allocator);
+        for (int round = 0; round < 200; round++)
+        {
+            var mine = new FragmentChain();
+            Assert.True(cache.TryAlloc(100, out PageFragment f));
+            mine.Append(f);
+            mine.Dispose();
+
+            using var writer = new FragBufferWriter(cache);
+            writer.Write(new byte[64]);
+            mine.Dispose(); // the caller's bug: a second Dispose after the object may have been reused
+            Assert.Equal(64, writer.WrittenCount);
+            using FragmentChain detached = writer.Detach();
+            Assert.Equal(64, detached.Length);
+        }
+
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void A_disposed_chain_throws_ObjectDisposedException_and_a_second_Dispose_does_nothing()
     {
         using PageAllocator allocator = WarmAllocator();
