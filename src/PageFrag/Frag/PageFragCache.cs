@@ -454,7 +454,7 @@ public sealed partial class PageFragCache : IDisposable
                 ThrowHelper.InvalidOperation("Only the most recent allocation of this cache can be aborted, and this fragment is not it.");
             }
 
-            if (!Arena.TryRelease(_states!, fragment.ArenaOffset >> Arena.MarkShift, Arena.LiveTag(_generation, fragment.ArenaOffset)))
+            if (!Arena.TryReleaseFragment(_states!, fragment.ArenaOffset, _generation))
             {
                 ThrowHelper.DoubleFree("The fragment was already freed and cannot be aborted.");
             }
@@ -549,7 +549,7 @@ public sealed partial class PageFragCache : IDisposable
 
         // The release itself: one compare-and-swap of the state byte, tagged with the handle's generation, so
         // a stale handle cannot clear the byte of a newer fragment even if the page was reused just now.
-        if (!Arena.TryRelease(arena.FragStates, fragment.ArenaOffset >> Arena.MarkShift, Arena.LiveTag(fragment.Generation, fragment.ArenaOffset)))
+        if (!Arena.TryReleaseFragment(arena.FragStates, fragment.ArenaOffset, fragment.Generation))
         {
             ThrowDoubleFree();
         }
@@ -591,7 +591,7 @@ public sealed partial class PageFragCache : IDisposable
         if (ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
             (uint)(fragment.ArenaOffset - _pageStart) < (uint)_size)
         {
-            if (!Arena.TryRelease(_states!, fragment.ArenaOffset >> Arena.MarkShift, Arena.LiveTag(_generation, fragment.ArenaOffset)))
+            if (!Arena.TryReleaseFragment(_states!, fragment.ArenaOffset, _generation))
             {
                 ThrowDoubleFree();
             }

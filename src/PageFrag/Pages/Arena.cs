@@ -270,6 +270,14 @@ internal sealed unsafe class Arena
         }
     }
 
+    /// <summary>
+    /// <see cref="TryRelease"/> for the fragment of a cache page that starts at <paramref name="arenaOffset"/>
+    /// and was handed out under <paramref name="generation"/>: the one decision of every free by handle.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool TryReleaseFragment(byte[] states, int arenaOffset, int generation) =>
+        TryRelease(states, arenaOffset >> MarkShift, LiveTag(generation, arenaOffset));
+
     /// <summary>True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) (the state a page must have when its carving starts).</summary>
     public static bool NoLiveFragments(byte[] states, int byteOffset, int length, int shift = MarkShift) =>
         !states.AsSpan(byteOffset >> shift, Math.Max(1, length >> shift)).ContainsAnyExcept((byte)0);
