@@ -178,7 +178,8 @@ public sealed partial class PageFragCache : IDisposable
         CheckSize(size, nameof(size));
         if (_detectMisuse)
         {
-            return TryAllocChecked(size, 0, out fragment);
+            fragment = AllocChecked(size, 0);
+            return fragment.Arena is not null;
         }
 
         return TryAllocCore(size, 0, out fragment);
@@ -197,7 +198,8 @@ public sealed partial class PageFragCache : IDisposable
         int mask = AlignMask(alignment);
         if (_detectMisuse)
         {
-            return TryAllocChecked(size, mask, out fragment);
+            fragment = AllocChecked(size, mask);
+            return fragment.Arena is not null;
         }
 
         return TryAllocCore(size, mask, out fragment);
@@ -217,13 +219,16 @@ public sealed partial class PageFragCache : IDisposable
         return true;
     }
 
+    // Returns the handle (empty on failure) rather than writing an out parameter: passing the caller's handle by
+    // reference to a call that is not inlined would keep it in memory on the fast path too.
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool TryAllocChecked(int size, int alignMask, out PageFragment fragment)
+    private PageFragment AllocChecked(int size, int alignMask)
     {
         Enter();
         try
         {
-            return TryAllocCore(size, alignMask, out fragment);
+            TryAllocCore(size, alignMask, out PageFragment fragment);
+            return fragment;
         }
         finally
         {
@@ -603,8 +608,9 @@ public sealed partial class PageFragCache : IDisposable
         Free(in fragment);
     }
 
+    // By value, for the same reason as AllocChecked.
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FreeLocalChecked(in PageFragment fragment)
+    private void FreeLocalChecked(PageFragment fragment)
     {
         Enter();
         try
@@ -692,7 +698,9 @@ public sealed partial class PageFragCache : IDisposable
             return true;
         }
 
-        return TryRefillSlow(size, out offset);
+        // A fresh or reused page is carved from its start.
+        offset = 0;
+        return TryRefillSlow(size);
     }
 
     /// <summary>
@@ -721,9 +729,8 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>The page has no room for <paramref name="size"/>: give it back or reuse it, then refill.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool TryRefillSlow(int size, out int offset)
+    private bool TryRefillSlow(int size)
     {
-        offset = 0;
         if (_disposed)
         {
             ThrowDisposed();

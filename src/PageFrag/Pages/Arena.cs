@@ -245,12 +245,17 @@ internal sealed unsafe class Arena
     /// reused page). Used by every release of a fragment cache's and a page pool's fragments.
     /// </summary>
     /// <remarks>
-    /// .NET 8 has no interlocked operation on a byte, so the containing aligned int is swapped; the loop only
-    /// retries when a neighbouring byte of the same int changed between the read and the swap.
+    /// On .NET 9 and later, one compare-and-swap of the byte itself. .NET 8 has no interlocked operation on a
+    /// byte, so there the containing aligned int is swapped; the loop only retries when a neighbouring byte of
+    /// the same int changed between the read and the swap. (The int's read right after the owner's byte store
+    /// costs a store-forwarding stall, about 3 ns, which the byte swap does not pay.)
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool TryRelease(byte[] states, int granule, byte live)
     {
+#if NET9_0_OR_GREATER
+        return Interlocked.CompareExchange(ref states[granule], 0, live) == live;
+#else
         ref int word = ref Unsafe.As<byte, int>(ref states[granule & ~3]);
         int shift = BitConverter.IsLittleEndian ? (granule & 3) << 3 : (3 - (granule & 3)) << 3;
         int mask = 0xFF << shift;
@@ -268,6 +273,7 @@ internal sealed unsafe class Arena
                 return true;
             }
         }
+#endif
     }
 
     /// <summary>
