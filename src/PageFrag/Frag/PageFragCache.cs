@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PageFrag.Pages;
 
 namespace PageFrag.Frag;
@@ -59,6 +60,7 @@ public sealed partial class PageFragCache : IDisposable
 
     // The least a fragment consumes of its page: one state granule, so that two starts never share one.
     private const int MarkGranule = Arena.MarkGranule;
+    private const int StartsKept = 64;
 
     private const string OwnerRule =
         "a PageFragCache's allocation side belongs to one thread at a time: do not share a cache between threads " +
@@ -78,6 +80,12 @@ public sealed partial class PageFragCache : IDisposable
     private Arena? _arena;
     private byte[]? _states;
     private byte _tag;
+
+    // The start granules (within the page) of the first StartsKept fragments carved from the current page, and
+    // how many fragments were carved: a cache that leaves a page with few fragments checks just their states for
+    // freed marks instead of scanning the page's.
+    private readonly ushort[] _starts = new ushort[StartsKept];
+    private int _carved;
     private int _pageIndex;
     private int _pageStart;
     private int _size;
@@ -523,7 +531,8 @@ public sealed partial class PageFragCache : IDisposable
             return;
         }
 
-        if (Interlocked.Add(ref arena.Pages[_pageIndex].RefCount, -_bias) == 0)
+        ref PageDescriptor d = ref arena.Pages[_pageIndex];
+        if (Interlocked.Add(ref d.RefCount, -LeavePage(ref d)) == 0)
         {
             _allocator.ReleaseBlock(arena, _pageIndex);
         }
@@ -547,19 +556,104 @@ public sealed partial class PageFragCache : IDisposable
 
         int head = arena.Pages[fragment.ArenaOffset >> PageConstants.PageShift].HeadIndex;
         ref PageDescriptor d = ref arena.Pages[head];
-        if (d.Generation != fragment.Generation || (d.Flags & PageFlags.Head) == 0)
+        int generation = fragment.Generation;
+        if (d.Generation != generation || (d.Flags & PageFlags.Head) == 0)
         {
             ThrowStaleFree();
         }
 
-        // The release itself: one compare-and-swap of the state byte, tagged with the handle's generation, so
-        // a stale handle cannot clear the byte of a newer fragment even if the page was reused just now.
-        if (!Arena.TryReleaseFragment(arena.FragStates, fragment.ArenaOffset, fragment.Generation))
+        if (!Release(arena, head, ref d, fragment.ArenaOffset, generation))
         {
             ThrowDoubleFree();
         }
+    }
+
+    /// <summary>
+    /// The release of a fragment by any thread: one compare-and-swap of its state byte, tagged with the
+    /// generation, so that a stale handle cannot clear the byte of a newer fragment even if the page was reused
+    /// just now. False when the fragment is not live (already freed, or not a fragment start).
+    /// </summary>
+    /// <remarks>
+    /// While the fragment's cache still carves the page, the swap leaves a freed mark and that is all: the cache
+    /// counts the marks when it leaves the page, so the free costs one atomic operation instead of two. On a page
+    /// its cache has left, the swap clears the state and the page reference is dropped at once.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool Release(Arena arena, int head, ref PageDescriptor d, int arenaOffset, int generation)
+    {
+        if (Volatile.Read(ref d.CacheHeld) != 0)
+        {
+            return ReleaseOnHeldPage(arena, head, ref d, arenaOffset, generation);
+        }
+
+        if (!Arena.TryRelease(arena.FragStates, arenaOffset >> Arena.MarkShift, Arena.LiveTag(generation, arenaOffset)))
+        {
+            return false;
+        }
 
         PageAllocator.PutBlockRef(arena, head);
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="Release"/> once it found the page held by its cache: leaves the freed mark, then settles the
+    /// reference itself if the cache left the page meanwhile. Internal so that a test can call it after the
+    /// cache left, as a free whose look at <see cref="PageDescriptor.CacheHeld"/> came just before would.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static bool ReleaseOnHeldPage(Arena arena, int head, ref PageDescriptor d, int arenaOffset, int generation)
+    {
+        byte[] states = arena.FragStates;
+        int granule = arenaOffset >> Arena.MarkShift;
+        byte live = Arena.LiveTag(generation, arenaOffset);
+        byte mark = Arena.FreedMark(generation);
+
+        // Before the swap (a full fence), so that the cache sees it whenever it could miss the mark otherwise.
+        if (d.MarksLeft == 0)
+        {
+            d.MarksLeft = 1;
+        }
+
+        if (!Arena.TrySwap(states, granule, live, mark))
+        {
+            return false;
+        }
+
+        // Read after the swap (a full fence): still held in our generation means the cache's leaving scan,
+        // which starts after it clears the flag, will count the mark.
+        if (Volatile.Read(ref d.CacheHeld) == 0 || Volatile.Read(ref d.Generation) != generation)
+        {
+            SettleMark(arena, head, granule, generation, mark);
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// A free left its mark, and then found that the cache left the page meanwhile. Waits for the cache's count
+    /// of marks to end (a few hundred nanoseconds at most, unless the cache's thread was descheduled in it);
+    /// if the mark is still there, the count missed it and the free drops its page reference itself.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void SettleMark(Arena arena, int head, int granule, int generation, byte mark)
+    {
+        ref PageDescriptor d = ref arena.Pages[head];
+        SpinWait spin = default;
+        while (Volatile.Read(ref d.MarksCounted) != generation)
+        {
+            if (Volatile.Read(ref d.Generation) != generation)
+            {
+                // The page was reused or returned: its count reached zero, so the cache counted our mark.
+                return;
+            }
+
+            spin.SpinOnce();
+        }
+
+        if (Arena.TrySwap(arena.FragStates, granule, mark, 0))
+        {
+            PageAllocator.PutBlockRef(arena, head);
+        }
     }
 
     /// <summary>
@@ -665,7 +759,6 @@ public sealed partial class PageFragCache : IDisposable
             ThrowPoolPage(address);
         }
 
-        byte[] states = arena.FragStates;
         if (!d.FragmentCachePage)
         {
             ThrowNotFragmentPage(address);
@@ -673,13 +766,10 @@ public sealed partial class PageFragCache : IDisposable
 
         // The page's current generation: a live fragment on it carries that tag. If the page moves on between
         // this read and the swap, the tag no longer matches and the free is refused.
-        int granule = offset >> Arena.MarkShift;
-        if (!Arena.TryRelease(states, granule, Arena.LiveTag(d.Generation, offset)))
+        if (!Release(arena, head, ref d, offset, d.Generation))
         {
-            ThrowNotLiveStart(address, Volatile.Read(ref states[granule]), offset);
+            ThrowNotLiveStart(address, Volatile.Read(ref arena.FragStates[offset >> Arena.MarkShift]), offset);
         }
-
-        PageAllocator.PutBlockRef(arena, head);
     }
 
     /// <inheritdoc cref="Free(nint)"/>
@@ -721,6 +811,8 @@ public sealed partial class PageFragCache : IDisposable
         }
 
         state = (byte)(_tag | ((start & 7) << 4));
+        Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_starts), _carved & (StartsKept - 1)) = (ushort)(offset >> Arena.MarkShift);
+        _carved++;
         int trueSize = offset + consumed - _offset;
         _bias--;
         _offset = offset + consumed;
@@ -746,7 +838,7 @@ public sealed partial class PageFragCache : IDisposable
             }
 
             ref PageDescriptor d = ref _arena.Pages[_pageIndex];
-            if (Interlocked.Add(ref d.RefCount, -_bias) == 0)
+            if (Interlocked.Add(ref d.RefCount, -LeavePage(ref d)) == 0)
             {
                 if (!_pfmemalloc)
                 {
@@ -754,6 +846,7 @@ public sealed partial class PageFragCache : IDisposable
                     Volatile.Write(ref d.RefCount, RefBias + 1);
                     d.Generation++;
                     StartPage(d.Generation);
+                    HoldPage(ref d);
                     _pagesReused++;
                     Debug.Assert(size <= _size);
                     return true;
@@ -785,6 +878,7 @@ public sealed partial class PageFragCache : IDisposable
         _size = PageConstants.PageSize << nd.Order;
         _pfmemalloc = (nd.Flags & PageFlags.PfMemalloc) != 0;
         StartPage(nd.Generation);
+        HoldPage(ref nd);
         _pagesAllocated++;
         if (_detectMisuse)
         {
@@ -798,12 +892,69 @@ public sealed partial class PageFragCache : IDisposable
     {
         _bias = RefBias + 1;
         _offset = 0;
+        _carved = 0;
         _generation = generation;
         _tag = Arena.LiveTag(generation, 0);
 
         // Every release clears its fragment's state before it drops its page reference, so a page whose count
         // reached zero (a fresh one, or one reused in place) has no live state left: nothing to clear.
         Debug.Assert(Arena.NoLiveFragments(_states!, _pageStart, _size), "a page starts carving with no live fragment state");
+    }
+
+    /// <summary>
+    /// Marks the page as carved by this cache in the current generation (after <see cref="StartPage"/>): from
+    /// now on a free from another thread leaves a freed mark for this cache to count instead of dropping a
+    /// reference itself.
+    /// </summary>
+    private void HoldPage(ref PageDescriptor d)
+    {
+        d.MarksCounted = _generation - 1;
+        d.MarksLeft = 0;
+        Volatile.Write(ref d.CacheHeld, 1);
+    }
+
+    /// <summary>
+    /// The cache stops carving its page. It publishes that with a full fence, then counts and clears the freed
+    /// marks other threads left on it, and says the count is over. Returns the references to give back: the
+    /// bias and one per mark.
+    /// </summary>
+    /// <remarks>
+    /// Why no mark is lost: a free swaps its mark in (a full fence) and then reads <see cref="PageDescriptor.CacheHeld"/>;
+    /// this cache clears that flag (a full fence) and then reads the marks. Of two such sequences at least one
+    /// sees the other's write: either the scan sees the mark and counts it, or the free sees the page left and,
+    /// once <see cref="PageDescriptor.MarksCounted"/> says the scan is over, gives its reference back itself if
+    /// its mark is still there. The scan is the only writer of a byte that holds a mark until then.
+    /// </remarks>
+    private int LeavePage(ref PageDescriptor d)
+    {
+        Interlocked.Exchange(ref d.CacheHeld, 0);
+        int marks = 0;
+        if (_offset != 0 && Volatile.Read(ref d.MarksLeft) != 0)
+        {
+            byte mark = Arena.FreedMark(_generation);
+            int first = _pageStart >> Arena.MarkShift;
+            if (_carved <= StartsKept)
+            {
+                // Few fragments: look at their starts only (an aborted start may repeat; it holds no mark).
+                byte[] states = _states!;
+                for (int i = 0; i < _carved; i++)
+                {
+                    ref byte state = ref states[first + _starts[i]];
+                    if (state == mark)
+                    {
+                        state = 0;
+                        marks++;
+                    }
+                }
+            }
+            else
+            {
+                marks = Arena.ClaimFreedMarks(_states!, first, (_offset + MarkGranule - 1) >> Arena.MarkShift, mark);
+            }
+        }
+
+        Volatile.Write(ref d.MarksCounted, _generation);
+        return _bias + marks;
     }
 
     private void Forget()
@@ -848,7 +999,7 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowNotLiveStart(nint address, byte state, int offset)
     {
-        if (state != 0 && ((state >> 4) & 7) != (offset & 7))
+        if ((state & 0x80) != 0 && ((state >> 4) & 7) != (offset & 7))
         {
             ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is inside a fragment, not at its start: free a fragment by the address of its first byte.");
         }

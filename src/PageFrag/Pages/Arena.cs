@@ -2,6 +2,7 @@ using System.Numerics;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace PageFrag.Pages;
 
@@ -251,29 +252,89 @@ internal sealed unsafe class Arena
     /// costs a store-forwarding stall, about 3 ns, which the byte swap does not pay.)
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static bool TryRelease(byte[] states, int granule, byte live)
+    public static bool TryRelease(byte[] states, int granule, byte live) => TrySwap(states, granule, live, 0);
+
+    /// <summary>
+    /// One compare-and-swap of the state byte <paramref name="states"/>[<paramref name="granule"/>] from
+    /// <paramref name="expected"/> to <paramref name="value"/>; true for the one caller that wins.
+    /// </summary>
+    /// <remarks>See <see cref="TryRelease"/> for the .NET 8 fallback.</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool TrySwap(byte[] states, int granule, byte expected, byte value)
     {
 #if NET9_0_OR_GREATER
-        return Interlocked.CompareExchange(ref states[granule], 0, live) == live;
+        return Interlocked.CompareExchange(ref states[granule], value, expected) == expected;
 #else
         ref int word = ref Unsafe.As<byte, int>(ref states[granule & ~3]);
         int shift = BitConverter.IsLittleEndian ? (granule & 3) << 3 : (3 - (granule & 3)) << 3;
         int mask = 0xFF << shift;
-        int expected = live << shift;
+        int expectedBits = expected << shift;
+        int valueBits = value << shift;
         while (true)
         {
             int old = Volatile.Read(ref word);
-            if ((old & mask) != expected)
+            if ((old & mask) != expectedBits)
             {
                 return false;
             }
 
-            if (Interlocked.CompareExchange(ref word, old & ~mask, old) == old)
+            if (Interlocked.CompareExchange(ref word, (old & ~mask) | valueBits, old) == old)
             {
                 return true;
             }
         }
 #endif
+    }
+
+    /// <summary>
+    /// The state byte of a fragment that another thread freed while its fragment cache still held the page
+    /// (generation <paramref name="generation"/>): bit 7 clear, bit 6 set, bits 3-0 the generation's low bits.
+    /// The free gave no reference back yet; the cache counts such marks when it leaves the page (see
+    /// <see cref="ClaimFreedMarks"/>). Never 0 and never a <see cref="LiveTag"/>, so a second free of the
+    /// fragment is refused as for a cleared state.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static byte FreedMark(int generation) => (byte)(0x40 | (generation & 0x0F));
+
+    /// <summary>
+    /// Clears every <paramref name="mark"/> byte among the <paramref name="count"/> states from
+    /// <paramref name="first"/> on and returns how many it cleared. Only the cache that leaves the page calls
+    /// it, after it published its leaving with a full fence: from then on no free leaves a mark for it to count
+    /// without also waiting for this scan to end (see <c>PageFragCache.Free</c>), and nothing else writes a
+    /// byte that holds a mark, so plain byte stores suffice (never a wider store: other threads swap the
+    /// neighbouring bytes at the same time).
+    /// </summary>
+    public static int ClaimFreedMarks(byte[] states, int first, int count, byte mark)
+    {
+        Span<byte> span = states.AsSpan(first, count);
+        ref byte start = ref MemoryMarshal.GetReference(span);
+        int claimed = 0;
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            Vector256<byte> marks = Vector256.Create(mark);
+            for (; i <= span.Length - Vector256<byte>.Count; i += Vector256<byte>.Count)
+            {
+                uint hits = Vector256.Equals(Vector256.LoadUnsafe(ref start, (nuint)i), marks).ExtractMostSignificantBits();
+                while (hits != 0)
+                {
+                    Unsafe.Add(ref start, i + BitOperations.TrailingZeroCount(hits)) = 0;
+                    claimed++;
+                    hits &= hits - 1;
+                }
+            }
+        }
+
+        for (; i < span.Length; i++)
+        {
+            if (span[i] == mark)
+            {
+                span[i] = 0;
+                claimed++;
+            }
+        }
+
+        return claimed;
     }
 
     /// <summary>

@@ -38,7 +38,27 @@ public readonly struct Page : IEquatable<Page>
     public nint Address => NonEmpty.BaseAddress + (Index << PageConstants.PageShift);
 
     /// <summary>The current reference count (page_ref_count).</summary>
-    public int RefCount => Volatile.Read(ref Descriptor.RefCount);
+    /// <remarks>
+    /// On the page a fragment cache is carving, fragments freed by other threads that the cache has not counted
+    /// yet (it counts them when it leaves the page, see docs/kernel-map.md) are already subtracted, so the figure
+    /// is the kernel's: one reference less per freed fragment. It is a snapshot: other threads may change it.
+    /// </remarks>
+    public int RefCount
+    {
+        get
+        {
+            Arena arena = NonEmpty;
+            ref PageDescriptor d = ref arena.Pages[Index];
+            int count = Volatile.Read(ref d.RefCount);
+            if (Volatile.Read(ref d.CacheHeld) != 0)
+            {
+                count -= arena.FragStates.AsSpan((Index << PageConstants.PageShift) >> Arena.MarkShift, Length >> Arena.MarkShift)
+                    .Count(Arena.FreedMark(Volatile.Read(ref d.Generation)));
+            }
+
+            return count;
+        }
+    }
 
     /// <summary>True when the block came from the emergency reserve (page_is_pfmemalloc).</summary>
     public bool IsPfMemalloc => (Descriptor.Flags & PageFlags.PfMemalloc) != 0;

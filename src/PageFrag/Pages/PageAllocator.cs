@@ -561,6 +561,7 @@ public sealed partial class PageAllocator : IDisposable
         d.PpRefCount = 0;
         d.DmaAddress = 0;
         d.CallerRefs = 0;
+        d.CacheHeld = 0;
         for (int i = 1; i < pages; i++)
         {
             ref PageDescriptor t = ref arena.Pages[index + i];

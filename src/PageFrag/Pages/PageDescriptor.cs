@@ -98,6 +98,30 @@ internal struct PageDescriptor
     public int CallerRefs;
 
     /// <summary>
+    /// 1 while a fragment cache carves the block (its current page), 0 otherwise. The cache sets it after
+    /// <see cref="Generation"/> when it takes or reuses the block, and clears it with a full fence when it
+    /// leaves. A free from another thread that finds it set leaves a freed mark
+    /// (<see cref="Arena.FreedMark"/>) instead of dropping a reference: one atomic operation instead of two,
+    /// and the cache counts the marks when it leaves.
+    /// </summary>
+    public int CacheHeld;
+
+    /// <summary>
+    /// The generation whose cache has finished counting the freed marks after leaving the block. A free that
+    /// left a mark but then found <see cref="CacheHeld"/> cleared waits for this before it looks whether its
+    /// mark was counted.
+    /// </summary>
+    public int MarksCounted;
+
+    /// <summary>
+    /// Set to 1 (a plain store) by a free from another thread before it swaps its freed mark in; reset when a
+    /// cache takes the block. A cache leaving the block scans for marks only when it is set: the swap that
+    /// follows the store is a full fence, so a cache that read it as 0 after clearing
+    /// <see cref="CacheHeld"/> has no mark to count.
+    /// </summary>
+    public int MarksLeft;
+
+    /// <summary>
     /// <see cref="RefCount"/> and <see cref="Generation"/> as one 64-bit word, for a compare-and-swap that
     /// decides on both at once (little-endian: the count is the low half). Mixing this 64-bit CAS with 32-bit interlocked operations on RefCount is
     /// coherent on every 64-bit platform .NET runs on.
