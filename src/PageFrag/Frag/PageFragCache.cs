@@ -3,6 +3,7 @@ using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 using PageFrag.Pages;
 
 namespace PageFrag.Frag;
@@ -619,6 +620,13 @@ public sealed partial class PageFragCache : IDisposable
             return false;
         }
 
+        // On x86 the locked swap orders the loads below after it. Elsewhere (Arm64 may weaken volatile loads to
+        // RCpc loads that can pass a store-release) a full fence does; the JIT drops this branch on x86.
+        if (!X86Base.IsSupported)
+        {
+            Interlocked.MemoryBarrier();
+        }
+
         // Read after the swap (a full fence): still held in our generation means the cache's leaving scan,
         // which starts after it clears the flag, will count the mark.
         if (Volatile.Read(ref d.CacheHeld) == 0 || Volatile.Read(ref d.Generation) != generation)
@@ -928,6 +936,10 @@ public sealed partial class PageFragCache : IDisposable
     private int LeavePage(ref PageDescriptor d)
     {
         Interlocked.Exchange(ref d.CacheHeld, 0);
+
+        // Once per page: a full fence on every platform between clearing the flag and reading the marks (Arm64 may
+        // let plain loads pass the exchange's store otherwise).
+        Interlocked.MemoryBarrier();
         int marks = 0;
         if (_offset != 0 && Volatile.Read(ref d.MarksLeft) != 0)
         {
