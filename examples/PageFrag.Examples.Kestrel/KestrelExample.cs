@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using PageFrag.Pages;
 
 namespace PageFrag.Examples.Kestrel;
 
@@ -21,8 +22,12 @@ internal static class KestrelExample
     /// Builds the app: <c>GET /hello</c> (a 5-byte body) and <c>GET /bytes/{size}</c> (a body of
     /// <c>size</c> bytes written through the response's <see cref="PipeWriter"/> in 4 KiB pieces).
     /// </summary>
+    /// <param name="pool">One of <see cref="Pools"/>.</param>
+    /// <param name="urls">Where Kestrel listens.</param>
+    /// <param name="arenaSize">With PageFrag's pool, the page allocator's arena size in bytes; null for the
+    /// factory's default.</param>
     /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>.</exception>
-    public static WebApplication Build(string pool, string urls)
+    public static WebApplication Build(string pool, string urls, int? arenaSize = null)
     {
         if (!Pools.Contains(pool))
         {
@@ -34,7 +39,7 @@ internal static class KestrelExample
         builder.WebHost.UseUrls(urls);
         if (pool == "pagefrag")
         {
-            builder.Services.AddPageFragMemoryPool();
+            builder.Services.AddPageFragMemoryPool(arenaSize is int size ? o => o.AllocatorOptions = new PageAllocatorOptions { ArenaSize = size } : null);
         }
 
         WebApplication app = builder.Build();
