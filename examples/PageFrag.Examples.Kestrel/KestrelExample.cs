@@ -26,12 +26,19 @@ internal static class KestrelExample
     /// <param name="urls">Where Kestrel listens.</param>
     /// <param name="arenaSize">With PageFrag's pool, the page allocator's arena size in bytes; null for the
     /// factory's default.</param>
-    /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>.</exception>
+    /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>, or an
+    /// arena size is given for Kestrel's pool (an arena size the allocator refuses throws its
+    /// <see cref="ArgumentOutOfRangeException"/> when the factory is created).</exception>
     public static WebApplication Build(string pool, string urls, int? arenaSize = null)
     {
         if (!Pools.Contains(pool))
         {
             throw new ArgumentException($"Unknown pool '{pool}': use {string.Join(" or ", Pools)}.", nameof(pool));
+        }
+
+        if (arenaSize is not null && pool != "pagefrag")
+        {
+            throw new ArgumentException("An arena size applies to the pagefrag pool only.", nameof(arenaSize));
         }
 
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
