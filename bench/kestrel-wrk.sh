@@ -10,7 +10,11 @@
 # /bytes/1048576 show the memory the large bodies left behind.
 #
 # Usage: bench/kestrel-wrk.sh [seconds per run, default 10] [connections, default 64] [rounds, default 1]
-# Environment: ARENA_SIZE=bytes passes --arena-size to PageFrag's server (the factory's page allocator).
+# Environment: WARMUP=seconds of wrk before each pair of measured runs (default 5). The servers start fresh,
+# and the JIT tiers their code up while they serve: on a loaded machine a server gets so little CPU that a
+# short warm-up leaves the JIT in the measured run (perf showed libclrjit at 29-39 % of the servers' samples
+# after 3 s at load 38); give it 15 s or more there. ARENA_SIZE=bytes passes --arena-size to PageFrag's
+# server (the factory's page allocator).
 # Installs wrk with apt-get when it is missing (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +22,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 connections=${2:-64}
 rounds=${3:-1}
-warmup=3
+warmup=${WARMUP:-5}
 paths=(/hello /bytes/4096 /bytes/65536 /bytes/1048576)
 pools=(default pagefrag)
 declare -A port=([default]=5080 [pagefrag]=5081)
