@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using PageFrag.Pages;
 
 namespace PageFrag.Examples.Kestrel;
 
@@ -21,12 +22,23 @@ internal static class KestrelExample
     /// Builds the app: <c>GET /hello</c> (a 5-byte body) and <c>GET /bytes/{size}</c> (a body of
     /// <c>size</c> bytes written through the response's <see cref="PipeWriter"/> in 4 KiB pieces).
     /// </summary>
-    /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>.</exception>
-    public static WebApplication Build(string pool, string urls)
+    /// <param name="pool">One of <see cref="Pools"/>.</param>
+    /// <param name="urls">Where Kestrel listens.</param>
+    /// <param name="arenaSize">With PageFrag's pool, the page allocator's arena size in bytes; null for the
+    /// factory's default.</param>
+    /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>, or an
+    /// arena size is given for Kestrel's pool (an arena size the allocator refuses throws its
+    /// <see cref="ArgumentOutOfRangeException"/> when the factory is created).</exception>
+    public static WebApplication Build(string pool, string urls, int? arenaSize = null)
     {
         if (!Pools.Contains(pool))
         {
             throw new ArgumentException($"Unknown pool '{pool}': use {string.Join(" or ", Pools)}.", nameof(pool));
+        }
+
+        if (arenaSize is not null && pool != "pagefrag")
+        {
+            throw new ArgumentException("An arena size applies to the pagefrag pool only.", nameof(arenaSize));
         }
 
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
@@ -34,7 +46,7 @@ internal static class KestrelExample
         builder.WebHost.UseUrls(urls);
         if (pool == "pagefrag")
         {
-            builder.Services.AddPageFragMemoryPool();
+            builder.Services.AddPageFragMemoryPool(arenaSize is int size ? o => o.AllocatorOptions = new PageAllocatorOptions { ArenaSize = size } : null);
         }
 
         WebApplication app = builder.Build();

@@ -1,7 +1,8 @@
 using PageFrag.Examples.Kestrel;
 
-// Usage: PageFrag.Examples.Kestrel [--pool default|pagefrag] [--urls http://127.0.0.1:5080]
+// Usage: PageFrag.Examples.Kestrel [--pool default|pagefrag] [--urls http://127.0.0.1:5080] [--arena-size BYTES]
 string pool = "pagefrag", urls = "http://127.0.0.1:5080";
+int? arenaSize = null;
 for (int i = 0; i + 1 < args.Length; i += 2)
 {
     switch (args[i])
@@ -12,15 +13,18 @@ for (int i = 0; i + 1 < args.Length; i += 2)
         case "--urls":
             urls = args[i + 1];
             break;
+        case "--arena-size" when int.TryParse(args[i + 1], out int size):
+            arenaSize = size;
+            break;
         default:
-            Console.Error.WriteLine($"Unknown option '{args[i]}'. Usage: [--pool default|pagefrag] [--urls URL]");
+            Console.Error.WriteLine($"Unknown option '{args[i]}'. Usage: [--pool default|pagefrag] [--urls URL] [--arena-size BYTES]");
             return 2;
     }
 }
 
 try
 {
-    await using var app = KestrelExample.Build(pool, urls);
+    await using var app = KestrelExample.Build(pool, urls, arenaSize);
     Console.WriteLine($"pool {pool}, listening on {urls}");
     await app.RunAsync();
     return 0;

@@ -16,8 +16,13 @@ namespace PageFrag.AspNetCore;
 /// <remarks>
 /// <para><b>Trimming.</b> Kestrel's own pool is evicted from the server heartbeat; a replacement factory
 /// gets none, so this one runs a timer (<see cref="PageFragMemoryPoolFactoryOptions.TrimInterval"/>):
-/// each tick drains the caches that stayed idle for a whole interval and gives entirely free arenas back
-/// to the garbage collector.</para>
+/// each tick drains the caches that stayed idle for a whole interval and gives back to the garbage
+/// collector the entirely free arenas that served no page for a whole interval
+/// (<see cref="PageAllocator.Trim(bool)"/> with <c>idleOnly</c>). An arena that is free only during a lull
+/// between bursts is kept: a released arena's pinned array stays in the process until the next full
+/// collection, so releasing it under load and allocating the next beside it grew the process by the
+/// arenas released (16 MiB with 1 MiB bodies under wrk, <c>bench/README.md</c>).
+/// <see cref="Trim"/> still gives back everything free at once.</para>
 /// <para><b>Lifetime.</b> The pools live on the factory's allocator: disposing the factory (the DI
 /// container does it at shutdown, after Kestrel has disposed its pools) disposes any pool still alive and
 /// the allocator. Buffers still out stay valid memory and may be returned later.</para>
@@ -221,7 +226,7 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
                 }
             }
 
-            _allocator.Trim();
+            _allocator.Trim(idleOnly);
             _trims++;
         }
     }

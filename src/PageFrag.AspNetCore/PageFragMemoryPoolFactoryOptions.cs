@@ -33,7 +33,8 @@ public sealed class PageFragMemoryPoolFactoryOptions
 
     /// <summary>
     /// How often idle memory is given back: each tick drains the per-CPU caches that served no rent since
-    /// the previous tick, then releases the allocator's entirely free arenas. A custom Kestrel pool gets no
+    /// the previous tick, then releases the allocator's entirely free arenas that served no page since the
+    /// previous tick (so memory idle for one to two intervals goes back). A custom Kestrel pool gets no
     /// heartbeat, so the factory runs its own timer. <see cref="Timeout.InfiniteTimeSpan"/> turns trimming
     /// off. Default <see cref="DefaultTrimInterval"/>.
     /// </summary>

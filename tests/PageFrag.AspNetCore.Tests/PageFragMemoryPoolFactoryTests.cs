@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Options;
 using PageFrag.Buffers;
 using PageFrag.Diagnostics;
+using PageFrag.Pages;
 using PageFrag.Tests.Infrastructure;
 
 namespace PageFrag.AspNetCore.Tests;
@@ -30,6 +31,90 @@ public class PageFragMemoryPoolFactoryTests
         Assert.Equal(0, factory.Allocator.PagesInUse);
         Assert.Equal(0, factory.Allocator.GetStats().Arenas);
         pool.Dispose();
+        Leaks.AssertNone(factory.Allocator);
+    }
+
+    [Fact]
+    public void A_tick_during_a_lull_keeps_the_arenas_the_interval_used_so_the_next_burst_needs_no_new_ones()
+    {
+        var time = new ManualTimeProvider();
+        var options = new PageFragMemoryPoolFactoryOptions { AllocatorOptions = new PageAllocatorOptions { ArenaSize = 64 * 1024 } };
+        using var factory = new PageFragMemoryPoolFactory(options, time);
+        MemoryPool<byte> pool = factory.Create();
+        var owners = new List<IMemoryOwner<byte>>();
+
+        void Burst()
+        {
+            for (int i = 0; i < 64; i++)
+            {
+                IMemoryOwner<byte> owner = pool.Rent(4096);
+                owner.Memory.Span.Fill((byte)i);
+                owners.Add(owner);
+            }
+
+            foreach (IMemoryOwner<byte> owner in owners)
+            {
+                owner.Dispose();
+            }
+
+            owners.Clear();
+        }
+
+        Burst();
+        int arenas = factory.Allocator.GetStats().Arenas;
+        Assert.True(arenas >= 4, $"{arenas} arenas");
+
+        // Every tick falls in a lull (nothing rented), but each interval had a burst: nothing is released,
+        // and the bursts find the arenas they need.
+        for (int tick = 0; tick < 3; tick++)
+        {
+            time.Fire();
+            PageAllocatorStats stats = factory.Allocator.GetStats();
+            Assert.Equal(arenas, stats.Arenas);
+            Assert.Equal(0, stats.ArenasTrimmed);
+            Burst();
+            Assert.Equal(arenas, factory.Allocator.GetStats().Arenas);
+        }
+
+        // Then quiet: one tick marks the caches and the arenas, the next drains the caches and releases every arena.
+        time.Fire();
+        Assert.Equal(arenas, factory.Allocator.GetStats().Arenas);
+        time.Fire();
+        PageAllocatorStats idle = factory.Allocator.GetStats();
+        Assert.Equal(0, idle.Arenas);
+        Assert.Equal(arenas, idle.ArenasTrimmed);
+        Assert.Equal(0, idle.PagesInUse);
+        pool.Dispose();
+        Leaks.AssertNone(factory.Allocator);
+    }
+
+    [Fact]
+    public void Trim_drains_every_cache_and_releases_every_free_arena_at_once_even_right_after_use()
+    {
+        var time = new ManualTimeProvider();
+        using var factory = new PageFragMemoryPoolFactory(new PageFragMemoryPoolFactoryOptions { AllocatorOptions = new PageAllocatorOptions { ArenaSize = 64 * 1024 } }, time);
+        MemoryPool<byte> a = factory.Create();
+        MemoryPool<byte> b = factory.Create();
+        IMemoryOwner<byte> held = a.Rent(4096);
+        for (int i = 0; i < 40; i++)
+        {
+            a.Rent(4096).Dispose();
+            b.Rent(300).Dispose();
+        }
+
+        time.Fire();
+        Assert.NotEqual(0, factory.Allocator.GetStats().Arenas);
+
+        factory.Trim();
+        PageAllocatorStats stats = factory.Allocator.GetStats();
+        Assert.Equal(1, stats.Arenas);
+        Assert.Equal(8, stats.PagesInUse); // the 32 KiB page under the buffer still held; both caches drained
+        held.Memory.Span.Fill(3);
+        held.Dispose();
+        factory.Trim();
+        Assert.Equal(0, factory.Allocator.GetStats().Arenas);
+        a.Dispose();
+        b.Dispose();
         Leaks.AssertNone(factory.Allocator);
     }
 

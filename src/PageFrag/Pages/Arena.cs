@@ -117,6 +117,12 @@ internal sealed unsafe class Arena
 
     public bool IsEntirelyFree => _freePages == PageCount;
 
+    /// <summary>
+    /// Set whenever a block is taken from this arena, cleared by each trim of the allocator: an idle trim
+    /// releases only arenas that served nothing since the previous trim. Read and written under the lock.
+    /// </summary>
+    public bool UsedSinceTrim;
+
     /// <summary>Number of free blocks of <paramref name="order"/>. Caller holds the allocator lock.</summary>
     public int CountFreeBlocks(int order)
     {
@@ -155,6 +161,7 @@ internal sealed unsafe class Arena
         }
 
         _freePages -= 1 << order;
+        UsedSinceTrim = true;
         return true;
     }
 

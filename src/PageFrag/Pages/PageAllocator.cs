@@ -358,7 +358,20 @@ public sealed partial class PageAllocator : IDisposable
     /// parked on per-CPU lists back to the buddy lists.
     /// </summary>
     /// <returns>The number of arenas released.</returns>
-    public int Trim()
+    public int Trim() => Trim(idleOnly: false);
+
+    /// <summary>
+    /// Gives entirely free arenas back to the garbage collector, after moving the pages parked on per-CPU
+    /// lists back to the buddy lists. With <paramref name="idleOnly"/>, an arena is released only if no
+    /// block was taken from it since the previous trim (of either kind); every trim clears that mark, so an
+    /// arena unused for one whole interval between two idle trims goes at the second. That is the eviction
+    /// a periodic timer runs: an arena that was free only during a short lull is kept, because a released
+    /// arena's pinned array stays in the process until a full garbage collection, and the next burst
+    /// would allocate a new one beside it. Without it, every entirely free arena is released now.
+    /// </summary>
+    /// <param name="idleOnly">Release only arenas that served no block since the previous trim.</param>
+    /// <returns>The number of arenas released.</returns>
+    public int Trim(bool idleOnly)
     {
         DrainPerCpuLists();
         int released = 0;
@@ -372,7 +385,9 @@ public sealed partial class PageAllocator : IDisposable
             var keep = new List<Arena>(_arenas.Length);
             foreach (Arena arena in _arenas)
             {
-                if (arena.IsEntirelyFree)
+                bool used = arena.UsedSinceTrim;
+                arena.UsedSinceTrim = false;
+                if (arena.IsEntirelyFree && !(idleOnly && used))
                 {
                     ArenaRegistry.Unregister(arena);
                     released++;

@@ -36,7 +36,7 @@ public sealed record PageAllocatorStats
     /// <summary>Allocations served from the emergency reserve.</summary>
     public long PfMemallocAllocations { get; init; }
 
-    /// <summary>Arenas given back to the garbage collector by <see cref="PageAllocator.Trim"/>.</summary>
+    /// <summary>Arenas given back to the garbage collector by <see cref="PageAllocator.Trim(bool)"/>.</summary>
     public long ArenasTrimmed { get; init; }
 
     /// <summary>The effective page limit, or -1 without a limit.</summary>
