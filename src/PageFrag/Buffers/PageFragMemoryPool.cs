@@ -734,7 +734,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             {
                 mine.Returns++;
                 mine.ReturnedBytes += trueSize;
-                mine.StashLocked(owner);
+
+                // Offered to the renting threads first (a thread that disposes what others rent has little use
+                // for owner objects of its own); kept here when the spare stash is full.
+                if (mine.Registry.Retired || !mine.Registry.Spare.TryReturn(owner))
+                {
+                    mine.StashLocked(owner);
+                }
             }
             finally
             {
