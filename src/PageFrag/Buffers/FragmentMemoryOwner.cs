@@ -35,8 +35,17 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private const int Idle = 0;
     private const int Rented = 1;
 
-    private readonly PageFragMemoryPool.CpuSlot _home;
-    private PageFragment _fragment;
+    // The slot that rented the buffer (set at each rent: an idle owner object may move between slots).
+    private PageFragMemoryPool.ThreadSlot _home;
+
+    // A fragment rent: its arena (null for a block rent), offset in the arena and page generation. Left as they
+    // are when the buffer is given back (every use checks _state first), and references are stored only when
+    // they change, so that a steady rent pays no write barrier for them.
+    private Arena? _arena;
+    private int _arenaOffset;
+    private int _generation;
+
+    // A block rent (empty for a fragment rent).
     private Page _block;
 
     // The rented bytes, set when rented: array[_offset.._offset + _length] at _address (pinned).
@@ -49,10 +58,10 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private bool _finalized;
     private StackTrace? _rentedAt;
 
-    public FragmentMemoryOwner(PageFragMemoryPool.CpuSlot home) => _home = home;
+    public FragmentMemoryOwner(PageFragMemoryPool.ThreadSlot home) => _home = home;
 
-    /// <summary>The CPU slot that rented the buffer and takes it back.</summary>
-    internal PageFragMemoryPool.CpuSlot Home => _home;
+    /// <summary>The thread slot that rented the buffer and takes it back.</summary>
+    internal PageFragMemoryPool.ThreadSlot Home => _home;
 
     /// <summary>The rented bytes; the memory keeps this owner reachable.</summary>
     /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
@@ -129,22 +138,36 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <summary>The memory the buffer keeps from reuse.</summary>
     internal int TrueSize => Volatile.Read(ref _state) == Rented ? _trueSize : 0;
 
-    /// <summary>Makes the object a live rent of <paramref name="fragment"/> (under the slot's lock).</summary>
-    internal void SetFragment(in PageFragment fragment)
+    /// <summary>Makes the object a live rent of <paramref name="fragment"/> from <paramref name="home"/> (inside the slot).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void SetFragment(PageFragMemoryPool.ThreadSlot home, PageFragment fragment)
     {
-        // Idle owners hold neither a fragment nor a block (Dispose and the finalizer clear the one used).
-        _fragment = fragment;
+        if (!ReferenceEquals(_home, home))
+        {
+            _home = home;
+        }
+
         ArraySegment<byte> bytes = fragment.ArraySegment;
-        _array = bytes.Array;
+        Arena arena = fragment.Arena!;
+        if (!ReferenceEquals(_arena, arena))
+        {
+            _arena = arena;
+            _array = bytes.Array;
+        }
+
+        _arenaOffset = fragment.ArenaOffset;
+        _generation = fragment.Generation;
         _offset = bytes.Offset;
         _length = bytes.Count;
-        _address = fragment.Address;
+        _address = arena.BaseAddress + fragment.ArenaOffset;
         Activate(fragment.TrueSize);
     }
 
-    /// <summary>Makes the object a live rent of <paramref name="block"/> (under the slot's lock).</summary>
-    internal void SetBlock(Page block)
+    /// <summary>Makes the object a live rent of <paramref name="block"/> from <paramref name="home"/> (inside the slot).</summary>
+    internal void SetBlock(PageFragMemoryPool.ThreadSlot home, Page block)
     {
+        _home = home;
+        _arena = null;
         _block = block;
         MemoryMarshal.TryGetArray(block.Memory, out ArraySegment<byte> bytes);
         _array = bytes.Array;
@@ -168,19 +191,24 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             _rentedAt = null;
         }
 
-        PageFragment fragment = _fragment;
-        if (!fragment.IsEmpty)
+        Arena? arena = _arena;
+        if (arena is not null)
         {
-            _fragment = default;
-            _home.ReturnFragment(this, in fragment);
+            _home.ReturnFragment(this, new PageFragment(arena, _arenaOffset, _length, _trueSize, _generation));
         }
         else
         {
-            Page block = _block;
-            _block = default;
-            block.Allocator.FreePages(block);
-            _home.Returned(this, _trueSize);
+            ReleaseBlock();
         }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ReleaseBlock()
+    {
+        Page block = _block;
+        _block = default;
+        block.Allocator.FreePages(block);
+        _home.ReturnedBlock(this, _trueSize);
     }
 
     /// <summary>Where the buffer was rented (detection mode only), reported if it leaks.</summary>
@@ -223,9 +251,8 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         }
 
         _finalized = true;
-        PageFragment fragment = _fragment;
+        PageFragment fragment = _arena is null ? default : new PageFragment(_arena, _arenaOffset, _length, _trueSize, _generation);
         Page block = _block;
-        _fragment = default;
         _block = default;
         try
         {

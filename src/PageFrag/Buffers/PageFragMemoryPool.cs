@@ -21,14 +21,19 @@ namespace PageFrag.Buffers;
 /// page, it is a dedicated page block of the smallest sufficient order, and its <c>Memory</c> is the whole
 /// block. <see cref="MaxBufferSize"/> is <see cref="PageFragMemoryPoolOptions.MaxBufferSize"/>.</para>
 /// <para><b>Threading.</b> <see cref="Rent"/> and disposing a buffer are safe from any thread. The pool
-/// keeps one <see cref="PageFragCache"/> per CPU, each behind its own lock (the kernel's per-CPU cache with
-/// a local lock): a rent takes the lock of the CPU it runs on, or of any free one if that is busy, so the
-/// lock is uncontended in practice; a trim can drain every cache safely, which per-thread caches would not
-/// allow. A buffer may be disposed on any thread; when its CPU's lock is free, the return is done as that
-/// cache's owner (<see cref="PageFragCache.FreeLocal"/>: no atomic when the fragment is on the current
-/// page). The lock is a one-word spin gate: one compare-and-swap to enter, a plain release store to leave,
-/// so an uncontended rent or return costs one atomic operation.</para>
-/// <para><b>Owners are recycled.</b> The <see cref="IMemoryOwner{T}"/> objects are pooled per CPU, so
+/// keeps one <see cref="PageFragCache"/> per thread that uses it (the kernel's <c>current-&gt;task_frag</c>),
+/// so a rent takes no lock and no atomic operation: the thread marks its slot busy with a plain store and
+/// checks that no trim is under way. A trim (and <see cref="GetStats"/>, and <c>Dispose</c>) flags every
+/// slot, issues one process-wide memory barrier (<see cref="Interlocked.MemoryBarrierProcessWide"/>, the
+/// asymmetric half of the handshake), waits for the busy slots to finish their current call, and then drains
+/// each cache as if it were its owner; a thread that meets the flag waits for the trim to end. A buffer
+/// disposed on the thread that rented it goes back as that cache's owner (<see cref="PageFragCache.FreeLocal"/>:
+/// no atomic on the page count when the fragment is on the current page); one disposed on another thread is
+/// freed as from any thread and its owner object joins the disposing thread's slot. A slot of a thread that
+/// ended is taken over by the next new thread, and keeps at most one cache page until then (or until a
+/// trim).</para>
+/// <para><b>Owners are recycled.</b> The <see cref="IMemoryOwner{T}"/> objects are pooled per thread slot (a small shared stash evens out
+/// threads that only rent and threads that only dispose), so
 /// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. <c>Dispose</c> is decided by one atomic
 /// exchange: of any number of calls, racing on several threads or not, exactly one gives the memory back
 /// and the others do nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/>
@@ -75,14 +80,17 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     // Rents are rounded to a cache line: no false sharing between buffers owned by different threads.
     internal const int Granule = 64;
 
-    // Owner objects a CPU slot keeps at most; the rest are left to the garbage collector.
+    // Owner objects a thread slot keeps at most; the rest go to the shared spare stash, then to the collector.
     private const int OwnerStashCapacity = 256;
+
+    // Owner objects shared between slots: what a thread that only disposes hands to a thread that only rents.
+    private const int SpareOwners = 32;
 
     private static readonly Lazy<PageFragMemoryPool> s_shared = new(() => new PageFragMemoryPool(new PageFragMemoryPoolOptions { Name = "shared" }, isShared: true));
 
     private readonly PageAllocator _allocator;
     private readonly bool _isShared;
-    private readonly CpuSlot[] _slots;
+    private readonly SlotRegistry _registry;
     private readonly int _maxBufferSize;
     private volatile bool _disposed;
 
@@ -103,11 +111,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         _isShared = isShared;
         Name = options.Name;
         _maxBufferSize = options.MaxBufferSize;
-        _slots = new CpuSlot[Math.Max(1, Environment.ProcessorCount)];
-        for (int i = 0; i < _slots.Length; i++)
-        {
-            _slots[i] = new CpuSlot(_allocator, options.OwnersPerCpu);
-        }
+        _registry = new SlotRegistry(allocator, options.OwnersPerCpu);
     }
 
     /// <summary>
@@ -129,6 +133,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     /// <summary>True once the pool was disposed (never for <see cref="Shared"/>).</summary>
     public bool IsDisposed => _disposed;
 
+    /// <summary>The thread slots created so far (test hook).</summary>
+    internal int SlotCount => _registry.Count;
+
     /// <summary>
     /// Rents a buffer of at least <paramref name="minBufferSize"/> bytes (<see cref="DefaultBufferSize"/>
     /// for -1). Dispose the owner to give it back. Any thread.
@@ -145,18 +152,24 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
 
         int rounded = size <= Granule ? Granule : (size + (Granule - 1)) & ~(Granule - 1);
-        CpuSlot slot = EnterSlot();
+        ThreadSlot? slot = _registry.Current();
+        if (slot is null)
+        {
+            BufferThrowHelper.Disposed(nameof(PageFragMemoryPool));
+        }
+
+        bool outermost = slot.Enter();
         FragmentMemoryOwner? owner;
         try
         {
-            // Checked under the slot lock: Dispose drains each slot under it, so no rent can refill a
-            // cache that Dispose has already drained.
+            // Read inside the slot's busy mark: Dispose sets the flag before it quiesces and drains every slot,
+            // so no rent can refill a cache that Dispose has already drained.
             if (_disposed)
             {
                 BufferThrowHelper.Disposed(nameof(PageFragMemoryPool));
             }
 
-            owner = slot.RentLocked(rounded);
+            owner = slot.RentLocked(rounded, outermost);
         }
         finally
         {
@@ -177,30 +190,18 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     }
 
     /// <summary>
-    /// Gives free page space back: drains the per-CPU caches (their current pages return to the allocator
+    /// Gives free page space back: drains the per-thread caches (their current pages return to the allocator
     /// once the fragments still out on them are freed) and, when the pool takes its pages from
     /// <see cref="PageAllocator.Shared"/>, releases that allocator's entirely free arenas (a private
     /// allocator is the caller's to trim). With <paramref name="idleOnly"/>, only caches that served no rent
     /// since the previous trim are drained (the others are marked, so an idle period of one trim interval
-    /// is enough): the eviction a periodic timer runs. Any thread.
+    /// is enough): the eviction a periodic timer runs. Any thread; it waits for rents and returns under way
+    /// to finish, and those that start meanwhile wait for it.
     /// </summary>
     /// <returns>The bytes of free page space given back by the caches.</returns>
     public long Trim(bool idleOnly = false)
     {
-        long evicted = 0;
-        foreach (CpuSlot slot in _slots)
-        {
-            slot.Enter();
-            try
-            {
-                evicted += slot.TrimLocked(idleOnly);
-            }
-            finally
-            {
-                slot.Exit();
-            }
-        }
-
+        long evicted = _registry.Drain(idleOnly, retire: false, out _);
         if (ReferenceEquals(_allocator, PageAllocator.Shared))
         {
             _allocator.Trim();
@@ -209,49 +210,8 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         return evicted;
     }
 
-    /// <summary>A snapshot of the pool's counters (takes each CPU slot's lock briefly). Any thread.</summary>
-    public PageFragMemoryPoolStats GetStats()
-    {
-        long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0, reclaimed = 0;
-        foreach (CpuSlot slot in _slots)
-        {
-            slot.Enter();
-            try
-            {
-                rents += slot.Rents;
-                rented += slot.RentedBytes;
-                blocks += slot.DedicatedBlocks;
-                allocated += slot.AllocatedBytes;
-                evicted += slot.EvictedBytes;
-                pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset;
-                reused += slot.Cache.PagesReused;
-                returns += slot.Returns;
-                returned += slot.ReturnedBytes;
-            }
-            finally
-            {
-                slot.Exit();
-            }
-
-            returns += Interlocked.Read(ref slot.ContendedReturns);
-            returned += Interlocked.Read(ref slot.ContendedReturnedBytes);
-            reclaimed += Interlocked.Read(ref slot.Reclaimed);
-        }
-
-        return new PageFragMemoryPoolStats
-        {
-            Rents = rents,
-            RentedBytes = rented,
-            Returns = returns,
-            OutstandingBytes = rented - returned,
-            DedicatedBlocks = blocks,
-            AllocatedBytes = allocated,
-            PooledBytes = pooled,
-            EvictedBytes = evicted,
-            PagesReused = reused,
-            ReclaimedBuffers = reclaimed,
-        };
-    }
+    /// <summary>A snapshot of the pool's counters (pauses each thread slot briefly, as a trim does). Any thread.</summary>
+    public PageFragMemoryPoolStats GetStats() => _registry.GetStats();
 
     /// <summary>
     /// Drains every cache and retires the pool: <see cref="Rent"/> then throws
@@ -268,23 +228,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
 
         _disposed = true;
-        long drained = 0;
-        int caches = 0;
-        foreach (CpuSlot slot in _slots)
-        {
-            slot.Enter();
-            try
-            {
-                long free = slot.TrimLocked(idleOnly: false);
-                drained += free;
-                caches += free > 0 ? 1 : 0;
-            }
-            finally
-            {
-                slot.Exit();
-            }
-        }
-
+        long drained = _registry.Drain(idleOnly: false, retire: true, out int caches);
         if (!disposing && caches > 0)
         {
             PageFragEventSource.Log.LeakReclaimed(nameof(PageFragMemoryPool), caches, drained, string.Empty);
@@ -305,79 +249,304 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private CpuSlot EnterSlot()
+    /// <summary>
+    /// The pool's thread slots. It references neither the pool nor any thread's storage, so a thread that
+    /// used a pool never keeps the pool reachable (its finalizer, the safety net, still runs).
+    /// </summary>
+    /// <remarks>
+    /// <para>Each thread finds its slot through two thread statics: the slot it used last (one compare on
+    /// the fast path) and a short list of its slots in other pools. Creating a slot, taking over the slot of
+    /// a thread that ended, and every operation on all slots (trim, statistics, retirement) run under one
+    /// lock, so they never overlap.</para>
+    /// <para>The handshake with the owning threads: the operation sets each slot's <c>Quiesce</c> flag, then
+    /// issues <see cref="Interlocked.MemoryBarrierProcessWide"/>, then waits until each slot is not busy.
+    /// An owner marks its slot busy (a plain store) and then reads the flag. After the process-wide barrier,
+    /// every owner either had its busy mark visible (the operation waits for it) or reads the flag as set (it
+    /// waits for the operation): the barrier orders the owner's store before its load without a fence on the
+    /// owner's side. The owner clears the mark with a release store, and the operation clears the flag with
+    /// one, so each side sees the other's writes to the cache.</para>
+    /// </remarks>
+    internal sealed class SlotRegistry
     {
-        CpuSlot[] slots = _slots;
-        int start = (int)((uint)Thread.GetCurrentProcessorId() % (uint)slots.Length);
-        CpuSlot home = slots[start];
-        if (home.TryEnter())
+        [ThreadStatic]
+        private static ThreadSlot? t_last;
+
+        [ThreadStatic]
+        private static ThreadSlot?[]? t_slots;
+
+        public readonly PageAllocator Allocator;
+        public readonly ObjectStash<FragmentMemoryOwner> Spare = new(SpareOwners);
+        private readonly int _ownersPerSlot;
+        private readonly object _lock = new();
+        private ThreadSlot[] _slots = [];
+        private volatile bool _retired;
+
+        public SlotRegistry(PageAllocator allocator, int ownersPerSlot)
         {
-            return home;
+            Allocator = allocator;
+            _ownersPerSlot = ownersPerSlot;
         }
 
-        return EnterSlotContended(start);
-    }
+        public int Count => Volatile.Read(ref _slots).Length;
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private CpuSlot EnterSlotContended(int start)
-    {
-        // The thread was preempted on this CPU by another renter, or migrated: any free slot will do.
-        CpuSlot[] slots = _slots;
-        for (int i = 1; i < slots.Length; i++)
+        /// <summary>The slot the calling thread used last, in any pool.</summary>
+        public static ThreadSlot? LastUsed => t_last;
+
+        public bool Retired => _retired;
+
+        /// <summary>The calling thread's slot, created on first use; null once the pool is retired and the thread has none.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ThreadSlot? Current()
         {
-            CpuSlot slot = slots[(start + i) % slots.Length];
-            if (slot.TryEnter())
+            ThreadSlot? slot = t_last;
+            if (slot is not null && ReferenceEquals(slot.Registry, this))
             {
+                return slot;
+            }
+
+            return CurrentSlow();
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private ThreadSlot? CurrentSlow()
+        {
+            ThreadSlot?[]? mine = t_slots;
+            int free = -1;
+            if (mine is not null)
+            {
+                for (int i = 0; i < mine.Length; i++)
+                {
+                    ThreadSlot? s = mine[i];
+                    if (s is null || s.Registry.Retired)
+                    {
+                        // A retired pool's slot is forgotten here, so the thread does not keep it.
+                        mine[i] = null;
+                        free = free < 0 ? i : free;
+                    }
+                    else if (ReferenceEquals(s.Registry, this))
+                    {
+                        t_last = s;
+                        return s;
+                    }
+                }
+            }
+
+            ThreadSlot? slot = Attach();
+            if (slot is null)
+            {
+                return null;
+            }
+
+            if (free < 0)
+            {
+                int length = mine?.Length ?? 0;
+                Array.Resize(ref mine, Math.Max(4, length * 2));
+                free = length;
+                t_slots = mine;
+            }
+
+            mine![free] = slot;
+            t_last = slot;
+            return slot;
+        }
+
+        // A new slot for the calling thread, or the slot of a thread that ended.
+        private ThreadSlot? Attach()
+        {
+            Thread thread = Thread.CurrentThread;
+            lock (_lock)
+            {
+                if (_retired)
+                {
+                    return null;
+                }
+
+                foreach (ThreadSlot s in _slots)
+                {
+                    if (!s.Thread.IsAlive)
+                    {
+                        // Its thread is gone, so nothing runs on the slot; its cache and owners are reused as they are.
+                        s.Thread = thread;
+                        Volatile.Write(ref s.ThreadId, thread.ManagedThreadId);
+                        return s;
+                    }
+                }
+
+                var slot = new ThreadSlot(this, thread, _ownersPerSlot);
+                ThreadSlot[] grown = new ThreadSlot[_slots.Length + 1];
+                _slots.CopyTo(grown, 0);
+                grown[^1] = slot;
+                Volatile.Write(ref _slots, grown);
                 return slot;
             }
         }
 
-        slots[start].Enter();
-        return slots[start];
+        /// <summary>Drains the caches (all, or the idle ones), optionally retiring the registry; returns the free bytes given back.</summary>
+        public long Drain(bool idleOnly, bool retire, out int caches)
+        {
+            long drained = 0;
+            caches = 0;
+            lock (_lock)
+            {
+                if (retire)
+                {
+                    _retired = true;
+                }
+
+                ThreadSlot[] slots = _slots;
+                Quiesce(slots);
+                foreach (ThreadSlot slot in slots)
+                {
+                    if (WaitIdle(slot))
+                    {
+                        long free = slot.TrimQuiesced(idleOnly);
+                        drained += free;
+                        caches += free > 0 ? 1 : 0;
+                        if (retire)
+                        {
+                            slot.DropOwnersQuiesced();
+                        }
+                    }
+
+                    Volatile.Write(ref slot.Quiesce, 0);
+                }
+            }
+
+            return drained;
+        }
+
+        public PageFragMemoryPoolStats GetStats()
+        {
+            long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0, reclaimed = 0;
+            lock (_lock)
+            {
+                ThreadSlot[] slots = _slots;
+                Quiesce(slots);
+                foreach (ThreadSlot slot in slots)
+                {
+                    // A slot busy on this very thread (a listener called back during a rent) is read as it is.
+                    WaitIdle(slot);
+                    rents += slot.Rents;
+                    rented += slot.RentedBytes;
+                    blocks += slot.DedicatedBlocks;
+                    allocated += slot.AllocatedBytes;
+                    evicted += slot.EvictedBytes;
+                    pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset;
+                    reused += slot.Cache.PagesReused;
+                    returns += slot.Returns;
+                    returned += slot.ReturnedBytes;
+                    Volatile.Write(ref slot.Quiesce, 0);
+                    returns += Interlocked.Read(ref slot.ContendedReturns);
+                    returned += Interlocked.Read(ref slot.ContendedReturnedBytes);
+                    reclaimed += Interlocked.Read(ref slot.Reclaimed);
+                }
+            }
+
+            return new PageFragMemoryPoolStats
+            {
+                Rents = rents,
+                RentedBytes = rented,
+                Returns = returns,
+                OutstandingBytes = rented - returned,
+                DedicatedBlocks = blocks,
+                AllocatedBytes = allocated,
+                PooledBytes = pooled,
+                EvictedBytes = evicted,
+                PagesReused = reused,
+                ReclaimedBuffers = reclaimed,
+            };
+        }
+
+        // Under _lock: flag every slot, then one barrier that orders every owner's busy mark before its read of the flag.
+        private static void Quiesce(ThreadSlot[] slots)
+        {
+            if (slots.Length == 0)
+            {
+                return;
+            }
+
+            foreach (ThreadSlot slot in slots)
+            {
+                Volatile.Write(ref slot.Quiesce, 1);
+            }
+
+            Interlocked.MemoryBarrierProcessWide();
+        }
+
+        // Waits for the slot's owner to leave its current call; false when that owner is the calling thread itself
+        // (re-entered from a callback inside a rent or return), whose cache must then be left alone.
+        private static bool WaitIdle(ThreadSlot slot)
+        {
+            if (Volatile.Read(ref slot.Busy) == 0)
+            {
+                return true;
+            }
+
+            if (Volatile.Read(ref slot.ThreadId) == Environment.CurrentManagedThreadId)
+            {
+                return false;
+            }
+
+            SpinWait spinner = default;
+            while (Volatile.Read(ref slot.Busy) != 0)
+            {
+                spinner.SpinOnce();
+            }
+
+            return true;
+        }
     }
 
     /// <summary>
-    /// One CPU's share of the pool: a fragment cache and a stash of owner objects behind one lock, plus
-    /// the counters, written under the lock except the contended-return pair (interlocked).
+    /// One thread's share of the pool: a fragment cache, a stash of owner objects and the counters, used only
+    /// by its thread, between <see cref="Enter"/> and <see cref="Exit"/>, or by the registry while quiesced.
     /// </summary>
-    internal sealed class CpuSlot
+    internal sealed class ThreadSlot
     {
+        public readonly SlotRegistry Registry;
         public readonly PageFragCache Cache;
-
-        // The lock: 1 while held. Held for tens of nanoseconds, never across a call that can block.
-        private int _busy;
-        private readonly PageAllocator _allocator;
-        private readonly FragmentMemoryOwner?[] _owners = new FragmentMemoryOwner?[OwnerStashCapacity];
-        private int _ownerCount;
-        private long _seenPagesAllocated;
 
         // Owners rented in the detection mode remember where (reported if they leak).
         public readonly bool CaptureStacks;
 
-        // Under Lock.
+        // The owning thread (changed under the registry's lock when a new thread takes over a dead one's slot).
+        public Thread Thread;
+        public int ThreadId;
+
+        // Written by the owning thread only: the depth of its calls into the slot (0 when idle).
+        public int Busy;
+
+        // Written by the registry only, under its lock: 1 while a trim, a snapshot or the retirement runs.
+        public int Quiesce;
+
+        private readonly FragmentMemoryOwner?[] _owners = new FragmentMemoryOwner?[OwnerStashCapacity];
+        private int _ownerCount;
+        private long _seenPagesAllocated;
+
+        // Owning thread, inside Enter/Exit.
         public long Rents;
         public long RentedBytes;
         public long DedicatedBlocks;
         public long AllocatedBytes;
         public long EvictedBytes;
-        public bool Active;
-
-        // Returns counted under Lock when the returning thread gets it (the usual case), and with interlocked
-        // adds when it does not: two pairs, so that the plain and the atomic updates never race.
         public long Returns;
         public long ReturnedBytes;
+        public bool Active;
+
+        // Returns counted with interlocked adds: by a thread that has no slot (the pool was retired), and by finalizers.
         public long ContendedReturns;
         public long ContendedReturnedBytes;
 
         // Owners their finalizer reclaimed (interlocked; also counted as contended returns).
         public long Reclaimed;
 
-        public CpuSlot(PageAllocator allocator, int owners)
+        public ThreadSlot(SlotRegistry registry, Thread thread, int owners)
         {
-            _allocator = allocator;
-            CaptureStacks = allocator.DetectMisuse;
-            Cache = new PageFragCache(allocator);
+            Registry = registry;
+            Thread = thread;
+            ThreadId = thread.ManagedThreadId;
+            CaptureStacks = registry.Allocator.DetectMisuse;
+            Cache = new PageFragCache(registry.Allocator);
 
             // The pool's finalizer drains this cache and reports the pool's leak; without this the cache's own
             // safety net could run first (finalization order is not defined) and report it as a cache's.
@@ -388,85 +557,96 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
         }
 
-        /// <summary>Serves one rent of <paramref name="size"/> (already rounded); null when no page could be had.</summary>
-        public FragmentMemoryOwner? RentLocked(int size)
+        /// <summary>
+        /// Marks the slot busy (owning thread only): a plain store and a read of the quiesce flag, no atomic.
+        /// Returns false for a nested call (a callback during a rent or return of this thread), which must
+        /// not touch the cache.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public bool Enter()
         {
-            FragmentMemoryOwner owner;
-            if (_ownerCount > 0)
+            int depth = Busy;
+            Volatile.Write(ref Busy, depth + 1);
+            if (depth != 0)
             {
-                owner = _owners[--_ownerCount]!;
-                _owners[_ownerCount] = null;
+                return false;
+            }
+
+            if (Volatile.Read(ref Quiesce) != 0)
+            {
+                EnterQuiesced();
+            }
+
+            return true;
+        }
+
+        /// <summary>Leaves the slot: a release store, every write made inside visible before it.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Exit() => Volatile.Write(ref Busy, Busy - 1);
+
+        /// <summary>Serves one rent of <paramref name="size"/> (already rounded); null when no page could be had.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public FragmentMemoryOwner? RentLocked(int size, bool useCache)
+        {
+            FragmentMemoryOwner? owner;
+            int count = _ownerCount;
+            if (count > 0)
+            {
+                _ownerCount = --count;
+                owner = _owners[count]!;
+                _owners[count] = null;
             }
             else
             {
-                owner = new FragmentMemoryOwner(this);
+                owner = TakeSpareOwner();
             }
 
-            int trueSize;
-            if (size <= PageFragCache.MaxFragmentSize && Cache.TryAlloc(size, out PageFragment fragment))
+            if (useCache && size <= PageFragCache.MaxFragmentSize && Cache.TryAlloc(size, out PageFragment fragment))
             {
-                trueSize = fragment.TrueSize;
-                owner.SetFragment(fragment);
+                owner.SetFragment(this, fragment);
+                Rents++;
+                RentedBytes += fragment.TrueSize;
+                Active = true;
                 long pages = Cache.PagesAllocated;
                 if (pages != _seenPagesAllocated)
                 {
                     _seenPagesAllocated = pages;
                     AllocatedBytes += Cache.CurrentPageSize;
                 }
-            }
-            else
-            {
-                // Above 4 KiB on an order-0 page, or the cache could not refill: a block of its own.
-                int order = size <= PageConstants.PageSize ? 0 : BitOperations.Log2((uint)(size - 1)) + 1 - PageConstants.PageShift;
-                if (!_allocator.TryAllocPages(order, AllocFlags.None, out Page block))
-                {
-                    StashLocked(owner);
-                    return null;
-                }
 
-                trueSize = block.Length;
-                owner.SetBlock(block);
-                DedicatedBlocks++;
-                AllocatedBytes += trueSize;
+                return owner;
             }
 
-            Rents++;
-            RentedBytes += trueSize;
-            Active = true;
-            return owner;
+            return RentBlock(owner, size);
         }
-
-        /// <summary>Takes the lock if it is free: one compare-and-swap.</summary>
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public bool TryEnter() => Interlocked.CompareExchange(ref _busy, 1, 0) == 0;
-
-        /// <summary>Takes the lock, spinning (and yielding, then sleeping, if the holder was preempted).</summary>
-        public void Enter()
-        {
-            if (!TryEnter())
-            {
-                EnterContended();
-            }
-        }
-
-        /// <summary>Releases the lock: a release store, every write made under the lock visible before it.</summary>
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void Exit() => Volatile.Write(ref _busy, 0);
 
         /// <summary>
-        /// A fragment of this slot came back (any thread). With the lock free, the return is the cache
-        /// owner's (<see cref="PageFragCache.FreeLocal"/>) and the owner object is kept; otherwise the
-        /// fragment is freed as from any thread and only counted.
+        /// A fragment rented from this slot came back (any thread). On the slot's own thread the return is the
+        /// cache owner's (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread.
         /// </summary>
-        /// <exception cref="PageFragDoubleFreeException">The fragment was already freed.</exception>
-        public void ReturnFragment(FragmentMemoryOwner owner, in PageFragment fragment)
+        /// <exception cref="PageFragDoubleFreeException">The fragment was already freed (for example by address).</exception>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment)
         {
-            if (TryEnter())
+            // The thread's last used slot is its own (a slot changes thread only when its thread has ended); a
+            // thread that alternates between pools is recognised by its id.
+            if (ReferenceEquals(SlotRegistry.LastUsed, this) || ThreadId == Environment.CurrentManagedThreadId)
             {
+                bool outermost = Enter();
                 try
                 {
-                    Cache.FreeLocal(in fragment);
-                    CountReturnLocked(owner, fragment.TrueSize);
+                    if (outermost)
+                    {
+                        Cache.FreeLocal(in fragment);
+                    }
+                    else
+                    {
+                        PageFragCache.Free(in fragment);
+                    }
+
+                    Returns++;
+                    ReturnedBytes += fragment.TrueSize;
+                    StashLocked(owner);
                 }
                 finally
                 {
@@ -475,11 +655,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else
             {
-                PageFragCache.Free(in fragment);
-                CountContendedReturn(fragment.TrueSize);
-                owner.Drop();
+                ReturnFragmentElsewhere(owner, fragment, this);
             }
         }
+
+        /// <summary>A dedicated block rented from this slot was freed (any thread): count it and keep the owner object.</summary>
+        public void ReturnedBlock(FragmentMemoryOwner owner, int trueSize) => CountReturn(owner, trueSize, this);
 
         /// <summary>
         /// The finalizer of a rented owner gives its memory back (finalizer thread): freed as from any
@@ -501,22 +682,8 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             PageFragEventSource.Log.LeakReclaimed("MemoryOwner", 1, trueSize, rentedAt?.ToString() ?? string.Empty);
         }
 
-        /// <summary>A dedicated block of this slot came back (any thread); its owner object is kept if the lock is free.</summary>
-        public void Returned(FragmentMemoryOwner owner, int trueSize)
-        {
-            if (TryEnter())
-            {
-                CountReturnLocked(owner, trueSize);
-                Exit();
-            }
-            else
-            {
-                CountContendedReturn(trueSize);
-                owner.Drop();
-            }
-        }
-
-        public long TrimLocked(bool idleOnly)
+        /// <summary>Drains the cache (quiesced, or on the owning thread); returns the free bytes it gave back.</summary>
+        public long TrimQuiesced(bool idleOnly)
         {
             if (idleOnly && Active)
             {
@@ -531,38 +698,124 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             return free;
         }
 
-        [MethodImpl(MethodImplOptions.NoInlining)]
-        private void EnterContended()
+        /// <summary>The pool is retired: its idle owner objects leave for good.</summary>
+        public void DropOwnersQuiesced()
         {
-            SpinWait spinner = default;
+            while (_ownerCount > 0)
+            {
+                FragmentMemoryOwner owner = _owners[--_ownerCount]!;
+                _owners[_ownerCount] = null;
+                owner.Drop();
+            }
+        }
+
+        // A fragment disposed on another thread than its slot's: freed as from any thread (one more atomic, on the
+        // page count), counted and stashed by the disposing thread's own slot. Static with values: see Free.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home)
+        {
+            PageFragCache.Free(in fragment);
+            CountReturn(owner, fragment.TrueSize, home);
+        }
+
+        private static void CountReturn(FragmentMemoryOwner owner, int trueSize, ThreadSlot home)
+        {
+            ThreadSlot? mine = home.Registry.Current();
+            if (mine is null)
+            {
+                // The pool was retired and this thread never had a slot: count atomically, leave the object to the GC.
+                home.CountContendedReturn(trueSize);
+                owner.Drop();
+                return;
+            }
+
+            mine.Enter();
+            try
+            {
+                mine.Returns++;
+                mine.ReturnedBytes += trueSize;
+
+                // Offered to the renting threads first (a thread that disposes what others rent has little use
+                // for owner objects of its own); kept here when the spare stash is full.
+                if (mine.Registry.Retired || !mine.Registry.Spare.TryReturn(owner))
+                {
+                    mine.StashLocked(owner);
+                }
+            }
+            finally
+            {
+                mine.Exit();
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private FragmentMemoryOwner TakeSpareOwner() => Registry.Spare.TryTake() ?? new FragmentMemoryOwner(this);
+
+        // Above 4 KiB on an order-0 page, the cache could not refill, or a nested call: a block of its own.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private FragmentMemoryOwner? RentBlock(FragmentMemoryOwner owner, int size)
+        {
+            int order = size <= PageConstants.PageSize ? 0 : BitOperations.Log2((uint)(size - 1)) + 1 - PageConstants.PageShift;
+            if (!Registry.Allocator.TryAllocPages(order, AllocFlags.None, out Page block))
+            {
+                StashLocked(owner);
+                return null;
+            }
+
+            owner.SetBlock(this, block);
+            Rents++;
+            RentedBytes += block.Length;
+            DedicatedBlocks++;
+            AllocatedBytes += block.Length;
+            Active = true;
+            return owner;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void EnterQuiesced()
+        {
+            // A trim, a snapshot or the retirement runs: step aside until it is over, then mark the slot again.
             do
             {
-                spinner.SpinOnce();
+                Volatile.Write(ref Busy, 0);
+                SpinWait spinner = default;
+                while (Volatile.Read(ref Quiesce) != 0)
+                {
+                    spinner.SpinOnce();
+                }
+
+                Volatile.Write(ref Busy, 1);
             }
-            while (Volatile.Read(ref _busy) != 0 || !TryEnter());
+            while (Volatile.Read(ref Quiesce) != 0);
         }
 
-        private void CountReturnLocked(FragmentMemoryOwner owner, int trueSize)
-        {
-            Returns++;
-            ReturnedBytes += trueSize;
-            StashLocked(owner);
-        }
-
-        // Never wait on a renter: count atomically and leave the owner object to the collector.
+        // Never wait on anyone: count atomically.
         private void CountContendedReturn(int trueSize)
         {
             Interlocked.Increment(ref ContendedReturns);
             Interlocked.Add(ref ContendedReturnedBytes, trueSize);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private void StashLocked(FragmentMemoryOwner owner)
         {
-            if (_ownerCount < _owners.Length)
+            int count = _ownerCount;
+            FragmentMemoryOwner?[] owners = _owners;
+            if ((uint)count < (uint)owners.Length && !Registry.Retired)
             {
-                _owners[_ownerCount++] = owner;
+                owners[count] = owner;
+                _ownerCount = count + 1;
             }
             else
+            {
+                StashElsewhere(owner);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void StashElsewhere(FragmentMemoryOwner owner)
+        {
+            if (Registry.Retired || !Registry.Spare.TryReturn(owner))
             {
                 owner.Drop();
             }

@@ -6,7 +6,7 @@ namespace PageFrag.Buffers;
 /// <summary>Settings of a <see cref="PageFragMemoryPool"/>, checked when the pool is created.</summary>
 /// <remarks>
 /// Defaults: pages from <see cref="PageAllocator.Shared"/>; <see cref="MaxBufferSize"/> 32768; 16 owner
-/// objects kept ready per CPU.
+/// objects kept ready per thread slot.
 /// </remarks>
 public sealed class PageFragMemoryPoolOptions
 {
@@ -40,8 +40,9 @@ public sealed class PageFragMemoryPoolOptions
     public string? Name { get; init; }
 
     /// <summary>
-    /// Owner objects created up front for each CPU slot, so that renting stays allocation-free from the
-    /// first call while at most this many buffers per CPU are out. From 0 to 1024. Default 16.
+    /// Owner objects created up front for each thread slot (the pool keeps one per thread that rents or
+    /// returns; the name is kept from when slots were per CPU), so that renting stays allocation-free from
+    /// the first call on a thread while at most this many of its buffers are out. From 0 to 1024. Default 16.
     /// </summary>
     public int OwnersPerCpu { get; init; } = 16;
 

@@ -10,7 +10,7 @@ public class MemoryPoolBenchmarkTests
     [Theory]
     [InlineData(256)]
     [InlineData(4096)]
-    public void Both_pools_give_the_same_sums_and_PageFrag_gives_every_page_back(int size)
+    public void Both_pools_and_the_bare_cache_give_the_same_sums_and_PageFrag_gives_every_page_back(int size)
     {
         using PageAllocator allocator = Leaks.NewAllocator(1 << 20);
         var bench = new MemoryPoolBenchmarks { Size = size, Allocator = allocator };
@@ -20,6 +20,7 @@ public class MemoryPoolBenchmarkTests
         {
             Assert.Equal(expected, bench.SharedRentDispose());
             Assert.Equal(expected, bench.PageFragRentDispose());
+            Assert.Equal(expected, bench.CacheAllocFreeLocal());
             Assert.Equal(expected, bench.SharedMemorySpan());
             Assert.Equal(expected, bench.PageFragMemorySpan());
         }
