@@ -387,8 +387,15 @@ internal sealed partial class PagePoolCore
             // The unit that caused the exception is left alone: it may be another pool's.
             for (i++; i < got; i++)
             {
-                provider.ReleaseNetMem(ProviderShell, into[i]);
+                NetMem unit = into[i];
                 into[i] = default;
+
+                // Only a unit no pool holds goes back (a faulty provider may have returned another pool's).
+                if (!unit.IsEmpty && (uint)unit.Index < (uint)unit.Area!.Descriptors.Length &&
+                    Volatile.Read(ref unit.Area.Descriptors[unit.Index].Pool) is null)
+                {
+                    GiveBack(unit);
+                }
             }
         }
 
@@ -865,8 +872,34 @@ internal sealed partial class PagePoolCore
         }
         else
         {
+            // The unit leaves the pool: mark it as given back, so that the provider can tell this call from a
+            // caller's direct ReleaseNetMem of memory a buffer still holds (see TryClaimProviderRelease).
+            Volatile.Write(ref netmem.Area!.Descriptors[netmem.Index].PpRefCount, ProviderReleaseMark);
             _provider.ReleaseNetMem(ProviderShell, netmem);
         }
+    }
+
+    /// <summary>
+    /// The <c>pp_ref_count</c> of a unit while its pool gives it back to its memory provider: no pool page has a
+    /// negative count, and the allocator and the pool's admission overwrite it.
+    /// </summary>
+    internal const long ProviderReleaseMark = long.MinValue;
+
+    /// <summary>
+    /// For the built-in providers' <c>ReleaseNetMem</c>, which is public: true when <paramref name="netmem"/> is
+    /// being given back by its pool right now, and the caller is the one that takes it (one compare-and-swap
+    /// clears the mark, so of two racing give-backs exactly one succeeds). False for memory a buffer or a pool
+    /// still holds, memory already given back, and any other page.
+    /// </summary>
+    internal static bool TryClaimProviderRelease(in NetMem netmem)
+    {
+        NetMemArea? area = netmem.Area;
+        if (area is null || (uint)netmem.Index >= (uint)area.Descriptors.Length)
+        {
+            return false;
+        }
+
+        return Interlocked.CompareExchange(ref area.Descriptors[netmem.Index].PpRefCount, 0, ProviderReleaseMark) == ProviderReleaseMark;
     }
 
     // ------------------------------------------------------------------ stats
