@@ -480,6 +480,7 @@ internal sealed partial class PagePoolCore
         int generation = d.Generation + 1;
         d.Generation = generation;
         d.PpRefCount = 1;
+        d.PoolFragmentPage = false;
         d.Pool = this;
         page = new NetMem(area, page.Index, generation);
         _holdCount++;
@@ -509,10 +510,17 @@ internal sealed partial class PagePoolCore
     /// <exception cref="ArgumentException">The handle is empty or the page belongs to another pool.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="dmaSyncSize"/> is below -1.</exception>
     /// <exception cref="PageFragDoubleFreeException">The page was already put back (double put) or returned.</exception>
+    /// <exception cref="InvalidOperationException">The page is carved into fragments (the handle is a fragment's
+    /// <see cref="PagePoolBuffer.NetMem"/>): free the fragment instead.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void PutPage(NetMem netmem, int dmaSyncSize, bool allowDirect)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
         if (dmaSyncSize < -1)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
@@ -583,10 +591,15 @@ internal sealed partial class PagePoolCore
     /// fragmentation of mlx5). Any thread that holds the page.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not positive or is above 2^62.</exception>
-    /// <exception cref="InvalidOperationException">The page is already shared (its count is not 1).</exception>
+    /// <exception cref="InvalidOperationException">The page is already shared (its count is not 1), or the pool carves it into fragments.</exception>
     public void FragmentNetMem(NetMem netmem, long count)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
         if (count < 1 || count > BiasMax)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be between 1 and 2^62.");
@@ -606,9 +619,15 @@ internal sealed partial class PagePoolCore
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not positive.</exception>
     /// <exception cref="PageFragDoubleFreeException">More references dropped than held, or the page was already put back.</exception>
+    /// <exception cref="InvalidOperationException">The page is carved into fragments by the pool.</exception>
     public long UnrefNetMem(NetMem netmem, long count)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
         if (count < 1)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be positive.");
@@ -620,9 +639,24 @@ internal sealed partial class PagePoolCore
     /// <summary>Recycles a page whose references <see cref="UnrefNetMem"/> dropped to zero
     /// (page_pool_put_unrefed_netmem).</summary>
     /// <inheritdoc cref="PutPage"/>
+    /// <exception cref="InvalidOperationException">The page is carved into fragments, or its pool references are not
+    /// all dropped (its count is above 1: pieces of it are still out).</exception>
     public void PutUnrefedNetMem(NetMem netmem, int dmaSyncSize, bool allowDirect)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
+        // After UnrefNetMem returned 0 the count is back at 1 (the invariant of a recyclable page); above 1, pieces
+        // of the page are still out and recycling it would hand their bytes to the next user.
+        if (Volatile.Read(ref d.PpRefCount) != 1)
+        {
+            ThrowHelper.InvalidOperation("The page's pool references are not all dropped: someone still holds a piece of it. " +
+                "Call PutUnrefedNetMem only after UnrefNetMem returned 0.");
+        }
+
         if (dmaSyncSize < -1)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
@@ -649,6 +683,8 @@ internal sealed partial class PagePoolCore
 
         if (Unref(ref d, 1) == 0)
         {
+            // The last reference (once per page): a fragment page stops being one before it is recycled.
+            d.PoolFragmentPage = false;
             PutUnrefed(buffer.NetMem, ref d, -1, allowDirect);
         }
     }
@@ -845,6 +881,7 @@ internal sealed partial class PagePoolCore
 
         d.Pool = null;
         d.PpRefCount = 0;
+        d.PoolFragmentPage = false;
 
         // A page that leaves the pool keeps the generation it had in the pool (a holder of a reference outside
         // the pool still has a valid handle): this undoes the release claim of PutUnrefed, after the page
