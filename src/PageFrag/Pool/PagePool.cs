@@ -683,8 +683,13 @@ internal sealed partial class PagePoolCore
 
         if (Unref(ref d, 1) == 0)
         {
-            // The last reference (once per page): a fragment page stops being one before it is recycled.
-            d.PoolFragmentPage = false;
+            // The last reference of a fragment page (once per page) ends its fragment use before it is recycled.
+            // Whole-page buffers never set the flag: the test is of a value already in a register, no memory access.
+            if (buffer.IsFragment)
+            {
+                d.PoolFragmentPage = false;
+            }
+
             PutUnrefed(buffer.NetMem, ref d, -1, allowDirect);
         }
     }
