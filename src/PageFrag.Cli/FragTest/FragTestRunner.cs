@@ -24,6 +24,17 @@ internal sealed record AllocatorResult
 
     // Counters of the median run.
     public long Dropped { get; init; }
+
+    /// <summary>Share of the median run the push thread spent waiting for room after a drop (0 to 1).</summary>
+    public double PushWaitShare { get; init; }
+
+    /// <summary>
+    /// True when every drop of the median run came after a whole ring of pushes with no pop in between: the push and
+    /// pop threads took turns instead of running at the same time (no two free cores), so the drop count is
+    /// nr_test / ring size whatever the allocator.
+    /// </summary>
+    public bool ThreadsTookTurns { get; init; }
+
     public long FailedAllocs { get; init; }
     public int Gen0 { get; init; }
     public int Gen1 { get; init; }
@@ -133,6 +144,8 @@ internal static class FragTestRunner
             ElapsedSeconds = medianSeconds,
             ElapsedRuns = [.. runs.Select(r => r.Raw.ElapsedSeconds)],
             Dropped = median.Raw.Dropped,
+            PushWaitShare = WaitShare(median.Raw),
+            ThreadsTookTurns = TookTurns(median.Raw.Pushed, median.Raw.Dropped, options.RingSize),
             FailedAllocs = median.Raw.FailedAllocs,
             Gen0 = median.Raw.Gen0,
             Gen1 = median.Raw.Gen1,
@@ -150,6 +163,7 @@ internal static class FragTestRunner
         ElapsedSeconds = run.Raw.ElapsedSeconds,
         ElapsedRuns = [run.Raw.ElapsedSeconds],
         Dropped = run.Raw.Dropped,
+        PushWaitShare = WaitShare(run.Raw),
         FailedAllocs = run.Raw.FailedAllocs,
         GcAllocatedBytesPush = run.Raw.ProducerGcBytes,
         GcAllocatedBytesPop = run.Raw.ConsumerGcBytes,
@@ -159,6 +173,19 @@ internal static class FragTestRunner
         Failure = failure,
         UsageError = run.Raw.UsageError,
     };
+
+    /// <summary>The push thread's waiting time over the run's time, capped at 1 (the run's clock stops at the last free).</summary>
+    internal static double WaitShare(RawRun raw) =>
+        raw.ElapsedTicks <= 0 ? 0 : Math.Min(1.0, (double)raw.PushWaitTicks / raw.ElapsedTicks);
+
+    /// <summary>
+    /// Did the threads take turns? When they do, the consumer drains the whole ring while the producer is off the
+    /// CPU, and the producer then fills exactly one ring before its next drop: the drops are nr_test / ring size to
+    /// within one. Threads that run together refill after waiting for half the ring, with pops during the refill, so
+    /// the pushes per drop vary (about half a ring with a much faster producer) and the count does not land on it.
+    /// </summary>
+    internal static bool TookTurns(long pushed, long dropped, int ringSize) =>
+        dropped >= 8 && Math.Abs(dropped - pushed / ringSize) <= 1;
 
     private static OneRun RunOne(AllocatorKind kind, TestOptions options, int align, bool prepare, string label, IRunMonitor monitor)
     {

@@ -14,6 +14,14 @@ internal sealed record RawRun
     public long Pushed { get; init; }
     public long Freed { get; init; }
     public long Dropped { get; init; }
+
+    /// <summary>
+    /// Time the push thread spent waiting for room after a drop (Stopwatch ticks). The drop count alone says how
+    /// often the ring was full; with the producer faster than the consumer it is set by the ring's size (one drop
+    /// per refill, the same for every allocator), while the waiting time is what the consumer's frees cost.
+    /// </summary>
+    public long PushWaitTicks { get; init; }
+
     public long FailedAllocs { get; init; }
     public long ProducerGcBytes { get; init; }
     public long ConsumerGcBytes { get; init; }
@@ -184,6 +192,7 @@ internal static class Protocol
             Pushed = shared.Pushed,
             Freed = shared.Freed,
             Dropped = shared.Dropped,
+            PushWaitTicks = shared.PushWaitTicks,
             FailedAllocs = Volatile.Read(ref shared.FailedAllocs),
             ProducerGcBytes = shared.ProducerGcBytes,
             ConsumerGcBytes = shared.ConsumerGcBytes,
@@ -202,7 +211,7 @@ internal static class Protocol
     private static void ProduceLoop<T, TSource>(ref TSource source, ref SpscRing<T>.Producer ring, long nrTest, RunControl control, SharedCounters shared)
         where TSource : struct, IFragmentSource<T>
     {
-        long pushed = 0, dropped = 0, failed = 0;
+        long pushed = 0, dropped = 0, failed = 0, waited = 0;
         while (pushed < nrTest)
         {
             if (!source.TryAlloc(out T item))
@@ -226,9 +235,12 @@ internal static class Protocol
             }
 
             // Ring full: free our own fragment, as the kernel test does, and wait for room before the next try.
+            // Timed on this slow path only (once per ring refill): the share of the run the push thread waited.
             source.Free(item);
             dropped++;
+            long waitStart = Stopwatch.GetTimestamp();
             ring.WaitForRoom(control);
+            waited += Stopwatch.GetTimestamp() - waitStart;
             if (control.Aborted)
             {
                 break;
@@ -238,6 +250,7 @@ internal static class Protocol
         ring.Publish();
         shared.Pushed = pushed;
         shared.Dropped = dropped;
+        shared.PushWaitTicks = waited;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -290,6 +303,7 @@ internal static class Protocol
     {
         public long Pushed;
         public long Dropped;
+        public long PushWaitTicks;
         public long FailedAllocs;
         public long Freed;
         public long EndTimestamp;

@@ -102,6 +102,8 @@ internal static class TestReport
         json.WriteEndArray();
         json.WriteNumber("mops", Math.Round(r.Mops, 3));
         json.WriteNumber("dropped", r.Dropped);
+        json.WriteNumber("push_wait_share", Math.Round(r.PushWaitShare, 4));
+        json.WriteBoolean("threads_took_turns", r.ThreadsTookTurns);
         json.WriteNumber("failed_allocs", r.FailedAllocs);
         json.WriteNumber("gc_allocated_bytes", r.GcAllocatedBytes);
         json.WriteNumber("gc_allocated_bytes_push", r.GcAllocatedBytesPush);
@@ -178,10 +180,13 @@ internal static class TestReport
 
         string leaks = r.LeakedPages is long leaked ? string.Create(s_inv, $"{leaked} pages leaked") : "pages not tracked";
         string gc = r.GcAllocatedBytes == 0 ? "no GC allocation in the loops" : string.Create(s_inv, $"{r.GcAllocatedBytes:N0} GC bytes in the loops");
+        string turns = r.ThreadsTookTurns
+            ? "; the push and pop threads took turns (one drop per ring of pushes, no pop in between: no two free cores), so the drop count is nr_test / ring size for any allocator"
+            : "";
         string kernel = r.NrTest == 51_200_000 && r.AllocLen == 12 && r.Align == 0 ? "kernel" : "kernel, 51.2M x 12 B";
         return string.Create(s_inv,
-            $"PASS {name}: {r.NrTest:N0} x {r.AllocLen} B allocated and freed across threads, {r.Dropped:N0} dropped (ring full), " +
-            $"{r.FailedAllocs:N0} failed, {leaks}, {gc}; {r.ElapsedSeconds:0.000} s ({kernel}: {KernelSeconds:0.000} s)");
+            $"PASS {name}: {r.NrTest:N0} x {r.AllocLen} B allocated and freed across threads, {r.Dropped:N0} dropped (ring full; push waited {r.PushWaitShare:P0} of the run), " +
+            $"{r.FailedAllocs:N0} failed, {leaks}, {gc}; {r.ElapsedSeconds:0.000} s ({kernel}: {KernelSeconds:0.000} s){turns}");
     }
 
     private static Table SingleTable(AllocatorResult r)
@@ -191,6 +196,7 @@ internal static class TestReport
         table.AddRow("elapsed", Seconds(r.ElapsedSeconds) + (r.ElapsedRuns.Length > 1 ? $" (median of {r.ElapsedRuns.Length})" : ""));
         table.AddRow("throughput", Mops(r.Mops));
         table.AddRow("dropped (ring full)", Count(r.Dropped));
+        table.AddRow("push thread waited", Share(r.PushWaitShare));
         table.AddRow("failed allocations", Count(r.FailedAllocs));
         table.AddRow("GC bytes in loops", Count(r.GcAllocatedBytes));
         table.AddRow("GC collections 0/1/2", Collections(r));
@@ -211,6 +217,7 @@ internal static class TestReport
             .AddColumn(new TableColumn("Mops/s").RightAligned())
             .AddColumn(new TableColumn("pagefrag is").RightAligned())
             .AddColumn(new TableColumn("dropped").RightAligned())
+            .AddColumn(new TableColumn("push waited").RightAligned())
             .AddColumn(new TableColumn("failed").RightAligned())
             .AddColumn(new TableColumn("GC bytes").RightAligned())
             .AddColumn(new TableColumn("GCs 0/1/2").RightAligned())
@@ -228,6 +235,7 @@ internal static class TestReport
                 r.Ok ? Mops(r.Mops) : "-",
                 ratio,
                 Count(r.Dropped),
+                Share(r.PushWaitShare),
                 Count(r.FailedAllocs),
                 Count(r.GcAllocatedBytes),
                 Collections(r),
@@ -243,6 +251,8 @@ internal static class TestReport
     private static string Mops(double m) => string.Create(s_inv, $"{m:0.00} Mops/s");
 
     private static string Count(long n) => n.ToString("N0", s_inv);
+
+    private static string Share(double share) => share.ToString("P0", s_inv);
 
     private static string Optional(long? n) => n is long v ? Count(v) : "-";
 

@@ -133,9 +133,8 @@ public sealed partial class PageFragCache : IDisposable
     ~PageFragCache()
     {
         int size = _size;
-        if (_arena is not null)
+        if (DrainCore())
         {
-            DrainCore();
             PageFragEventSource.Log.LeakReclaimed(nameof(PageFragCache), 1, size, _pageStack ?? "");
         }
     }
@@ -524,21 +523,38 @@ public sealed partial class PageFragCache : IDisposable
         }
     }
 
-    private void DrainCore()
+    /// <summary>
+    /// Gives the page's remaining references back. The page is claimed first by one atomic exchange of
+    /// <c>_arena</c>: of two racing drains (a cache shared by mistake, or a finalizer racing a
+    /// <c>Dispose</c>), exactly one gives the bias back; the other finds no page and does nothing. Without the
+    /// claim both would subtract the bias, and the page could go back to the allocator while a fragment, or
+    /// the page's next owner, still holds it. Returns true when this call gave a page back.
+    /// </summary>
+    private bool DrainCore()
     {
-        Arena? arena = _arena;
+        if (_arena is null)
+        {
+            return false;
+        }
+
+        Arena? arena = Interlocked.Exchange(ref _arena, null);
         if (arena is null)
         {
-            return;
+            return false;
         }
 
-        ref PageDescriptor d = ref arena.Pages[_pageIndex];
-        if (Interlocked.Add(ref d.RefCount, -LeavePage(ref d)) == 0)
-        {
-            _allocator.ReleaseBlock(arena, _pageIndex);
-        }
-
+        // Only the claimant reads the page's fields: nobody else leaves or refills the page now. It counts the
+        // freed marks other threads left (LeavePage) and gives them back with the bias.
+        int index = _pageIndex;
+        ref PageDescriptor d = ref arena.Pages[index];
+        int references = LeavePage(ref d);
         Forget();
+        if (Interlocked.Add(ref d.RefCount, -references) == 0)
+        {
+            _allocator.ReleaseBlock(arena, index);
+        }
+
+        return true;
     }
 
     // ------------------------------------------------------------------ free

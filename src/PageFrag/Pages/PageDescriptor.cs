@@ -81,6 +81,12 @@ internal struct PageDescriptor
     /// </summary>
     public bool FragmentCachePage;
 
+    /// <summary>
+    /// Set by a page pool while it carves the page into fragments (each with a state byte) and until the page's
+    /// last fragment reference is gone; the pool's page-level puts refuse such a page. Written by the pool only.
+    /// </summary>
+    public bool PoolFragmentPage;
+
     /// <summary>The page pool that owns the page (page-&gt;pp), or null.</summary>
     public object? Pool;
 

@@ -11,7 +11,9 @@ namespace PageFrag.Pool;
 /// back after the pool was disposed. Implementations must make <see cref="ReleaseNetMem"/> thread-safe.</para>
 /// <para>The pool stamps its own fields (pool back-pointer, <c>pp_ref_count</c> = 1, a new generation) on what
 /// <see cref="AllocNetMems"/> returns and clears them before <see cref="ReleaseNetMem"/>; the provider owns the
-/// device address of its memory.</para>
+/// device address of its memory. While the pool gives a unit back its <c>pp_ref_count</c> holds a release mark; the
+/// built-in providers take back only a unit that carries it (clearing it with one compare-and-swap), so that a direct
+/// call of their public <see cref="ReleaseNetMem"/> cannot give away memory that a buffer still holds.</para>
 /// </remarks>
 public interface IMemoryProvider
 {

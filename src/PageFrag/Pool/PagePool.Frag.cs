@@ -136,7 +136,9 @@ internal sealed partial class PagePoolCore
         NetMemArea area = page.Area!;
         ref PageDescriptor d = ref area.Descriptors[page.Index];
 
-        // page_pool_fragment_netmem(BIAS_MAX): the page is ours alone, one store is enough.
+        // page_pool_fragment_netmem(BIAS_MAX): the page is ours alone, one store is enough. The page-level puts
+        // refuse it from now on, until its last fragment reference is gone.
+        d.PoolFragmentPage = true;
         Volatile.Write(ref d.PpRefCount, BiasMax);
 
         // Every fragment release clears its state before it drops its reference, so a page that starts (fresh

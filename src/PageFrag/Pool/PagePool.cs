@@ -387,8 +387,15 @@ internal sealed partial class PagePoolCore
             // The unit that caused the exception is left alone: it may be another pool's.
             for (i++; i < got; i++)
             {
-                provider.ReleaseNetMem(ProviderShell, into[i]);
+                NetMem unit = into[i];
                 into[i] = default;
+
+                // Only a unit no pool holds goes back (a faulty provider may have returned another pool's).
+                if (!unit.IsEmpty && (uint)unit.Index < (uint)unit.Area!.Descriptors.Length &&
+                    Volatile.Read(ref unit.Area.Descriptors[unit.Index].Pool) is null)
+                {
+                    GiveBack(unit);
+                }
             }
         }
 
@@ -473,6 +480,7 @@ internal sealed partial class PagePoolCore
         int generation = d.Generation + 1;
         d.Generation = generation;
         d.PpRefCount = 1;
+        d.PoolFragmentPage = false;
         d.Pool = this;
         page = new NetMem(area, page.Index, generation);
         _holdCount++;
@@ -502,10 +510,17 @@ internal sealed partial class PagePoolCore
     /// <exception cref="ArgumentException">The handle is empty or the page belongs to another pool.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="dmaSyncSize"/> is below -1.</exception>
     /// <exception cref="PageFragDoubleFreeException">The page was already put back (double put) or returned.</exception>
+    /// <exception cref="InvalidOperationException">The page is carved into fragments (the handle is a fragment's
+    /// <see cref="PagePoolBuffer.NetMem"/>): free the fragment instead.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void PutPage(NetMem netmem, int dmaSyncSize, bool allowDirect)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
         if (dmaSyncSize < -1)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
@@ -576,10 +591,15 @@ internal sealed partial class PagePoolCore
     /// fragmentation of mlx5). Any thread that holds the page.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not positive or is above 2^62.</exception>
-    /// <exception cref="InvalidOperationException">The page is already shared (its count is not 1).</exception>
+    /// <exception cref="InvalidOperationException">The page is already shared (its count is not 1), or the pool carves it into fragments.</exception>
     public void FragmentNetMem(NetMem netmem, long count)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
         if (count < 1 || count > BiasMax)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be between 1 and 2^62.");
@@ -599,9 +619,15 @@ internal sealed partial class PagePoolCore
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not positive.</exception>
     /// <exception cref="PageFragDoubleFreeException">More references dropped than held, or the page was already put back.</exception>
+    /// <exception cref="InvalidOperationException">The page is carved into fragments by the pool.</exception>
     public long UnrefNetMem(NetMem netmem, long count)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
         if (count < 1)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(count), count, "The count must be positive.");
@@ -613,9 +639,24 @@ internal sealed partial class PagePoolCore
     /// <summary>Recycles a page whose references <see cref="UnrefNetMem"/> dropped to zero
     /// (page_pool_put_unrefed_netmem).</summary>
     /// <inheritdoc cref="PutPage"/>
+    /// <exception cref="InvalidOperationException">The page is carved into fragments, or its pool references are not
+    /// all dropped (its count is above 1: pieces of it are still out).</exception>
     public void PutUnrefedNetMem(NetMem netmem, int dmaSyncSize, bool allowDirect)
     {
         ref PageDescriptor d = ref CheckHeld(netmem, nameof(netmem));
+        if (d.PoolFragmentPage)
+        {
+            PoolThrowHelper.FragmentPage();
+        }
+
+        // After UnrefNetMem returned 0 the count is back at 1 (the invariant of a recyclable page); above 1, pieces
+        // of the page are still out and recycling it would hand their bytes to the next user.
+        if (Volatile.Read(ref d.PpRefCount) != 1)
+        {
+            ThrowHelper.InvalidOperation("The page's pool references are not all dropped: someone still holds a piece of it. " +
+                "Call PutUnrefedNetMem only after UnrefNetMem returned 0.");
+        }
+
         if (dmaSyncSize < -1)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(dmaSyncSize), dmaSyncSize, "dmaSyncSize must be -1 (all of MaxLen) or non-negative.");
@@ -642,6 +683,13 @@ internal sealed partial class PagePoolCore
 
         if (Unref(ref d, 1) == 0)
         {
+            // The last reference of a fragment page (once per page) ends its fragment use before it is recycled.
+            // Whole-page buffers never set the flag: the test is of a value already in a register, no memory access.
+            if (buffer.IsFragment)
+            {
+                d.PoolFragmentPage = false;
+            }
+
             PutUnrefed(buffer.NetMem, ref d, -1, allowDirect);
         }
     }
@@ -838,6 +886,7 @@ internal sealed partial class PagePoolCore
 
         d.Pool = null;
         d.PpRefCount = 0;
+        d.PoolFragmentPage = false;
 
         // A page that leaves the pool keeps the generation it had in the pool (a holder of a reference outside
         // the pool still has a valid handle): this undoes the release claim of PutUnrefed, after the page
@@ -865,8 +914,34 @@ internal sealed partial class PagePoolCore
         }
         else
         {
+            // The unit leaves the pool: mark it as given back, so that the provider can tell this call from a
+            // caller's direct ReleaseNetMem of memory a buffer still holds (see TryClaimProviderRelease).
+            Volatile.Write(ref netmem.Area!.Descriptors[netmem.Index].PpRefCount, ProviderReleaseMark);
             _provider.ReleaseNetMem(ProviderShell, netmem);
         }
+    }
+
+    /// <summary>
+    /// The <c>pp_ref_count</c> of a unit while its pool gives it back to its memory provider: no pool page has a
+    /// negative count, and the allocator and the pool's admission overwrite it.
+    /// </summary>
+    internal const long ProviderReleaseMark = long.MinValue;
+
+    /// <summary>
+    /// For the built-in providers' <c>ReleaseNetMem</c>, which is public: true when <paramref name="netmem"/> is
+    /// being given back by its pool right now, and the caller is the one that takes it (one compare-and-swap
+    /// clears the mark, so of two racing give-backs exactly one succeeds). False for memory a buffer or a pool
+    /// still holds, memory already given back, and any other page.
+    /// </summary>
+    internal static bool TryClaimProviderRelease(in NetMem netmem)
+    {
+        NetMemArea? area = netmem.Area;
+        if (area is null || (uint)netmem.Index >= (uint)area.Descriptors.Length)
+        {
+            return false;
+        }
+
+        return Interlocked.CompareExchange(ref area.Descriptors[netmem.Index].PpRefCount, 0, ProviderReleaseMark) == ProviderReleaseMark;
     }
 
     // ------------------------------------------------------------------ stats

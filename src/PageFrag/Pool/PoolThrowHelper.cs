@@ -35,6 +35,11 @@ internal static class PoolThrowHelper
             "Use after free: this handle's page was freed or recycled (its generation moved on), so its bytes belong to someone else now. Keep the buffer until you are done with its Span, Memory, ArraySegment or pointer, and free it last.");
 
     [DoesNotReturn]
+    public static void FragmentPage() =>
+        ThrowHelper.InvalidOperation("The page is carved into fragments: a page-level put or count change on it would drop references " +
+            "that its fragments hold. Free each fragment (PagePool.Free or PutBuffer) instead.");
+
+    [DoesNotReturn]
     public static void StaleHandle() =>
         throw new PageFragDoubleFreeException("The handle is stale: its memory was already put back into the pool (double put).");
 

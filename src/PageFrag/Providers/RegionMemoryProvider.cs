@@ -268,11 +268,21 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
     }
 
     /// <inheritdoc/>
+    /// <exception cref="InvalidOperationException">
+    /// The memory is not being given back by its page pool right now: a buffer or a pool still holds it, or it was
+    /// already given back (a direct call of this public member cannot release memory someone holds).
+    /// </exception>
     public void ReleaseNetMem(PagePool pool, NetMem netmem)
     {
         if (netmem.Area is not NetIovArea area || !ReferenceEquals(area.Provider, this))
         {
             throw new ArgumentException("The memory does not belong to this region.", nameof(netmem));
+        }
+
+        if (!PagePoolCore.TryClaimProviderRelease(netmem))
+        {
+            throw new InvalidOperationException("The memory is not memory that a page pool is giving back: a provider takes back only what its pool returns, " +
+                "so a unit that a buffer or a pool still holds, or one already given back, is refused and nothing changes.");
         }
 
         // A new generation, so that a handle from the chunk's previous use is stale in its next pool.

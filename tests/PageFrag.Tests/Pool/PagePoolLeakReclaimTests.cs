@@ -47,7 +47,7 @@ public class PagePoolLeakReclaimTests
 
     /// <summary>Uses a pool so that it ends with pages in its cache, its ring and a current fragment page, then drops it.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void UseAndDrop(PageAllocator allocator)
+    private static PagePool UseAndDrop(PageAllocator allocator)
     {
         PagePool pool = NewPool(allocator, poolSize: 256);
         var pages = new PagePoolBuffer[AllocCacheSizePlus(40)];
@@ -74,6 +74,24 @@ public class PagePoolLeakReclaimTests
         Assert.True(pool.CachedPages > 0);
         Assert.True(pool.RingPages > 0);
         Assert.True(pool.FragmentOffset > 0);
+        return pool;
+    }
+
+    // The pools stay reachable until every one is made and the pages are counted: a collection during the loop
+    // would reclaim the first pools early, and their pages would be reported without being counted. A method of its
+    // own, so that no local of the caller keeps the last pool alive.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static long MakePoolsAndCountPages(PageAllocator allocator, int pools)
+    {
+        var made = new List<PagePool>(pools);
+        for (int i = 0; i < pools; i++)
+        {
+            made.Add(UseAndDrop(allocator));
+        }
+
+        long held = allocator.PagesInUse;
+        GC.KeepAlive(made);
+        return held;
     }
 
     private static int AllocCacheSizePlus(int extra) => PagePool.AllocCacheSize + extra;
@@ -117,12 +135,7 @@ public class PagePoolLeakReclaimTests
         using var listener = new PoolLeakListener();
         using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 4 << 20);
         const int pools = 40;
-        for (int i = 0; i < pools; i++)
-        {
-            UseAndDrop(allocator);
-        }
-
-        long held = allocator.PagesInUse;
+        long held = MakePoolsAndCountPages(allocator, pools);
         Assert.True(held >= pools * PagePool.AllocCacheSize, $"{held} pages in use before the collection");
         CollectEverything();
 
