@@ -11,15 +11,26 @@ namespace PageFrag.Tests.Buffers;
 public class FragBufferWriterTests
 {
     [Fact]
-    public void GetMemory_returns_all_the_space_left_in_the_page()
+    public void GetMemory_returns_the_rest_of_a_reservation_that_grows_in_place_up_to_the_whole_page()
     {
         using PageAllocator allocator = WarmAllocator();
         var cache = new PageFragCache(allocator);
         using (var writer = new FragBufferWriter(cache))
         {
-            Assert.Equal(PageFragCache.MaxFragmentSize, writer.GetMemory(100).Length);
+            // 1 KiB reserved, then grown in place by 4 KiB and 16 KiB, then up to the end of the page.
+            Assert.Equal(1024, writer.GetMemory(100).Length);
             writer.Advance(100);
-            Assert.Equal(PageFragCache.MaxFragmentSize - 100, writer.GetMemory(1).Length);
+            Assert.Equal(1024 - 100, writer.GetMemory(1).Length);
+            Assert.Equal(1024 - 100 + 4096, writer.GetMemory(1000).Length);
+            writer.Advance(1024 - 100 + 4096);
+            Assert.Equal(16384, writer.GetMemory(1).Length);
+            writer.Advance(16384);
+            Assert.Equal(PageFragCache.MaxFragmentSize - 1024 - 4096 - 16384, writer.GetMemory(1).Length);
+            Assert.Equal(PageFragCache.MaxFragmentSize, cache.Offset);
+
+            // One fragment and one page reference for all of it.
+            Assert.Equal(1, writer.SegmentCount);
+            Assert.Equal(PageFragCache.MaxFragmentSize + 1 - 1, cache.Bias);
         }
 
         cache.Drain();
@@ -34,7 +45,7 @@ public class FragBufferWriterTests
         using (var writer = new FragBufferWriter(cache))
         {
             Assert.NotEqual(0, writer.GetMemory().Length);
-            writer.Advance(writer.GetMemory().Length);
+            writer.Advance(writer.GetMemory(PageFragCache.MaxFragmentSize).Length);
             Assert.Equal(0, cache.CurrentPageSize - cache.Offset);
             Memory<byte> next = writer.GetMemory(0);
             Assert.False(next.IsEmpty);
@@ -74,21 +85,43 @@ public class FragBufferWriterTests
     }
 
     [Fact]
-    public void Bytes_written_after_another_allocation_from_the_cache_start_a_new_fragment()
+    public void Another_allocation_between_writes_takes_the_bytes_after_the_reservation_never_the_writers()
     {
         using PageAllocator allocator = WarmAllocator();
         var cache = new PageFragCache(allocator);
+        FragmentChain chain;
         using (var writer = new FragBufferWriter(cache))
         {
-            Fill(writer.GetSpan(10)[..10], 0);
+            Span<byte> first = writer.GetSpan(10);
+            nint reservation = AddressOf(first);
+            Fill(first[..10], 0);
             writer.Advance(10);
             Assert.True(cache.TryAlloc(64, out PageFragment other));
+            Assert.Equal(reservation + 1024, other.Address);
+            other.Span.Fill(0xAB);
+
+            // The rest of the reservation is still the writer's: same fragment, no new reference.
             Fill(writer.GetSpan(10)[..10], 10);
             writer.Advance(10);
+            Assert.Equal(1, writer.SegmentCount);
+
+            // More than the reservation holds: it cannot grow over the other fragment, so a new one starts after it.
+            Fill(writer.GetSpan(2000)[..2000], 20);
+            writer.Advance(2000);
             Assert.Equal(2, writer.SegmentCount);
-            AssertPattern(writer.WrittenSequence, 20);
+            AssertPattern(writer.WrittenSequence, 2020);
+            Assert.True(other.Span.IndexOfAnyExcept((byte)0xAB) < 0);
             other.Free();
+
+            // The first reservation's unwritten rest stays with the chain (the cache moved past it); the second
+            // was the cache's most recent allocation, so its rest went back.
+            chain = writer.Detach();
+            Assert.Equal(1024 + 2000, chain.TrueSize);
+            Assert.Equal(reservation + 1024 + 64 + 2000, cache.CurrentPage.Address + cache.Offset);
         }
+
+        AssertPattern(chain.Sequence, 2020);
+        chain.Dispose();
 
         cache.Drain();
         Leaks.AssertNone(allocator);
@@ -120,6 +153,14 @@ public class FragBufferWriterTests
 
         cache.Drain();
         Leaks.AssertNone(allocator);
+    }
+
+    private static unsafe nint AddressOf(Span<byte> span)
+    {
+        fixed (byte* p = span)
+        {
+            return (nint)p;
+        }
     }
 
     /// <summary>Allocates both order-3 blocks of a fresh 64 KiB arena, lower one first in the result.</summary>
@@ -364,20 +405,20 @@ public class FragBufferWriterTests
     }
 
     [Fact]
-    public void Advance_after_someone_else_used_the_cache_throws_and_the_writer_recovers()
+    public void Advance_after_someone_else_used_the_cache_commits_bytes_that_were_the_writers_all_along()
     {
         using PageAllocator allocator = WarmAllocator();
         var cache = new PageFragCache(allocator);
         using (var writer = new FragBufferWriter(cache))
         {
-            writer.GetMemory(10);
+            Span<byte> span = writer.GetSpan(10);
             Assert.True(cache.TryAlloc(64, out PageFragment intruder));
-            var e = Assert.Throws<InvalidOperationException>(() => writer.Advance(10));
-            Assert.StartsWith("The preparation is stale: the cache has already handed out bytes past its offset.", e.Message);
-
-            Fill(writer.GetSpan(10)[..10], 0);
+            intruder.Span.Fill(0xAB);
+            Fill(span[..10], 0);
             writer.Advance(10);
             AssertPattern(writer.WrittenSequence, 10);
+            Assert.True(intruder.Address >= AddressOf(span) + span.Length);
+            Assert.True(intruder.Span.IndexOfAnyExcept((byte)0xAB) < 0);
             intruder.Free();
         }
 
