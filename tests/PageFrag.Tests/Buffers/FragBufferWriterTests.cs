@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Buffers;
 using CsCheck;
 using PageFrag.Buffers;
@@ -494,6 +495,121 @@ public class FragBufferWriterTests
     }
 
     [Fact]
+    public void Detach_gives_the_unwritten_rest_of_the_reservation_back_to_the_cache()
+    {
+        using PageAllocator allocator = WarmAllocator();
+        var cache = new PageFragCache(allocator);
+        using (var writer = new FragBufferWriter(cache))
+        {
+            Span<byte> span = writer.GetSpan(100);
+            nint start = AddressOf(span);
+            Fill(span[..100], 0);
+            writer.Advance(100);
+            Assert.Equal(1024, cache.Offset);
+
+            using FragmentChain chain = writer.Detach();
+            Assert.Equal(100, chain.Length);
+            Assert.Equal(100, chain.TrueSize);
+            Assert.Equal(100, cache.Offset);
+            AssertPattern(chain.Sequence, 100);
+
+            // The next chain starts right after the bytes handed over, on the same page reference scheme.
+            Assert.Equal(start + 100, AddressOf(writer.GetSpan(10)));
+            writer.Advance(10);
+            Assert.Equal(PageFragCache.MaxFragmentSize + 1 - 2, cache.Bias);
+        }
+
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void A_reservation_nobody_wrote_into_goes_back_to_the_cache_on_Detach_Reset_and_Dispose()
+    {
+        using PageAllocator allocator = WarmAllocator();
+        var cache = new PageFragCache(allocator);
+        var writer = new FragBufferWriter(cache);
+        writer.GetSpan(10);
+        Assert.Equal(1024, cache.Offset);
+        using (FragmentChain chain = writer.Detach())
+        {
+            Assert.Equal(0, chain.Length);
+            Assert.Equal(0, chain.SegmentCount);
+            Assert.True(chain.Sequence.IsEmpty);
+        }
+
+        Assert.Equal(0, cache.Offset);
+        Assert.Equal(PageFragCache.MaxFragmentSize + 1, cache.Bias);
+
+        writer.GetSpan(3000);
+        writer.Advance(0);
+        writer.Reset();
+        Assert.Equal(0, cache.Offset);
+        Assert.Equal(0, writer.WrittenCount);
+
+        writer.GetMemory(2000);
+        writer.Dispose();
+        Assert.Equal(0, cache.Offset);
+        Assert.Equal(PageFragCache.MaxFragmentSize + 1, cache.Bias);
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void Advancing_past_a_dedicated_block_throws_and_the_block_still_serves_the_write()
+    {
+        using PageAllocator allocator = WarmAllocator(arenaSize: 256 * 1024);
+        var cache = new PageFragCache(allocator);
+        using (var writer = new FragBufferWriter(cache))
+        {
+            Memory<byte> big = writer.GetMemory(40_000);
+            Assert.Equal(64 * 1024, big.Length);
+            var e = Assert.Throws<InvalidOperationException>(() => writer.Advance(64 * 1024 + 1));
+            Assert.Equal("Cannot advance past the end of the buffer, which has a size of 65536.", e.Message);
+            Assert.Equal(0, writer.WrittenCount);
+
+            Fill(big.Span[..40_000], 0);
+            writer.Advance(40_000);
+            AssertPattern(writer.WrittenSequence, 40_000);
+        }
+
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void WriteAndDropWriters(PageFragCache cache)
+    {
+        // One writer with bytes in a grown reservation, one with a reservation it never wrote into.
+        var written = new FragBufferWriter(cache);
+        written.GetSpan(100);
+        written.Advance(100);
+        written.GetSpan(5000);
+        written.Advance(3000);
+        var reserved = new FragBufferWriter(cache);
+        reserved.GetSpan(10);
+        GC.KeepAlive(written);
+        GC.KeepAlive(reserved);
+    }
+
+    [Fact]
+    public void A_writer_dropped_with_an_open_reservation_gives_its_bytes_back_when_collected()
+    {
+        using PageAllocator allocator = WarmAllocator();
+        var cache = new PageFragCache(allocator);
+        WriteAndDropWriters(cache);
+        cache.Drain();
+        Assert.NotEqual(0, allocator.PagesInUse);
+        for (int i = 0; i < 3; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void The_detached_chain_owns_the_bytes_and_can_be_freed_on_another_thread()
     {
         using PageAllocator allocator = WarmAllocator();
@@ -528,6 +644,40 @@ public class FragBufferWriterTests
 [Collection(AllocationMeasurements.Name)]
 public class FragBufferWriterAllocationTests
 {
+    [Fact]
+    public void A_chain_of_hundreds_of_pages_allocates_nothing_once_warm()
+    {
+        // About 10 MiB per chain: some 320 segments, ten times the 32 spare segments a chain used to keep.
+        using PageAllocator allocator = WarmAllocator(arenaSize: 4 << 20);
+        var cache = new PageFragCache(allocator);
+        using (var writer = new FragBufferWriter(cache))
+        {
+            int segments = 0;
+            void Loop()
+            {
+                for (int round = 0; round < 2; round++)
+                {
+                    for (int i = 0; i < 50_000; i++)
+                    {
+                        int size = 10 + (i % 291);
+                        writer.GetSpan(size)[size - 1] = 1;
+                        writer.Advance(size);
+                    }
+
+                    using FragmentChain chain = writer.Detach();
+                    segments = chain.SegmentCount;
+                }
+            }
+
+            Loop();
+            Assert.InRange(segments, 200, 400);
+            AssertAllocatesNothing(Loop);
+        }
+
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+    }
+
     [Fact]
     public void Writing_and_detaching_allocate_nothing_once_warm()
     {
