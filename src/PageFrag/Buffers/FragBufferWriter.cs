@@ -178,8 +178,13 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
             return new Span<byte>(_buffer, _position, room);
         }
 
-        return GetMemorySlow(sizeHint).Span;
+        return GetSpanSlow(sizeHint);
     }
+
+    // Separate from GetSpan so that the Memory of the slow path (turned into a span here) does not give the hot
+    // path a stack frame that zeroes it on every call.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private Span<byte> GetSpanSlow(int sizeHint) => GetMemorySlow(sizeHint).Span;
 
     /// <summary>
     /// Commits <paramref name="count"/> bytes of the buffer last returned: they follow the bytes written
