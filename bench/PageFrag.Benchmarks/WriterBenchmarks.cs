@@ -14,8 +14,8 @@ namespace PageFrag.Benchmarks;
 /// figures are per message. <see cref="ArrayBufferWriter{T}"/> is the baseline.
 /// </summary>
 /// <remarks>
-/// The sequence is about 155 bytes per message: 4096 messages fill about twenty 32 KiB pages, within the
-/// 32 spare segments a <see cref="FragmentChain"/> keeps, so the PageFrag writer allocates nothing once warm.
+/// The sequence is about 155 bytes per message: 4096 messages fill about twenty 32 KiB pages; a
+/// <see cref="FragmentChain"/> keeps the segment objects it used, so the PageFrag writer allocates nothing once warm.
 /// The <see cref="Pipe"/> has the default pool (which rents from <c>ArrayPool&lt;byte&gt;.Shared</c>) and never
 /// pauses the writer, since nothing reads until the sequence is complete.
 /// </remarks>

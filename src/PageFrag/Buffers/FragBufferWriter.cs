@@ -1,17 +1,19 @@
 using System.Buffers;
 using System.Diagnostics;
 using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
 namespace PageFrag.Buffers;
 
 /// <summary>
-/// An <see cref="IBufferWriter{T}"/> that writes straight into the pages of a <see cref="PageFragCache"/>
-/// with the kernel's prepare/commit API: <see cref="GetMemory"/> is a prepare (all the space left in the
-/// page, at least the size hint), <see cref="Advance"/> a commit, and bytes that continue the previous
-/// buffer extend it without a new page reference (commit_noref) instead of starting a new one. The
-/// written bytes are handed over as an owned <see cref="FragmentChain"/> by <see cref="Detach"/>.
+/// An <see cref="IBufferWriter{T}"/> that writes straight into the pages of a <see cref="PageFragCache"/>.
+/// The writer reserves a fragment of the cache's page ahead of its writes (prepare, then commit), hands out
+/// its free part, and grows it in place while nothing else takes from the cache (commit_noref); an
+/// <see cref="Advance"/> only moves the writer's own offset. The written bytes are handed over as an owned
+/// <see cref="FragmentChain"/> by <see cref="Detach"/>.
 /// </summary>
 /// <remarks>
 /// <para><b>Contract.</b> As <see cref="IBufferWriter{T}"/> demands: <c>GetMemory(n)</c> returns at least
@@ -20,43 +22,71 @@ namespace PageFrag.Buffers;
 /// <see cref="ArgumentException"/>, with the types and message of <see cref="ArrayBufferWriter{T}"/>; a
 /// buffer must not be written after <c>Advance</c> (a new <c>GetMemory</c> is needed).</para>
 /// <para><b>Where the memory comes from.</b> Hints up to 4096 bytes, and up to 32768 while the cache holds
-/// an order-3 page, are served from the cache's page. A larger hint, or one the cache cannot serve because
-/// it fell back to an order-0 page, gets a dedicated page block of the smallest sufficient order from the
-/// cache's <see cref="PageAllocator"/>; its unused tail serves the following writes until it runs out, and
-/// the whole block counts in <see cref="FragmentChain.TrueSize"/>. A hint above the allocator's largest
-/// block (<c>4096 &lt;&lt; MaxOrder</c>) gets a pinned array, which the allocator's memory limit does not
-/// cover. When the allocator refuses a page (limit reached, fault injected), <c>GetMemory</c> throws
-/// <see cref="InsufficientMemoryException"/> and the writer is unchanged.</para>
-/// <para><b>Threading.</b> Single owner: the writer and its cache belong to one thread at a time; nothing
-/// else may allocate from the cache between a <c>GetMemory</c> and its <c>Advance</c> (the preparation
-/// would go stale and <c>Advance</c> throws). Other use of the cache between writes is fine; it only
-/// prevents coalescing. The detached chain may be freed on any thread.</para>
+/// an order-3 page, are served from the cache's page: the writer reserves at least 1 KiB and the hint, and
+/// grows the reservation in place four times more each time, up to the rest of the page, so that a writer
+/// alone on its cache makes about four cache calls per 32 KiB page. <c>GetMemory</c> returns what is left
+/// of the reservation. A larger hint, or one the cache cannot serve because it fell back to an order-0 page,
+/// gets a dedicated page block of the smallest sufficient order from the cache's <see cref="PageAllocator"/>;
+/// its unused tail serves the following writes until it runs out, and the whole block counts in
+/// <see cref="FragmentChain.TrueSize"/>. A hint above the allocator's largest block (<c>4096 &lt;&lt; MaxOrder</c>)
+/// gets a pinned array, which the allocator's memory limit does not cover. When the allocator refuses a page
+/// (limit reached, fault injected), <c>GetMemory</c> throws <see cref="InsufficientMemoryException"/> and the
+/// writer keeps what it wrote.</para>
+/// <para><b>Sharing the cache.</b> The reserved bytes are the writer's (committed, with a page reference), so
+/// other allocations from the cache between writes never get them: they take the bytes after the reservation,
+/// and the writer's next reservation starts after theirs, in a new buffer of the chain. <see cref="Detach"/>,
+/// <see cref="Reset"/> and <see cref="Dispose"/> give the unwritten rest of the reservation back to the cache
+/// when it is still the cache's most recent allocation; otherwise the chain keeps it until it is freed (at most
+/// the last reservation, and counted in <see cref="FragmentChain.TrueSize"/>).</para>
+/// <para><b>Threading.</b> Single owner: the writer and its cache belong to one thread at a time. The
+/// detached chain may be freed on any thread.</para>
 /// <para><b>Allocation.</b> <c>GetMemory</c>/<c>Advance</c> allocate nothing on the GC heap once warm,
-/// and neither does <see cref="Detach"/> followed by disposing the chain (chains are recycled).</para>
+/// and neither does <see cref="Detach"/> followed by disposing the chain (chains and their segment objects
+/// are recycled).</para>
 /// </remarks>
 public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 {
+    // The first reservation of a run of writes: small enough that a writer sharing its cache with others keeps
+    // little unwritten memory in a detached chain, large enough that the next few messages need no cache call.
+    private const int FirstReservation = 1024;
+
+    // Each in-place growth takes this many times the previous one (1, 4, 16 KiB, then the rest of a 32 KiB page:
+    // four cache calls per page for a writer alone on its cache).
+    private const int GrowthFactor = 4;
+
     // Chains detached from this writer come back here when disposed; four cover a writer whose chains are
     // freed a little later than the next one is written (a send in flight).
     private readonly ObjectStash<FragmentChain> _chains = new(4);
     private readonly PageFragCache _cache;
     private FragmentChain _chain;
-    private Pending _pending;
-    private PreparedFragment _prepared;
-    private Page _block;
-    private byte[]? _array;
-    private int _available;
-    private bool _disposed;
 
-    /// <summary>What the buffer last returned by GetMemory is, and so what Advance commits.</summary>
-    private enum Pending : byte
-    {
-        None,
-        Cache,
-        Tail,
-        NewBlock,
-        NewArray,
-    }
+    // The open region, in the coordinates of the pinned array that backs it: bytes [_segmentStart, _position)
+    // are written, [_position, _end) are free. _end == _position when there is no region, after Dispose, and
+    // while a dedicated block or array waits for its first Advance, so that the fast paths fall through.
+    private byte[]? _buffer;
+    private int _segmentStart;
+    private int _position;
+    private int _end;
+
+    // What the buffer last returned allows Advance to commit; 0 after an Advance.
+    private int _available;
+
+    // A dedicated block or array just returned by GetMemory, not yet advanced into: its length, else 0.
+    private int _pendingLength;
+
+    // The chain's segment the region belongs to (reserved until its first bytes are synced, then linked last).
+    private FragmentSegment? _open;
+    private bool _openLinked;
+
+    // The next in-place growth of a fragment reservation.
+    private int _growth;
+
+    // The cache as it was right after the writer's last reservation or growth: if it is unchanged, the
+    // reservation is still the cache's most recent allocation and its unwritten tail can go back.
+    private int _cacheOffset;
+    private long _cacheRefills;
+
+    private bool _disposed;
 
     /// <summary>Creates a writer over <paramref name="cache"/>, which the caller keeps owning (and draining).</summary>
     /// <exception cref="ArgumentNullException"><paramref name="cache"/> is null.</exception>
@@ -82,16 +112,18 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         get
         {
             ThrowIfDisposed();
+            SyncOpen();
             return _chain.Length;
         }
     }
 
-    /// <summary>Buffers the written bytes occupy; coalesced writes share one.</summary>
+    /// <summary>Buffers the written bytes occupy; writes that follow each other in a page share one.</summary>
     public int SegmentCount
     {
         get
         {
             ThrowIfDisposed();
+            SyncOpen();
             return _chain.SegmentCount;
         }
     }
@@ -105,13 +137,14 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         get
         {
             ThrowIfDisposed();
+            SyncOpen();
             return _chain.Sequence;
         }
     }
 
     /// <summary>
-    /// Returns a buffer of at least <paramref name="sizeHint"/> bytes (at least one when it is 0): all the
-    /// space left in the current page, or the tail of the last dedicated block.
+    /// Returns a buffer of at least <paramref name="sizeHint"/> bytes (at least one when it is 0): the free
+    /// part of the writer's reservation in the cache's page, or the tail of the last dedicated block.
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="sizeHint"/> is negative.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="sizeHint"/> is above <see cref="MaxSizeHint"/>.</exception>
@@ -119,50 +152,16 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
     public Memory<byte> GetMemory(int sizeHint = 0)
     {
-        ThrowIfDisposed();
-        if (sizeHint < 0)
+        // Hot path: the open region has room (a negative hint wraps to a large unsigned and falls through;
+        // the room is never negative, and one byte more than the hint also covers a hint of 0).
+        int room = _end - _position;
+        if ((uint)sizeHint < (uint)room)
         {
-            BufferThrowHelper.NegativeSizeHint(sizeHint);
+            _available = room;
+            return new Memory<byte>(_buffer, _position, room);
         }
 
-        if (sizeHint > MaxSizeHint)
-        {
-            BufferThrowHelper.SizeHintTooLarge(sizeHint, MaxSizeHint);
-        }
-
-        int need = Math.Max(sizeHint, 1);
-
-        // A dedicated block handed out by the previous call and not written yet serves another large
-        // request; a small one goes to the cache instead, rather than pin a whole block for a few bytes.
-        if (need > PageConstants.PageSize)
-        {
-            if (_pending == Pending.NewBlock && _block.Length >= need)
-            {
-                return SetAvailable(_block.Memory);
-            }
-
-            if (_pending == Pending.NewArray && _array!.Length >= need)
-            {
-                return SetAvailable(_array);
-            }
-        }
-
-        DropPending();
-
-        FragmentSegment? last = _chain.Last;
-        if (last is not null && last.Room >= need)
-        {
-            _pending = Pending.Tail;
-            return SetAvailable(last.Tail);
-        }
-
-        if (need <= PageFragCache.MaxFragmentSize && _cache.TryPrepare(need, out _prepared))
-        {
-            _pending = Pending.Cache;
-            return SetAvailable(_prepared.Memory);
-        }
-
-        return GetDedicated(need);
+        return GetMemorySlow(sizeHint);
     }
 
     /// <summary>The span of <see cref="GetMemory"/>: same contract, same exceptions.</summary>
@@ -170,65 +169,45 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="sizeHint"/> is above <see cref="MaxSizeHint"/>.</exception>
     /// <exception cref="InsufficientMemoryException">The allocator could not supply a page.</exception>
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
-    public Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
+    public Span<byte> GetSpan(int sizeHint = 0)
+    {
+        int room = _end - _position;
+        if ((uint)sizeHint < (uint)room)
+        {
+            _available = room;
+            return new Span<byte>(_buffer, _position, room);
+        }
+
+        return GetSpanSlow(sizeHint);
+    }
+
+    // Separate from GetSpan so that the Memory of the slow path (turned into a span here) does not give the hot
+    // path a stack frame that zeroes it on every call.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private Span<byte> GetSpanSlow(int sizeHint) => GetMemorySlow(sizeHint).Span;
 
     /// <summary>
-    /// Commits <paramref name="count"/> bytes of the buffer last returned. Bytes that continue the last
-    /// buffer of the chain extend it (commit_noref); others become a new fragment (commit). The returned
-    /// buffer must not be written afterwards.
+    /// Commits <paramref name="count"/> bytes of the buffer last returned: they follow the bytes written
+    /// before in the same buffer of the chain, or start the next one. The returned buffer must not be
+    /// written afterwards.
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="count"/> is negative.</exception>
     /// <exception cref="InvalidOperationException">
-    /// <paramref name="count"/> is larger than the buffer last returned (or no buffer was requested), or
-    /// something else allocated from the cache since <see cref="GetMemory"/>.
+    /// <paramref name="count"/> is larger than the buffer last returned (or no buffer was requested).
     /// </exception>
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
     public void Advance(int count)
     {
-        ThrowIfDisposed();
-        if (count < 0)
+        // Hot path: 1 to _available bytes of the open region. The bytes are the writer's already (reserved),
+        // so no cache call is needed; the chain learns the count when someone looks (SyncOpen).
+        if ((uint)(count - 1) < (uint)_available)
         {
-            BufferThrowHelper.NegativeAdvance(count);
-        }
-
-        if (count > _available)
-        {
-            BufferThrowHelper.AdvancedTooFar(_available);
-        }
-
-        if (count == 0)
-        {
-            // Nothing used: a pending block or array stays for the next GetMemory, a preparation simply lapses.
+            _position += count;
             _available = 0;
-            if (_pending is Pending.Cache or Pending.Tail)
-            {
-                _pending = Pending.None;
-            }
-
             return;
         }
 
-        switch (_pending)
-        {
-            case Pending.Cache:
-                CommitPrepared(count);
-                break;
-            case Pending.Tail:
-                _chain.Last!.Grow(count);
-                _chain.LastGrew(count, 0);
-                break;
-            case Pending.NewBlock:
-                _chain.AppendBlock(_block, count);
-                _block = default;
-                break;
-            case Pending.NewArray:
-                _chain.AppendArray(_array!, count);
-                _array = null;
-                break;
-        }
-
-        _pending = Pending.None;
-        _available = 0;
+        AdvanceSlow(count);
     }
 
     /// <summary>
@@ -238,7 +217,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     public FragmentChain Detach()
     {
         ThrowIfDisposed();
-        DropPending();
+        CloseRegion(giveBackTail: true);
         FragmentChain written = _chain;
         _chain = FragmentChain.RentEmpty(_chains);
         return written;
@@ -249,7 +228,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     public void Reset()
     {
         ThrowIfDisposed();
-        DropPending();
+        CloseRegion(giveBackTail: true);
         _chain.ReleaseAll()?.Throw();
     }
 
@@ -265,41 +244,116 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         }
 
         _disposed = true;
-        DropPending();
+        CloseRegion(giveBackTail: true);
         FragmentChain chain = _chain;
         chain.Dispose();
     }
 
-    private void CommitPrepared(int count)
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private Memory<byte> GetMemorySlow(int sizeHint)
     {
-        FragmentSegment? last = _chain.Last;
-
-        // Coalesce when the new bytes start exactly where the last fragment ends, on the cache's current
-        // page (the cache checks it once: same arena, page and generation, and the fragment ends at the
-        // preparation's offset; a fragment that ends a block is address-contiguous with the next block,
-        // whose bytes its page reference does not cover).
-        if (last is not null && last.Kind == SegmentKind.Fragment &&
-            _cache.TryCommitNoRef(in _prepared, count, ref last.Fragment))
+        ThrowIfDisposed();
+        if (sizeHint < 0)
         {
-            last.FragmentGrew();
-            _chain.LastGrew(count, count);
-            return;
+            BufferThrowHelper.NegativeSizeHint(sizeHint);
         }
 
-        PageFragment fragment = _cache.Commit(in _prepared, count);
-        _chain.AppendFragment(fragment);
+        if (sizeHint > MaxSizeHint)
+        {
+            BufferThrowHelper.SizeHintTooLarge(sizeHint, MaxSizeHint);
+        }
+
+        int need = Math.Max(sizeHint, 1);
+        int room = _end - _position;
+        if (room >= need)
+        {
+            // The hot path's test is one byte conservative: a hint of exactly the room lands here.
+            _available = room;
+            return new Memory<byte>(_buffer, _position, room);
+        }
+
+        FragmentSegment? open = _open;
+        if (open is not null && open.Kind != SegmentKind.Fragment && _position == _segmentStart)
+        {
+            // A dedicated block or array handed out by an earlier call and not written yet serves another large
+            // request; a small one goes to the cache instead, rather than pin a whole block for a few bytes.
+            int length = open.Capacity;
+            if (need > PageConstants.PageSize && length >= need)
+            {
+                return Pending(length);
+            }
+
+            CloseRegion(giveBackTail: true);
+            open = null;
+        }
+
+        if (need <= PageFragCache.MaxFragmentSize)
+        {
+            if (open is not null && open.Kind == SegmentKind.Fragment && TryGrowInPlace(open, need - room))
+            {
+                _available = _end - _position;
+                return new Memory<byte>(_buffer, _position, _available);
+            }
+
+            // The rest of the region is too short and cannot grow (the page is full, or someone else took the
+            // bytes after it): the region ends here. Its unwritten tail is not given back: the cache is about to
+            // leave the page, or it is no longer the cache's most recent allocation.
+            CloseRegion(giveBackTail: false);
+            if (_cache.TryPrepare(need, out PreparedFragment prepared))
+            {
+                int size = Math.Min(Math.Max(need, FirstReservation), prepared.Size);
+                PageFragment fragment = _cache.Commit(in prepared, size);
+                Open(_chain.ReserveFragment(fragment), fragment.ArraySegment);
+                _end = _position + size;
+                _growth = Math.Min(GrowthFactor * size, PageFragCache.MaxFragmentSize);
+                RememberCache();
+                _available = size;
+                return new Memory<byte>(_buffer, _position, size);
+            }
+        }
+
+        return GetDedicated(need);
+    }
+
+    /// <summary>
+    /// Grows the open fragment over the next <paramref name="extra"/> or more bytes of the page when they
+    /// follow it directly and the page has them (probe + commit_noref: no refill, no new reference).
+    /// </summary>
+    private bool TryGrowInPlace(FragmentSegment open, int extra)
+    {
+        if (!_cache.TryProbe(extra, out PreparedFragment prepared))
+        {
+            return false;
+        }
+
+        int size = Math.Min(Math.Max(extra, _growth), prepared.Size);
+        if (!_cache.TryCommitNoRef(in prepared, size, ref open.Fragment))
+        {
+            return false;
+        }
+
+        _end += size;
+        if (_openLinked)
+        {
+            _chain.LastGrew(0, size);
+        }
+
+        _growth = Math.Min(_growth * GrowthFactor, PageFragCache.MaxFragmentSize);
+        RememberCache();
+        return true;
     }
 
     private Memory<byte> GetDedicated(int need)
     {
+        CloseRegion(giveBackTail: true);
         PageAllocator allocator = _cache.Allocator;
         int order = need <= PageConstants.PageSize ? 0 : BitOperations.Log2((uint)(need - 1)) + 1 - PageConstants.PageShift;
         if (order > allocator.MaxOrder)
         {
             // Above the largest block: a pinned array keeps the contract (at least sizeHint, usable by sockets).
-            _array = GC.AllocateUninitializedArray<byte>(need, pinned: true);
-            _pending = Pending.NewArray;
-            return SetAvailable(_array);
+            byte[] array = GC.AllocateUninitializedArray<byte>(need, pinned: true);
+            Open(_chain.ReserveArray(array), new ArraySegment<byte>(array));
+            return Pending(array.Length);
         }
 
         if (!allocator.TryAllocPages(order, AllocFlags.None, out Page block))
@@ -307,32 +361,160 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
             BufferThrowHelper.OutOfPages(need);
         }
 
-        _block = block;
-        _pending = Pending.NewBlock;
-        return SetAvailable(block.Memory);
-    }
-
-    private Memory<byte> SetAvailable(Memory<byte> memory)
-    {
-        Debug.Assert(!memory.IsEmpty, "IBufferWriter never hands out an empty buffer");
-        _available = memory.Length;
-        return memory;
-    }
-
-    /// <summary>Forgets the buffer handed out last, giving back a dedicated block nobody wrote into.</summary>
-    private void DropPending()
-    {
-        if (_pending == Pending.NewBlock)
+        if (!MemoryMarshal.TryGetArray<byte>(block.Memory, out ArraySegment<byte> segment))
         {
-            Page block = _block;
-            _block = default;
-            block.Allocator.FreePages(block);
+            Debug.Fail("page blocks lie in pinned arrays");
         }
 
-        _array = null;
-        _prepared = default;
-        _pending = Pending.None;
+        Open(_chain.ReserveBlock(block), segment);
+        return Pending(block.Length);
+    }
+
+    /// <summary>Returns the whole dedicated buffer of the open segment, which waits for its first Advance.</summary>
+    private Memory<byte> Pending(int length)
+    {
+        _pendingLength = length;
         _available = 0;
+        return new Memory<byte>(_buffer, _segmentStart, length);
+    }
+
+    private void Open(FragmentSegment segment, ArraySegment<byte> memory)
+    {
+        _open = segment;
+        _openLinked = false;
+        _buffer = memory.Array;
+        _segmentStart = memory.Offset;
+        _position = memory.Offset;
+        _end = memory.Offset;
+        _pendingLength = 0;
+        _available = 0;
+    }
+
+    private void AdvanceSlow(int count)
+    {
+        ThrowIfDisposed();
+        if (count < 0)
+        {
+            BufferThrowHelper.NegativeAdvance(count);
+        }
+
+        if (count == 0)
+        {
+            // Nothing used: a pending block or array stays for the next GetMemory (which may return it again).
+            _available = 0;
+            _pendingLength = 0;
+            return;
+        }
+
+        if (_pendingLength > 0 && count <= _pendingLength)
+        {
+            // The first bytes into a dedicated block or array: from now on it is the open region.
+            _end = _segmentStart + _open!.Capacity;
+            _position += count;
+            _pendingLength = 0;
+            return;
+        }
+
+        BufferThrowHelper.AdvancedTooFar(Math.Max(_available, _pendingLength));
+    }
+
+    /// <summary>Tells the chain how many bytes the open segment holds, linking it when it gets its first ones.</summary>
+    private void SyncOpen()
+    {
+        FragmentSegment? open = _open;
+        if (open is null)
+        {
+            return;
+        }
+
+        int used = _position - _segmentStart;
+        int grown = used - open.Used;
+        if (grown == 0)
+        {
+            return;
+        }
+
+        open.SetUsed(used);
+        if (_openLinked)
+        {
+            _chain.LastGrew(grown, 0);
+        }
+        else
+        {
+            _chain.LinkReserved();
+            _openLinked = true;
+        }
+    }
+
+    /// <summary>
+    /// Ends the open region: its written bytes stay in the chain; a reservation nobody wrote into is given
+    /// back; with <paramref name="giveBackTail"/> the unwritten tail of a fragment goes back to the cache when
+    /// the fragment is still the cache's most recent allocation (abort, then commit the written part again:
+    /// the same address, and nothing else can use the cache in between).
+    /// </summary>
+    private void CloseRegion(bool giveBackTail)
+    {
+        FragmentSegment? open = _open;
+        if (open is null)
+        {
+            return;
+        }
+
+        SyncOpen();
+        bool mostRecent = open.Kind == SegmentKind.Fragment && IsCacheAsRemembered(open.Fragment);
+        if (!_openLinked)
+        {
+            if (mostRecent)
+            {
+                _cache.Abort(in open.Fragment);
+            }
+
+            _chain.DiscardReserved(release: !mostRecent);
+        }
+        else if (giveBackTail && mostRecent && open.Used < open.Fragment.Length)
+        {
+            TrimToWritten(open);
+        }
+
+        _open = null;
+        _openLinked = false;
+        _buffer = null;
+        _segmentStart = 0;
+        _position = 0;
+        _end = 0;
+        _available = 0;
+        _pendingLength = 0;
+    }
+
+    private void TrimToWritten(FragmentSegment open)
+    {
+        PageFragment reserved = open.Fragment;
+        int used = open.Used;
+        _cache.Abort(in reserved);
+        if (!_cache.TryPrepare(used, out PreparedFragment prepared) || prepared.Address != reserved.Address)
+        {
+            // Cannot happen: the aborted bytes are the cache's next ones, on the page it keeps.
+            throw new InvalidOperationException("The cache did not give back the writer's bytes at their address after an abort.");
+        }
+
+        PageFragment trimmed = _cache.Commit(in prepared, used);
+        open.Fragment = trimmed;
+        _chain.LastGrew(0, trimmed.TrueSize - reserved.TrueSize);
+    }
+
+    /// <summary>Whether the cache allocated nothing since the writer's last reservation or growth.</summary>
+    private bool IsCacheAsRemembered(in PageFragment fragment)
+    {
+        Page page = _cache.CurrentPage;
+        return _cache.Offset == _cacheOffset && _cache.PagesAllocated + _cache.PagesReused == _cacheRefills &&
+            ReferenceEquals(page.Arena, fragment.Arena) &&
+            (long)fragment.ArenaOffset + fragment.Length == ((long)page.Index << PageConstants.PageShift) + _cacheOffset;
+    }
+
+    private void RememberCache()
+    {
+        _cacheOffset = _cache.Offset;
+        _cacheRefills = _cache.PagesAllocated + _cache.PagesReused;
     }
 
     private void ThrowIfDisposed()

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
@@ -32,13 +33,20 @@ namespace PageFrag.Buffers;
 /// </remarks>
 public sealed class FragmentChain : IDisposable
 {
-    // A chain keeps at most this many spare segment objects between uses.
-    private const int MaxSpareSegments = 32;
+    // A chain keeps the segment objects it used, up to this many, for its next use: a writer's chains then
+    // allocate nothing once warm, however long (8192 segments of a 32 KiB page each cover a 256 MiB sequence;
+    // the objects take about 150 B each, so at most about 1.2 MiB per chain, kept only by a chain that held
+    // that many buffers, as ArrayBufferWriter keeps the capacity it grew to).
+    private const int MaxSpareSegments = 8192;
 
     private ObjectStash<FragmentChain>? _home;
     private FragmentSegment? _first;
     private FragmentSegment? _last;
     private FragmentSegment? _spare;
+
+    // The segment a FragBufferWriter reserved and has not written into yet: not linked (so no view shows an
+    // empty segment) but owned, so that ReleaseAll and the finalizer free its buffer like the linked ones.
+    private FragmentSegment? _reserved;
     private int _spareCount;
     private int _count;
     private long _length;
@@ -181,7 +189,7 @@ public sealed class FragmentChain : IDisposable
     ~FragmentChain()
     {
         _finalized = true;
-        if (Volatile.Read(ref _disposed) != 0 || Interlocked.Exchange(ref _disposed, 1) != 0 || _first is null)
+        if (Volatile.Read(ref _disposed) != 0 || Interlocked.Exchange(ref _disposed, 1) != 0 || (_first is null && _reserved is null))
         {
             return;
         }
@@ -226,32 +234,73 @@ public sealed class FragmentChain : IDisposable
         return chain;
     }
 
-    internal FragmentSegment? Last => _last;
-
     internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     internal void AppendFragment(in PageFragment fragment)
     {
         FragmentSegment segment = NewSegment();
-        segment.SetFragment(fragment, _length);
+        segment.SetFragment(fragment, fragment.Length, _length);
         Link(segment, fragment.Length, fragment.TrueSize);
     }
 
-    internal void AppendBlock(Page block, int used)
+    /// <summary>
+    /// Takes ownership of a fragment the writer reserved ahead of its writes, as an unlinked segment with no
+    /// byte written: <see cref="LinkReserved"/> links it once it has bytes, <see cref="DiscardReserved"/> drops it.
+    /// </summary>
+    internal FragmentSegment ReserveFragment(in PageFragment fragment)
     {
-        FragmentSegment segment = NewSegment();
-        segment.SetBlock(block, used, _length);
-        Link(segment, used, block.Length);
+        FragmentSegment segment = Reserved();
+        segment.SetFragment(fragment, 0, _length);
+        return segment;
     }
 
-    internal void AppendArray(byte[] array, int used)
+    /// <summary>Takes ownership of a dedicated block, as <see cref="ReserveFragment"/>.</summary>
+    internal FragmentSegment ReserveBlock(Page block)
     {
-        FragmentSegment segment = NewSegment();
-        segment.SetArray(array, used, _length);
-        Link(segment, used, array.Length);
+        FragmentSegment segment = Reserved();
+        segment.SetBlock(block, 0, _length);
+        return segment;
     }
 
-    /// <summary>The last segment grew by <paramref name="bytes"/> (written) and <paramref name="trueBytes"/> (consumed).</summary>
+    /// <summary>Takes ownership of a pinned array, as <see cref="ReserveFragment"/>.</summary>
+    internal FragmentSegment ReserveArray(byte[] array)
+    {
+        FragmentSegment segment = Reserved();
+        segment.SetArray(array, 0, _length);
+        return segment;
+    }
+
+    /// <summary>The reserved segment got its first bytes (its <see cref="FragmentSegment.Used"/>): it becomes the last one.</summary>
+    internal void LinkReserved()
+    {
+        FragmentSegment segment = _reserved!;
+        Debug.Assert(segment.Used > 0, "an empty segment is never linked");
+        _reserved = null;
+        segment.SyncMemory();
+        Link(segment, segment.Used, segment.TrueSize);
+    }
+
+    /// <summary>
+    /// Drops the reserved segment, which has no byte written: its buffer is freed when <paramref name="release"/>
+    /// is set; otherwise the caller already gave it back (an abort).
+    /// </summary>
+    internal void DiscardReserved(bool release)
+    {
+        FragmentSegment segment = _reserved!;
+        _reserved = null;
+        if (release)
+        {
+            segment.Release();
+        }
+        else
+        {
+            segment.Clear();
+        }
+
+        KeepSpare(segment);
+    }
+
+    /// <summary>The last segment grew by <paramref name="bytes"/> (written) and <paramref name="trueBytes"/> (owned; negative when trimmed).</summary>
     internal void LastGrew(int bytes, int trueBytes)
     {
         _length += bytes;
@@ -271,20 +320,31 @@ public sealed class FragmentChain : IDisposable
             {
                 s.Release();
             }
-            catch (Exception e) when (failure is null)
+            catch (Exception e)
             {
-                failure = ExceptionDispatchInfo.Capture(e);
+                // The first failure is reported; the rest of the chain is freed all the same.
+                failure ??= ExceptionDispatchInfo.Capture(e);
                 s.Clear();
             }
 
-            if (_spareCount < MaxSpareSegments)
+            KeepSpare(s);
+            s = next;
+        }
+
+        if (_reserved is not null)
+        {
+            try
             {
-                s.NextSpare = _spare;
-                _spare = s;
-                _spareCount++;
+                _reserved.Release();
+            }
+            catch (Exception e)
+            {
+                failure ??= ExceptionDispatchInfo.Capture(e);
+                _reserved.Clear();
             }
 
-            s = next;
+            KeepSpare(_reserved);
+            _reserved = null;
         }
 
         _first = null;
@@ -295,6 +355,22 @@ public sealed class FragmentChain : IDisposable
         _arraySegments?.Clear();
         _arraySegmentsStale = true;
         return failure;
+    }
+
+    private FragmentSegment Reserved()
+    {
+        Debug.Assert(_reserved is null, "a writer reserves one buffer at a time");
+        return _reserved = NewSegment();
+    }
+
+    private void KeepSpare(FragmentSegment s)
+    {
+        if (_spareCount < MaxSpareSegments)
+        {
+            s.NextSpare = _spare;
+            _spare = s;
+            _spareCount++;
+        }
     }
 
     private FragmentSegment NewSegment()

@@ -30,21 +30,22 @@ internal enum SegmentKind : byte
 /// <para>The segment's <see cref="ReadOnlySequenceSegment{T}.Memory"/> is made by its <see cref="SegmentMemory"/>
 /// manager, which references the segment, which references its chain: a sequence (or any memory taken
 /// from it) keeps the chain reachable, so the chain's finalizer never frees bytes that someone still holds.</para>
-/// <para>Invariant: only the last segment of a chain may grow (coalescing), so <see cref="ReadOnlySequenceSegment{T}.RunningIndex"/>
-/// of every segment stays exact once a successor is linked. Owned by the chain for its whole life; reused
-/// after the chain is disposed.</para>
+/// <para>Invariant: only the last segment of a chain may grow (the writer's open segment), so
+/// <see cref="ReadOnlySequenceSegment{T}.RunningIndex"/> of every segment stays exact once a successor is linked.
+/// <see cref="Used"/> never exceeds what the segment owns: a fragment the writer reserved ahead of its writes is
+/// longer than the bytes written into it. Owned by the chain for its whole life; reused after the chain is disposed.</para>
 /// </remarks>
 internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
 {
-    // The fragment is a field so that PageFragCache.CommitNoRef can grow it in place (ref previous).
+    // The fragment is a field so that PageFragCache.TryCommitNoRef can grow it in place (ref previous).
     internal PageFragment Fragment;
     internal Page Block;
     internal byte[]? PinnedArray;
     internal int Used;
     internal SegmentKind Kind;
 
-    // A coalescing commit grew the fragment but Memory was not rebuilt yet: the chain rebuilds it once,
-    // before anyone reads the segment (a sequence, the array segments, a successor), not per write.
+    // Used grew but Memory was not rebuilt yet: the chain rebuilds it once, before anyone reads the segment
+    // (a sequence, the array segments, a successor), not per write.
     private bool _memoryStale;
 
     // Makes this segment's Memory: one per segment object, so a recycled segment allocates nothing.
@@ -71,22 +72,21 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         _ => 0,
     };
 
-    /// <summary>Room left after the written bytes (blocks and arrays only; fragments end where written).</summary>
-    internal int Room => Kind switch
+    /// <summary>Bytes the segment owns, written or not: the fragment, the whole block or array.</summary>
+    internal int Capacity => Kind switch
     {
-        SegmentKind.Block => Block.Length - Used,
-        SegmentKind.Array => PinnedArray!.Length - Used,
+        SegmentKind.Fragment => Fragment.Length,
+        SegmentKind.Block => Block.Length,
+        SegmentKind.Array => PinnedArray!.Length,
         _ => 0,
     };
 
-    /// <summary>The unused tail of a block or array segment, for the next write.</summary>
-    internal Memory<byte> Tail => _manager.Slice(Used, Room);
-
-    internal void SetFragment(in PageFragment fragment, long runningIndex)
+    internal void SetFragment(in PageFragment fragment, int used, long runningIndex)
     {
+        Debug.Assert(used <= fragment.Length);
         Kind = SegmentKind.Fragment;
         Fragment = fragment;
-        Used = fragment.Length;
+        Used = used;
         Start(runningIndex);
     }
 
@@ -106,11 +106,12 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         Start(runningIndex);
     }
 
-    /// <summary>The fragment was extended in place by a coalescing commit.</summary>
-    internal void FragmentGrew()
+    /// <summary>The writer wrote up to <paramref name="used"/> bytes; <see cref="SyncMemory"/> makes Memory show them.</summary>
+    internal void SetUsed(int used)
     {
         Debug.Assert(Next is null, "only the last segment of a chain grows");
-        Used = Fragment.Length;
+        Debug.Assert(used >= Used && used <= Capacity, "the written part only grows, within what the segment owns");
+        Used = used;
         _memoryStale = true;
     }
 
@@ -122,15 +123,6 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
             _memoryStale = false;
             Memory = _manager.Slice(0, Used);
         }
-    }
-
-    /// <summary><paramref name="count"/> more bytes of the block or array tail were written.</summary>
-    internal void Grow(int count)
-    {
-        Debug.Assert(Next is null, "only the last segment of a chain grows");
-        Debug.Assert(count <= Room);
-        Used += count;
-        Memory = _manager.Slice(0, Used);
     }
 
     internal void Link(FragmentSegment next) => Next = next;
