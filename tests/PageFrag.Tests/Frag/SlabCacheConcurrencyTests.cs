@@ -21,13 +21,16 @@ public class SlabCacheConcurrencyTests
     [InlineData(4096)]
     public void Of_two_racing_frees_of_one_fragment_exactly_one_wins_and_no_page_leaks(int size)
     {
-        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 1 << 20);
+        // Each round both threads free the same batch of fragments in the same order, so that every round
+        // holds hundreds of chances for the two frees of one fragment to meet.
+        const int Batch = 256;
+        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 2 << 20);
         var cache = new SlabCache(allocator);
-        SlabFragment shared = default;
+        var shared = new SlabFragment[Batch];
         int go = 0;
         int done = 0;
-        int otherWins = 0;
-        int otherLosses = 0;
+        long otherWins = 0;
+        long otherLosses = 0;
         Exception? failure = null;
 
         var other = new Thread(() =>
@@ -48,14 +51,17 @@ public class SlabCacheConcurrencyTests
                         return;
                     }
 
-                    try
+                    for (int i = 0; i < Batch; i++)
                     {
-                        SlabCache.Free(shared);
-                        otherWins++;
-                    }
-                    catch (PageFragDoubleFreeException)
-                    {
-                        otherLosses++;
+                        try
+                        {
+                            SlabCache.Free(shared[i]);
+                            otherWins++;
+                        }
+                        catch (PageFragDoubleFreeException)
+                        {
+                            otherLosses++;
+                        }
                     }
 
                     Volatile.Write(ref done, round);
@@ -69,24 +75,31 @@ public class SlabCacheConcurrencyTests
         });
         other.Start();
 
-        int myWins = 0;
-        int myLosses = 0;
+        long myWins = 0;
+        long myLosses = 0;
         int rounds = 0;
         var clock = Stopwatch.StartNew();
         SlabCacheTestsKit.Neighbours neighbours = SlabCacheTestsKit.Neighbours.Around(cache, size);
         while (clock.ElapsedMilliseconds < RaceMilliseconds && failure is null)
         {
             rounds++;
-            Assert.True(cache.TryAlloc(size, out shared));
-            Volatile.Write(ref go, rounds);
-            try
+            for (int i = 0; i < Batch; i++)
             {
-                SlabCache.Free(shared);
-                myWins++;
+                Assert.True(cache.TryAlloc(size, out shared[i]));
             }
-            catch (PageFragDoubleFreeException)
+
+            Volatile.Write(ref go, rounds);
+            for (int i = 0; i < Batch; i++)
             {
-                myLosses++;
+                try
+                {
+                    SlabCache.Free(shared[i]);
+                    myWins++;
+                }
+                catch (PageFragDoubleFreeException)
+                {
+                    myLosses++;
+                }
             }
 
             var spin = default(SpinWait);
@@ -99,8 +112,8 @@ public class SlabCacheConcurrencyTests
         Volatile.Write(ref go, int.MaxValue);
         other.Join();
         Assert.Null(failure);
-        Assert.Equal(rounds, myWins + otherWins);
-        Assert.Equal(rounds, myLosses + otherLosses);
+        Assert.Equal((long)rounds * Batch, myWins + otherWins);
+        Assert.Equal((long)rounds * Batch, myLosses + otherLosses);
         neighbours.AssertIntactAndFree();
         cache.Dispose();
         Leaks.AssertNone(allocator);
