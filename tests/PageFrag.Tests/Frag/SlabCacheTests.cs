@@ -309,6 +309,27 @@ public class SlabCacheTests
     }
 
     [Fact]
+    public void Other_release_paths_cannot_free_a_slab_slot_or_its_block()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        var cache = new SlabCache(allocator);
+        Assert.True(cache.TryAlloc(64, out SlabFragment f));
+        f.Span.Fill(3);
+
+        // The fragment cache's free by address accepts only pages a fragment cache carves.
+        Assert.Throws<ArgumentException>(() => PageFragCache.Free(f.Address));
+
+        // The allocator refuses to free the block under the slab: its reference is the slab's.
+        Assert.True(PageAllocator.TryGetPage(f.Address, out Page page));
+        Assert.Throws<InvalidOperationException>(() => allocator.FreePages(page));
+
+        Assert.True(f.Span.IndexOfAnyExcept((byte)3) < 0);
+        f.Free();
+        cache.Dispose();
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void After_dispose_the_allocation_side_throws_and_live_fragments_stay_valid_until_their_free_returns_the_block()
     {
         using PageAllocator allocator = Leaks.NewAllocator();
