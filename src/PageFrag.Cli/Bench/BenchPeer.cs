@@ -15,6 +15,9 @@ internal enum BenchPeer
     /// <summary>PageFrag's page pool (<c>PagePool.TryAlloc</c>: fragments, or whole pages above half a page).</summary>
     PagePool,
 
+    /// <summary>PageFrag's slab cache (<c>SlabCache</c>: size classes, freed slots reused in place); scenarios 1 and 5.</summary>
+    Slab,
+
     /// <summary><c>ArrayPool&lt;byte&gt;.Shared</c>.</summary>
     ArrayPool,
 
@@ -46,12 +49,22 @@ internal enum BenchPeer
 /// <summary>Names and groupings of the peers.</summary>
 internal static class BenchPeers
 {
-    /// <summary>The allocators of scenarios 1, 3 and 5, PageFrag's first.</summary>
+    /// <summary>The allocators of scenario 3, PageFrag's first.</summary>
     public static readonly BenchPeer[] Allocators =
     [
         BenchPeer.PageFrag, BenchPeer.PagePool, BenchPeer.ArrayPool, BenchPeer.Kestrel,
         BenchPeer.DotNettyHeap, BenchPeer.DotNettyDirect, BenchPeer.Gc, BenchPeer.Native,
     ];
+
+    /// <summary>Scenarios 1 and 5 add the slab cache as a third PageFrag row.</summary>
+    public static readonly BenchPeer[] WithSlab =
+    [
+        BenchPeer.PageFrag, BenchPeer.Slab, BenchPeer.PagePool, BenchPeer.ArrayPool, BenchPeer.Kestrel,
+        BenchPeer.DotNettyHeap, BenchPeer.DotNettyDirect, BenchPeer.Gc, BenchPeer.Native,
+    ];
+
+    /// <summary>The peers that keep freed buffers for reuse (the pools PageFrag's memory aim is compared with).</summary>
+    public static bool IsPooling(BenchPeer peer) => peer is BenchPeer.ArrayPool or BenchPeer.Kestrel or BenchPeer.DotNettyHeap or BenchPeer.DotNettyDirect;
 
     /// <summary>Scenario 2 adds the any-thread free as a second PageFrag row.</summary>
     public static readonly BenchPeer[] SingleThread =
@@ -75,6 +88,7 @@ internal static class BenchPeers
         BenchPeer.PageFrag => "pagefrag",
         BenchPeer.PageFragFree => "pagefrag-free",
         BenchPeer.PagePool => "pagepool",
+        BenchPeer.Slab => "pagefrag-slab",
         BenchPeer.ArrayPool => "arraypool",
         BenchPeer.Kestrel => "kestrel",
         BenchPeer.DotNettyHeap => "dotnetty-heap",
@@ -95,6 +109,7 @@ internal static class BenchPeers
         BenchPeer.PageFrag => "PageFrag cache",
         BenchPeer.PageFragFree => "PageFrag cache, Free (any thread)",
         BenchPeer.PagePool => "PageFrag page pool",
+        BenchPeer.Slab => "PageFrag slab cache",
         BenchPeer.ArrayPool => "ArrayPool<byte>.Shared",
         BenchPeer.Kestrel => "Kestrel PinnedBlockMemoryPool",
         BenchPeer.DotNettyHeap => "DotNetty pooled, heap",
@@ -123,13 +138,14 @@ internal static class BenchPeers
     }
 
     /// <summary>PageFrag's own rows: never counted among the peers an aim is checked against.</summary>
-    public static bool IsPageFrag(BenchPeer peer) => peer is BenchPeer.PageFrag or BenchPeer.PageFragFree or BenchPeer.PagePool;
+    public static bool IsPageFrag(BenchPeer peer) => peer is BenchPeer.PageFrag or BenchPeer.PageFragFree or BenchPeer.PagePool or BenchPeer.Slab;
 
     /// <summary>The peers of a scenario, in table order.</summary>
     public static BenchPeer[] For(BenchScenario scenario) => scenario switch
     {
         BenchScenario.SingleThread => SingleThread,
         BenchScenario.Writer => Writers,
+        BenchScenario.PushPop or BenchScenario.Memory => WithSlab,
         _ => Allocators,
     };
 }

@@ -74,6 +74,19 @@ internal struct PagePoolSource(PagePool pool, int length) : IBenchSource<PagePoo
     public readonly Span<byte> GetSpan(PagePoolBuffer item, int length) => item.Span;
 }
 
+/// <summary>PageFrag's slab cache: the owner allocates, any thread frees with <see cref="SlabCache.Free"/>.</summary>
+internal readonly struct SlabBenchSource(SlabCache cache, int length) : IBenchSource<SlabFragment>
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryAlloc(out SlabFragment item) => cache.TryAlloc(length, out item);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Free(SlabFragment item) => SlabCache.Free(in item);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public Span<byte> GetSpan(SlabFragment item, int length) => item.Span;
+}
+
 /// <summary><c>ArrayPool&lt;byte&gt;.Shared</c>: Rent and Return.</summary>
 internal readonly struct ArrayPoolBenchSource(int length) : IBenchSource<byte[]>
 {

@@ -44,6 +44,7 @@ internal static partial class MemoryPeers
     {
         BenchPeer.PageFrag => new PageFragPeer(window),
         BenchPeer.PagePool => new PagePoolPeer(window),
+        BenchPeer.Slab => new SlabPeer(window),
         BenchPeer.ArrayPool => new ArrayPeer(window, pooled: true),
         BenchPeer.Gc => new ArrayPeer(window, pooled: false),
         BenchPeer.Kestrel => new KestrelPeer(window, peers.KestrelPool),
@@ -114,6 +115,72 @@ internal static partial class MemoryPeers
             }
 
             _cache?.Drain();
+            return _pages.PagesInUse;
+        }
+
+        public void Dispose() => _pages.Dispose();
+    }
+
+    /// <summary>
+    /// PageFrag's slab cache: a packet is one fragment of its size class; a jumbo frame is cut into fragments of
+    /// at most a page (4096, 4096, 808), as for the fragment cache. Freed slots are reused while the rest of
+    /// their page lives, so random release keeps about what is live (docs/random-release.md).
+    /// </summary>
+    private sealed class SlabPeer(int window) : IMemoryPeer
+    {
+        private const int MaxPieces = 3;
+        private readonly PrivatePages _pages = new();
+        private readonly SlabFragment[] _slots = new SlabFragment[window * MaxPieces];
+        private SlabCache? _cache;
+        private long _trueSize;
+
+        public string KeptDefinition => "pages in use x 4096 + the slot states and bitmaps on the GC heap (a block is kept while any slot on it lives, or while the cache fills it)";
+
+        public long? TrueSizeBytes => _trueSize;
+
+        private SlabCache Cache => _cache ??= new SlabCache(_pages.Allocator);
+
+        public void Alloc(int slot, int size)
+        {
+            int piece = 0;
+            for (int left = size; left > 0; left -= SlabCache.MaxSize)
+            {
+                if (piece == MaxPieces)
+                {
+                    throw new BenchFailureException($"{size} bytes need more than {MaxPieces} slab fragments.");
+                }
+
+                if (!Cache.TryAlloc(Math.Min(left, SlabCache.MaxSize), out SlabFragment fragment))
+                {
+                    throw new BenchFailureException($"the slab cache failed to allocate {Math.Min(left, SlabCache.MaxSize)} bytes.");
+                }
+
+                fragment.Span.Fill((byte)slot);
+                _trueSize += fragment.TrueSize;
+                _slots[(slot * MaxPieces) + piece++] = fragment;
+            }
+        }
+
+        public void Free(int slot)
+        {
+            for (int i = slot * MaxPieces; i < (slot + 1) * MaxPieces && !_slots[i].IsEmpty; i++)
+            {
+                _trueSize -= _slots[i].TrueSize;
+                SlabCache.Free(in _slots[i]);
+                _slots[i] = default;
+            }
+        }
+
+        public long KeptBytes() => (_pages.PagesInUse * PageConstants.PageSize) + (_cache?.MetadataBytes ?? 0);
+
+        public long? Finish()
+        {
+            for (int slot = 0; slot < _slots.Length / MaxPieces; slot++)
+            {
+                Free(slot);
+            }
+
+            _cache?.Dispose();
             return _pages.PagesInUse;
         }
 

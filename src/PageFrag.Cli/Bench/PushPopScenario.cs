@@ -1,6 +1,7 @@
 using System.Buffers;
 using DotNetty.Buffers;
 using PageFrag.Cli.FragTest;
+using PageFrag.Frag;
 using PageFrag.Pool;
 
 namespace PageFrag.Cli.Bench;
@@ -25,6 +26,7 @@ internal static class PushPopScenario
             BenchPeer.Gc => ViaTestRunner(AllocatorKind.Gc, size, ops, monitor, label, watchdog),
             BenchPeer.Native => ViaTestRunner(AllocatorKind.Native, size, ops, monitor, label, watchdog),
             BenchPeer.PagePool => RunPagePool(size, settings, monitor),
+            BenchPeer.Slab => RunSlab(size, settings, monitor),
             BenchPeer.Kestrel => Figures(Protocol.Run<IMemoryOwner<byte>, KestrelSource>(new(peers.KestrelPool, size), new(peers.KestrelPool, size), settings, monitor), ops),
             BenchPeer.DotNettyHeap => Figures(Protocol.Run<IByteBuffer, DotNettySource>(new(peers.DotNetty, false, size), new(peers.DotNetty, false, size), settings, monitor), ops),
             BenchPeer.DotNettyDirect => Figures(Protocol.Run<IByteBuffer, DotNettySource>(new(peers.DotNetty, true, size), new(peers.DotNetty, true, size), settings, monitor), ops),
@@ -72,6 +74,23 @@ internal static class PushPopScenario
         }
 
         return Figures(raw, settings.NrTest) with { LeakedPages = raw.ThreadsEnded ? pages.PagesInUse : null };
+    }
+
+    private static RunFigures RunSlab(int size, ProtocolSettings settings, IRunMonitor monitor)
+    {
+        using var pages = new PrivatePages();
+        var cache = new SlabCache(pages.Allocator);
+
+        // The push thread is the cache's only allocating thread; the pop thread frees with SlabCache.Free.
+        RawRun raw = Protocol.Run<SlabFragment, SlabBenchSource>(new(cache, size), new(cache, size), settings, monitor);
+        if (!raw.ThreadsEnded)
+        {
+            // The push thread may still be allocating: the cache is still its own.
+            return Figures(raw, settings.NrTest);
+        }
+
+        cache.Dispose();
+        return Figures(raw, settings.NrTest) with { LeakedPages = pages.PagesInUse };
     }
 
     private static RunFigures Figures(RawRun raw, long ops)
