@@ -55,57 +55,75 @@ internal static partial class MemoryPeers
     };
 
     /// <summary>
-    /// PageFrag's fragment cache. A packet is one fragment; a jumbo frame is cut into fragments of at most a page
-    /// (4096, 4096, 808), the cache's contract: larger requests succeed only while the cache holds an order-3
-    /// page, and once the arenas are full the cache may fall back to 4 KiB pages, where they fail. The pieces
-    /// are contiguous whenever they land on one page, so they keep the same memory as one fragment would.
+    /// A PageFrag peer whose buffers are fragments of at most <see cref="PieceSize"/> bytes: a packet is one
+    /// fragment, a jumbo frame is cut into pieces (4096, 4096, 808). Kept bytes are the private allocator's pages in
+    /// use (plus what <see cref="MetadataBytes"/> adds).
     /// </summary>
-    private sealed class PageFragPeer(int window) : IMemoryPeer
+    private abstract class PiecewisePeer<TFragment>(int window) : IMemoryPeer
+        where TFragment : struct
     {
         private const int MaxPieces = 3;
-        private readonly PrivatePages _pages = new();
-        private readonly PageFragment[] _slots = new PageFragment[window * MaxPieces];
-        private PageFragCache? _cache;
+        private readonly TFragment[] _slots = new TFragment[window * MaxPieces];
         private long _trueSize;
 
-        public string KeptDefinition => "pages in use x 4096 (a page is kept while any fragment on it lives; the cache's current page included)";
+        protected PrivatePages Pages { get; } = new();
+
+        public abstract string KeptDefinition { get; }
 
         public long? TrueSizeBytes => _trueSize;
 
-        private PageFragCache Cache => _cache ??= new PageFragCache(_pages.Allocator);
+        protected abstract int PieceSize { get; }
+
+        protected abstract string Name { get; }
+
+        protected virtual long MetadataBytes => 0;
+
+        protected abstract bool TryAlloc(int size, out TFragment fragment);
+
+        protected abstract Span<byte> SpanOf(in TFragment fragment);
+
+        protected abstract int TrueSizeOf(in TFragment fragment);
+
+        protected abstract bool IsEmpty(in TFragment fragment);
+
+        protected abstract void FreeOne(in TFragment fragment);
+
+        /// <summary>Gives the cache's pages back once every slot is free.</summary>
+        protected abstract void Retire();
 
         public void Alloc(int slot, int size)
         {
             int piece = 0;
-            for (int left = size; left > 0; left -= PageConstants.PageSize)
+            for (int left = size; left > 0; left -= PieceSize)
             {
                 if (piece == MaxPieces)
                 {
-                    throw new BenchFailureException($"{size} bytes need more than {MaxPieces} fragments of a page.");
+                    throw new BenchFailureException($"{size} bytes need more than {MaxPieces} fragments of the {Name}.");
                 }
 
-                if (!Cache.TryAlloc(Math.Min(left, PageConstants.PageSize), out PageFragment fragment))
+                int length = Math.Min(left, PieceSize);
+                if (!TryAlloc(length, out TFragment fragment))
                 {
-                    throw new BenchFailureException($"the fragment cache failed to allocate {Math.Min(left, PageConstants.PageSize)} bytes.");
+                    throw new BenchFailureException($"the {Name} failed to allocate {length} bytes.");
                 }
 
-                fragment.Span.Fill((byte)slot);
-                _trueSize += fragment.TrueSize;
+                SpanOf(fragment).Fill((byte)slot);
+                _trueSize += TrueSizeOf(fragment);
                 _slots[(slot * MaxPieces) + piece++] = fragment;
             }
         }
 
         public void Free(int slot)
         {
-            for (int i = slot * MaxPieces; i < (slot + 1) * MaxPieces && !_slots[i].IsEmpty; i++)
+            for (int i = slot * MaxPieces; i < (slot + 1) * MaxPieces && !IsEmpty(_slots[i]); i++)
             {
-                _trueSize -= _slots[i].TrueSize;
-                PageFragCache.Free(in _slots[i]);
+                _trueSize -= TrueSizeOf(_slots[i]);
+                FreeOne(_slots[i]);
                 _slots[i] = default;
             }
         }
 
-        public long KeptBytes() => _pages.PagesInUse * PageConstants.PageSize;
+        public long KeptBytes() => (Pages.PagesInUse * PageConstants.PageSize) + MetadataBytes;
 
         public long? Finish()
         {
@@ -114,77 +132,73 @@ internal static partial class MemoryPeers
                 Free(slot);
             }
 
-            _cache?.Drain();
-            return _pages.PagesInUse;
+            Retire();
+            return Pages.PagesInUse;
         }
 
-        public void Dispose() => _pages.Dispose();
+        public void Dispose() => Pages.Dispose();
     }
 
     /// <summary>
-    /// PageFrag's slab cache: a packet is one fragment of its size class; a jumbo frame is cut into fragments of
-    /// at most a page (4096, 4096, 808), as for the fragment cache. Freed slots are reused while the rest of
+    /// PageFrag's fragment cache. Larger requests than a page succeed only while the cache holds an order-3 page,
+    /// and once the arenas are full the cache may fall back to 4 KiB pages, where they fail: hence pieces of a
+    /// page. The pieces are contiguous whenever they land on one page, so they keep the same memory as one
+    /// fragment would.
+    /// </summary>
+    private sealed class PageFragPeer(int window) : PiecewisePeer<PageFragment>(window)
+    {
+        private PageFragCache? _cache;
+
+        public override string KeptDefinition => "pages in use x 4096 (a page is kept while any fragment on it lives; the cache's current page included)";
+
+        protected override int PieceSize => PageConstants.PageSize;
+
+        protected override string Name => "fragment cache";
+
+        private PageFragCache Cache => _cache ??= new PageFragCache(Pages.Allocator);
+
+        protected override bool TryAlloc(int size, out PageFragment fragment) => Cache.TryAlloc(size, out fragment);
+
+        protected override Span<byte> SpanOf(in PageFragment fragment) => fragment.Span;
+
+        protected override int TrueSizeOf(in PageFragment fragment) => fragment.TrueSize;
+
+        protected override bool IsEmpty(in PageFragment fragment) => fragment.IsEmpty;
+
+        protected override void FreeOne(in PageFragment fragment) => PageFragCache.Free(in fragment);
+
+        protected override void Retire() => _cache?.Drain();
+    }
+
+    /// <summary>
+    /// PageFrag's slab cache: a packet is one fragment of its size class. Freed slots are reused while the rest of
     /// their page lives, so random release keeps about what is live (docs/random-release.md).
     /// </summary>
-    private sealed class SlabPeer(int window) : IMemoryPeer
+    private sealed class SlabPeer(int window) : PiecewisePeer<SlabFragment>(window)
     {
-        private const int MaxPieces = 3;
-        private readonly PrivatePages _pages = new();
-        private readonly SlabFragment[] _slots = new SlabFragment[window * MaxPieces];
         private SlabCache? _cache;
-        private long _trueSize;
 
-        public string KeptDefinition => "pages in use x 4096 + the slot states and bitmaps on the GC heap (a block is kept while any slot on it lives, or while the cache fills it)";
+        public override string KeptDefinition => "pages in use x 4096 + the slot states and bitmaps on the GC heap (a block is kept while any slot on it lives, or while the cache fills it)";
 
-        public long? TrueSizeBytes => _trueSize;
+        protected override int PieceSize => SlabCache.MaxSize;
 
-        private SlabCache Cache => _cache ??= new SlabCache(_pages.Allocator);
+        protected override string Name => "slab cache";
 
-        public void Alloc(int slot, int size)
-        {
-            int piece = 0;
-            for (int left = size; left > 0; left -= SlabCache.MaxSize)
-            {
-                if (piece == MaxPieces)
-                {
-                    throw new BenchFailureException($"{size} bytes need more than {MaxPieces} slab fragments.");
-                }
+        protected override long MetadataBytes => _cache?.MetadataBytes ?? 0;
 
-                if (!Cache.TryAlloc(Math.Min(left, SlabCache.MaxSize), out SlabFragment fragment))
-                {
-                    throw new BenchFailureException($"the slab cache failed to allocate {Math.Min(left, SlabCache.MaxSize)} bytes.");
-                }
+        private SlabCache Cache => _cache ??= new SlabCache(Pages.Allocator);
 
-                fragment.Span.Fill((byte)slot);
-                _trueSize += fragment.TrueSize;
-                _slots[(slot * MaxPieces) + piece++] = fragment;
-            }
-        }
+        protected override bool TryAlloc(int size, out SlabFragment fragment) => Cache.TryAlloc(size, out fragment);
 
-        public void Free(int slot)
-        {
-            for (int i = slot * MaxPieces; i < (slot + 1) * MaxPieces && !_slots[i].IsEmpty; i++)
-            {
-                _trueSize -= _slots[i].TrueSize;
-                SlabCache.Free(in _slots[i]);
-                _slots[i] = default;
-            }
-        }
+        protected override Span<byte> SpanOf(in SlabFragment fragment) => fragment.Span;
 
-        public long KeptBytes() => (_pages.PagesInUse * PageConstants.PageSize) + (_cache?.MetadataBytes ?? 0);
+        protected override int TrueSizeOf(in SlabFragment fragment) => fragment.TrueSize;
 
-        public long? Finish()
-        {
-            for (int slot = 0; slot < _slots.Length / MaxPieces; slot++)
-            {
-                Free(slot);
-            }
+        protected override bool IsEmpty(in SlabFragment fragment) => fragment.IsEmpty;
 
-            _cache?.Dispose();
-            return _pages.PagesInUse;
-        }
+        protected override void FreeOne(in SlabFragment fragment) => SlabCache.Free(in fragment);
 
-        public void Dispose() => _pages.Dispose();
+        protected override void Retire() => _cache?.Dispose();
     }
 
     /// <summary>
