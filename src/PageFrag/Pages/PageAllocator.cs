@@ -570,19 +570,27 @@ public sealed partial class PageAllocator : IDisposable
         d.Order = (byte)order;
         d.Flags = (pfmemalloc ? PageFlags.Head | PageFlags.PfMemalloc : PageFlags.Head) | kind;
         d.HeadIndex = index;
-        d.Generation++;
         d.FragmentCachePage = false;
         d.Pool = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;
         d.CallerRefs = 0;
         d.CacheHeld = 0;
+
+        // The new generation is above every generation any block covering these pages had (ReleaseBlock leaves
+        // each page of a block at the block's last one): a handle's generation is checked against the head of its
+        // page as it is now, which after a split or merge is another descriptor than the handle's own head, and
+        // must never hold the handle's generation by chance.
+        int generation = d.Generation;
         for (int i = 1; i < pages; i++)
         {
             ref PageDescriptor t = ref arena.Pages[index + i];
             t.HeadIndex = index;
             t.Flags = PageFlags.Tail;
+            generation = Math.Max(generation, t.Generation);
         }
+
+        d.Generation = generation + 1;
 
         Volatile.Write(ref d.RefCount, 1);
         Interlocked.Increment(ref _allocations);
@@ -624,6 +632,15 @@ public sealed partial class PageAllocator : IDisposable
         int order = d.Order;
         d.Flags = PageFlags.None;
         d.Pool = null;
+
+        // Every page of the block keeps the block's last generation, so that a block later taken over any of them
+        // gets a higher one (see TryAllocBlock): no stale handle of this block matches a later head.
+        int generation = d.Generation;
+        for (int i = 1; i < 1 << order; i++)
+        {
+            arena.Pages[head + i].Generation = generation;
+        }
+
         Interlocked.Add(ref _pagesInUse, -(1L << order));
         if (_disposed)
         {
