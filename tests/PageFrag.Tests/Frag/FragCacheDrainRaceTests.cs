@@ -38,9 +38,6 @@ public class FragCacheDrainRaceTests
         using PageAllocator allocator = FragKit.NewAllocator();
         Assert.False(allocator.DetectMisuse);
         PageFragCache cache = null!;
-        int go = 0;
-        int done = 0;
-        Exception? failure = null;
 
         void Run(Leave way)
         {
@@ -52,42 +49,14 @@ public class FragCacheDrainRaceTests
             }
         }
 
-        // A spinning start gate: both threads leave it within nanoseconds of each other.
-        var other = new Thread(() =>
-        {
-            try
-            {
-                var spin = default(SpinWait);
-                for (int round = 1; ; round++)
-                {
-                    int g;
-                    while ((g = Volatile.Read(ref go)) < round)
-                    {
-                        spin.SpinOnce(-1);
-                    }
-
-                    if (g == int.MaxValue)
-                    {
-                        return;
-                    }
-
-                    Run(second);
-                    Volatile.Write(ref done, round);
-                }
-            }
-            catch (Exception e)
-            {
-                failure = e;
-            }
-        });
-        other.Start();
+        var gate = new RaceGate(() => Run(second));
 
         var stop = Stopwatch.StartNew();
         int rounds = 0;
         var innocent = new PageFragCache(allocator);
         try
         {
-            while (stop.ElapsedMilliseconds < RaceMilliseconds && failure is null)
+            while (stop.ElapsedMilliseconds < RaceMilliseconds && gate.Failure is null)
             {
                 // Odd rounds leave one fragment live on the page; even rounds leave none, so the drain that
                 // brings the count to zero returns the page and a second give-back would hit its next owner.
@@ -104,13 +73,7 @@ public class FragCacheDrainRaceTests
                 }
 
                 rounds++;
-                Volatile.Write(ref go, rounds);
-                Run(first);
-                var spin = default(SpinWait);
-                while (Volatile.Read(ref done) < rounds && failure is null)
-                {
-                    spin.SpinOnce(-1);
-                }
+                gate.Race(() => Run(first));
 
                 GC.SuppressFinalize(cache);
 
@@ -141,11 +104,10 @@ public class FragCacheDrainRaceTests
         }
         finally
         {
-            Volatile.Write(ref go, int.MaxValue);
-            other.Join();
+            gate.Dispose();
         }
 
-        Assert.Null(failure);
+        Assert.Null(gate.Failure);
         Assert.True(rounds > 10, $"only {rounds} rounds ran");
         FragKit.DrainAndAssertNoLeak(innocent, allocator);
     }

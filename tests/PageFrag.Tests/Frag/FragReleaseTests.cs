@@ -36,9 +36,6 @@ public class FragReleaseTests
         PageFragment frag = default;
         int[] wins = new int[2];
         int[] losses = new int[2];
-        int go = 0;
-        int done = 0;
-        Exception? failure = null;
 
         void Release(int who, Way way)
         {
@@ -59,58 +56,22 @@ public class FragReleaseTests
             }
         }
 
-        // A spinning start gate rather than a barrier: both threads leave it within nanoseconds of each other.
-        var other = new Thread(() =>
-        {
-            try
-            {
-                var spin = default(SpinWait);
-                for (int round = 1; ; round++)
-                {
-                    int g;
-                    while ((g = Volatile.Read(ref go)) < round)
-                    {
-                        spin.SpinOnce(-1);
-                    }
-
-                    if (g == int.MaxValue)
-                    {
-                        return;
-                    }
-
-                    Release(1, second);
-                    Volatile.Write(ref done, round);
-                }
-            }
-            catch (Exception e)
-            {
-                failure = e;
-            }
-        });
-        other.Start();
+        using var gate = new RaceGate(() => Release(1, second));
         int rounds = 0;
-        while (stop.ElapsedMilliseconds < RaceMilliseconds && failure is null)
+        while (stop.ElapsedMilliseconds < RaceMilliseconds && gate.Failure is null)
         {
             Assert.True(cache.TryAlloc(64, out PageFragment keeper));
             Assert.True(cache.TryAlloc(size, out frag));
             FragKit.Fill(keeper, rounds);
             rounds++;
-            Volatile.Write(ref go, rounds);
-            Release(0, first);
-            var spin = default(SpinWait);
-            while (Volatile.Read(ref done) < rounds && failure is null)
-            {
-                spin.SpinOnce(-1);
-            }
-
+            gate.Race(() => Release(0, first));
             Assert.Equal(rounds, wins[0] + wins[1]);
             Assert.True(FragKit.IsIntact(keeper, rounds - 1), "the keeper was damaged");
             cache.FreeLocal(keeper);
         }
 
-        Volatile.Write(ref go, int.MaxValue);
-        other.Join();
-        Assert.Null(failure);
+        gate.Dispose();
+        Assert.Null(gate.Failure);
         Assert.Equal(rounds, wins[0] + wins[1]);
         Assert.Equal(rounds, losses[0] + losses[1]);
         FragKit.DrainAndAssertNoLeak(cache, allocator);

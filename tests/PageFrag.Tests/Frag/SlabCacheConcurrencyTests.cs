@@ -27,60 +27,30 @@ public class SlabCacheConcurrencyTests
         using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 2 << 20);
         var cache = new SlabCache(allocator);
         var shared = new SlabFragment[Batch];
-        int go = 0;
-        int done = 0;
-        long otherWins = 0;
-        long otherLosses = 0;
-        Exception? failure = null;
+        long[] wins = new long[2];
+        long[] losses = new long[2];
 
-        var other = new Thread(() =>
+        void FreeBatch(int who)
         {
-            try
+            for (int i = 0; i < Batch; i++)
             {
-                var spin = default(SpinWait);
-                for (int round = 1; ; round++)
+                try
                 {
-                    int g;
-                    while ((g = Volatile.Read(ref go)) < round)
-                    {
-                        spin.SpinOnce(-1);
-                    }
-
-                    if (g == int.MaxValue)
-                    {
-                        return;
-                    }
-
-                    for (int i = 0; i < Batch; i++)
-                    {
-                        try
-                        {
-                            SlabCache.Free(shared[i]);
-                            otherWins++;
-                        }
-                        catch (PageFragDoubleFreeException)
-                        {
-                            otherLosses++;
-                        }
-                    }
-
-                    Volatile.Write(ref done, round);
+                    SlabCache.Free(shared[i]);
+                    wins[who]++;
+                }
+                catch (PageFragDoubleFreeException)
+                {
+                    losses[who]++;
                 }
             }
-            catch (Exception e)
-            {
-                failure = e;
-                Volatile.Write(ref done, int.MaxValue);
-            }
-        });
-        other.Start();
+        }
 
-        long myWins = 0;
-        long myLosses = 0;
+        using var gate = new RaceGate(() => FreeBatch(1));
         int rounds = 0;
         var clock = Stopwatch.StartNew();
         SlabCacheTestsKit.Neighbours neighbours = SlabCacheTestsKit.Neighbours.Around(cache, size);
-        while (clock.ElapsedMilliseconds < RaceMilliseconds && failure is null)
+        while (clock.ElapsedMilliseconds < RaceMilliseconds && gate.Failure is null)
         {
             rounds++;
             for (int i = 0; i < Batch; i++)
@@ -88,32 +58,13 @@ public class SlabCacheConcurrencyTests
                 Assert.True(cache.TryAlloc(size, out shared[i]));
             }
 
-            Volatile.Write(ref go, rounds);
-            for (int i = 0; i < Batch; i++)
-            {
-                try
-                {
-                    SlabCache.Free(shared[i]);
-                    myWins++;
-                }
-                catch (PageFragDoubleFreeException)
-                {
-                    myLosses++;
-                }
-            }
-
-            var spin = default(SpinWait);
-            while (Volatile.Read(ref done) < rounds)
-            {
-                spin.SpinOnce(-1);
-            }
+            gate.Race(() => FreeBatch(0));
         }
 
-        Volatile.Write(ref go, int.MaxValue);
-        other.Join();
-        Assert.Null(failure);
-        Assert.Equal((long)rounds * Batch, myWins + otherWins);
-        Assert.Equal((long)rounds * Batch, myLosses + otherLosses);
+        gate.Dispose();
+        Assert.Null(gate.Failure);
+        Assert.Equal((long)rounds * Batch, wins[0] + wins[1]);
+        Assert.Equal((long)rounds * Batch, losses[0] + losses[1]);
         neighbours.AssertIntactAndFree();
         cache.Dispose();
         Leaks.AssertNone(allocator);

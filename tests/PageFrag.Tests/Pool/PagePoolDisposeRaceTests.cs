@@ -43,55 +43,27 @@ public class PagePoolDisposeRaceTests
         Assert.False(allocator.DetectMisuse);
         PagePool pool = null!;
         PagePoolBuffer wholeLive = default, fragLive = default;
-        int go = 0;
-        int done = 0;
-        Exception? failure = null;
         int negative = 0;
 
-        var other = new Thread(() =>
+        var gate = new RaceGate(() =>
         {
-            try
+            switch (racer)
             {
-                var spin = default(SpinWait);
-                for (int round = 1; ; round++)
-                {
-                    int g;
-                    while ((g = Volatile.Read(ref go)) < round)
-                    {
-                        spin.SpinOnce(-1);
-                    }
-
-                    if (g == int.MaxValue)
-                    {
-                        return;
-                    }
-
-                    switch (racer)
-                    {
-                        case Racer.Dispose: pool.Dispose(); break;
-                        case Racer.Finalizer: s_finalize.Invoke(pool, null); break;
-                        default:
-                            PagePool.Free(wholeLive);
-                            PagePool.Free(fragLive);
-                            break;
-                    }
-
-                    Volatile.Write(ref done, round);
-                }
-            }
-            catch (Exception e)
-            {
-                failure = e;
+                case Racer.Dispose: pool.Dispose(); break;
+                case Racer.Finalizer: s_finalize.Invoke(pool, null); break;
+                default:
+                    PagePool.Free(wholeLive);
+                    PagePool.Free(fragLive);
+                    break;
             }
         });
-        other.Start();
 
         var innocent = new PageFragCache(allocator);
         var stop = Stopwatch.StartNew();
         int rounds = 0;
         try
         {
-            while (stop.ElapsedMilliseconds < RaceMilliseconds && failure is null)
+            while (stop.ElapsedMilliseconds < RaceMilliseconds && gate.Failure is null)
             {
                 pool = PoolTesting.NewPool(allocator, poolSize: 16);
                 pool.Warning += (_, e) =>
@@ -116,15 +88,8 @@ public class PagePoolDisposeRaceTests
                 pool.PutBuffer(ringed, allowDirect: false);
 
                 rounds++;
-                Volatile.Write(ref go, rounds);
-                pool.Dispose();
-                var spin = default(SpinWait);
-                while (Volatile.Read(ref done) < rounds && failure is null)
-                {
-                    spin.SpinOnce(-1);
-                }
-
-                Assert.Null(failure);
+                gate.Race(pool.Dispose);
+                Assert.Null(gate.Failure);
                 GC.SuppressFinalize(pool);
                 Assert.True(pool.IsDisposed);
                 Assert.True(allocator.PagesInUse >= 0, $"the allocator's page count went negative: {allocator.PagesInUse}");
@@ -152,11 +117,10 @@ public class PagePoolDisposeRaceTests
         }
         finally
         {
-            Volatile.Write(ref go, int.MaxValue);
-            other.Join();
+            gate.Dispose();
         }
 
-        Assert.Null(failure);
+        Assert.Null(gate.Failure);
         Assert.Equal(0, negative);
         Assert.True(rounds > 10, $"only {rounds} rounds ran");
         FragKit.DrainAndAssertNoLeak(innocent, allocator);
