@@ -603,7 +603,7 @@ public sealed partial class PageFragCache : IDisposable
             return ReleaseOnHeldPage(arena, head, ref d, arenaOffset, generation);
         }
 
-        if (!Arena.TryRelease(arena.FragStates, arenaOffset >> Arena.MarkShift, Arena.LiveTag(generation, arenaOffset)))
+        if (!Arena.TryReleaseFragment(arena.FragStates, arenaOffset, generation))
         {
             return false;
         }
@@ -961,24 +961,10 @@ public sealed partial class PageFragCache : IDisposable
         {
             byte mark = Arena.FreedMark(_generation);
             int first = _pageStart >> Arena.MarkShift;
-            if (_carved <= StartsKept)
-            {
-                // Few fragments: look at their starts only (an aborted start may repeat; it holds no mark).
-                byte[] states = _states!;
-                for (int i = 0; i < _carved; i++)
-                {
-                    ref byte state = ref states[first + _starts[i]];
-                    if (state == mark)
-                    {
-                        state = 0;
-                        marks++;
-                    }
-                }
-            }
-            else
-            {
-                marks = Arena.ClaimFreedMarks(_states!, first, (_offset + MarkGranule - 1) >> Arena.MarkShift, mark);
-            }
+            // Few fragments: look at their starts only (an aborted start may repeat; it holds no mark).
+            marks = _carved <= StartsKept
+                ? Arena.ClaimFreedMarksAt(_states!, first, _starts.AsSpan(0, _carved), mark)
+                : Arena.ClaimFreedMarks(_states!, first, (_offset + MarkGranule - 1) >> Arena.MarkShift, mark);
         }
 
         Volatile.Write(ref d.MarksCounted, _generation);

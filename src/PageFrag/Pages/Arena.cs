@@ -345,6 +345,26 @@ internal sealed unsafe class Arena
     }
 
     /// <summary>
+    /// <see cref="ClaimFreedMarks"/> for the states at <paramref name="first"/> + each of <paramref name="starts"/>
+    /// only: the start granules of a page's fragments, when the cache kept them.
+    /// </summary>
+    public static int ClaimFreedMarksAt(byte[] states, int first, ReadOnlySpan<ushort> starts, byte mark)
+    {
+        int claimed = 0;
+        foreach (ushort start in starts)
+        {
+            ref byte state = ref states[first + start];
+            if (state == mark)
+            {
+                state = 0;
+                claimed++;
+            }
+        }
+
+        return claimed;
+    }
+
+    /// <summary>
     /// <see cref="TryRelease"/> for the fragment of a cache page that starts at <paramref name="arenaOffset"/>
     /// and was handed out under <paramref name="generation"/>: the one decision of every free by handle.
     /// </summary>
