@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
@@ -20,8 +21,14 @@ namespace PageFrag.Buffers;
 /// a segment of the arena's pinned array: <see cref="TryGetArray"/> gives it (as
 /// <c>MemoryMarshal.TryGetArray</c> asks), <see cref="Pin"/> needs no handle, and <see cref="Unpin"/> does
 /// nothing.</para>
-/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread, and two racing calls
-/// are decided by one atomic exchange of the state: exactly one gives the memory back. <see cref="IDisposable"/>
+/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread. The owner takes no atomic
+/// operation of its own: racing calls are decided by the fragment's release compare-and-swap (a block's by one
+/// compare-and-swap of the state), so exactly one gives the memory back and the others throw
+/// <see cref="ObjectDisposedException"/>; a call that starts after the buffer was given back does nothing. The
+/// state is a sequence count, odd while rented, that every rent and every return advances: a <c>Dispose</c>
+/// reads it, then the fragment's fields, then the count again, so a call that read the fields of one rent
+/// never frees the fragment of the next one (the owner may be given back and rented again in between).
+/// <see cref="IDisposable"/>
 /// is re-implemented: <see cref="MemoryManager{T}"/>'s own <c>Dispose</c> would suppress the finalizer of
 /// an object that is rented again.</para>
 /// <para>An owner that becomes unreachable while rented is reclaimed by its finalizer, which frees the
@@ -32,9 +39,6 @@ namespace PageFrag.Buffers;
 /// </remarks>
 internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<byte>, IDisposable
 {
-    private const int Idle = 0;
-    private const int Rented = 1;
-
     // The slot that rented the buffer (set at each rent: an idle owner object may move between slots).
     private PageFragMemoryPool.ThreadSlot _home;
 
@@ -54,6 +58,9 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private int _length;
     private nint _address;
     private int _trueSize;
+
+    // The sequence count: odd while rented; each rent and each return adds one (written by the renting slot and by
+    // the one Dispose that won, never by two threads at once).
     private int _state;
     private bool _finalized;
     private StackTrace? _rentedAt;
@@ -69,7 +76,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     {
         get
         {
-            if (Volatile.Read(ref _state) != Rented)
+            if ((Volatile.Read(ref _state) & 1) == 0)
             {
                 ThrowDisposed();
             }
@@ -82,7 +89,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <exception cref="ObjectDisposedException">The buffer was given back (a stale <c>Memory</c>, until the object is rented again).</exception>
     public override Span<byte> GetSpan()
     {
-        if (_state != Rented)
+        if ((_state & 1) == 0)
         {
             ThrowDisposed();
         }
@@ -95,7 +102,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
     public override unsafe MemoryHandle Pin(int elementIndex = 0)
     {
-        if (_state != Rented)
+        if ((_state & 1) == 0)
         {
             ThrowDisposed();
         }
@@ -115,15 +122,28 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     }
 
     /// <summary>
-    /// Gives the buffer back (any thread). One atomic exchange decides: a second call, racing or not, does nothing.
+    /// Gives the buffer back (any thread). A call after the buffer was given back does nothing; of racing calls,
+    /// exactly one gives it back and the others throw.
     /// </summary>
-    public void Dispose() => Release();
+    /// <exception cref="ObjectDisposedException">A racing <c>Dispose</c> on another thread gave the buffer back first (or its fragment was freed by address).</exception>
+    public void Dispose()
+    {
+        try
+        {
+            Release();
+        }
+        catch (PageFragDoubleFreeException e)
+        {
+            // The fragment's release lost: a racing Dispose gave it back first.
+            ThrowLostRace(e);
+        }
+    }
 
     /// <summary>The rented bytes as a segment of the arena's pinned array (what sockets and Kestrel ask for).</summary>
     /// <exception cref="ObjectDisposedException">The buffer was given back.</exception>
     protected override bool TryGetArray(out ArraySegment<byte> segment)
     {
-        if (_state != Rented)
+        if ((_state & 1) == 0)
         {
             ThrowDisposed();
         }
@@ -133,15 +153,16 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     }
 
     /// <summary>Reached only through <see cref="MemoryManager{T}"/>'s own paths: gives the buffer back.</summary>
-    protected override void Dispose(bool disposing) => Release();
+    protected override void Dispose(bool disposing) => Dispose();
 
     /// <summary>The memory the buffer keeps from reuse.</summary>
-    internal int TrueSize => Volatile.Read(ref _state) == Rented ? _trueSize : 0;
+    internal int TrueSize => (Volatile.Read(ref _state) & 1) != 0 ? _trueSize : 0;
 
     /// <summary>Makes the object a live rent of <paramref name="fragment"/> from <paramref name="home"/> (inside the slot).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void SetFragment(PageFragMemoryPool.ThreadSlot home, PageFragment fragment)
     {
+        OrderAfterReturn();
         if (!ReferenceEquals(_home, home))
         {
             _home = home;
@@ -166,6 +187,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <summary>Makes the object a live rent of <paramref name="block"/> from <paramref name="home"/> (inside the slot).</summary>
     internal void SetBlock(PageFragMemoryPool.ThreadSlot home, Page block)
     {
+        OrderAfterReturn();
         _home = home;
         _arena = null;
         _block = block;
@@ -179,36 +201,90 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         Activate(block.Length);
     }
 
+    // No atomic here: the fragment's release decides (see the remarks). Reads the count, the fields, the count again.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Release()
     {
-        if (Volatile.Read(ref _state) != Rented || Interlocked.Exchange(ref _state, Idle) != Rented)
+        int state = Volatile.Read(ref _state);
+        if ((state & 1) == 0)
         {
+            // Given back before this call started: nothing to do (IDisposable's contract).
             return;
         }
 
+        Arena? arena = _arena;
+        PageFragMemoryPool.ThreadSlot home = _home;
+        int arenaOffset = _arenaOffset, length = _length, trueSize = _trueSize, generation = _generation;
+
+        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
+        if (!X86Base.IsSupported)
+        {
+            Interlocked.MemoryBarrier();
+        }
+
+        if (Volatile.Read(ref _state) != state)
+        {
+            // A racing Dispose gave the buffer back meanwhile (the fields may already be the next rent's).
+            ThrowLostRace(null);
+        }
+
+        if (arena is not null)
+        {
+            home.ReturnFragment(this, new PageFragment(arena, arenaOffset, length, trueSize, generation), state);
+        }
+        else
+        {
+            ReleaseBlock(state);
+        }
+    }
+
+    /// <summary>
+    /// The fragment's release succeeded for the rent whose count is <paramref name="state"/> (the call that won):
+    /// the owner is given back and may be rented again once this returns.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Returned(int state)
+    {
         if (_rentedAt is not null)
         {
             _rentedAt = null;
         }
 
-        Arena? arena = _arena;
-        if (arena is not null)
-        {
-            _home.ReturnFragment(this, new PageFragment(arena, _arenaOffset, _length, _trueSize, _generation));
-        }
-        else
-        {
-            ReleaseBlock();
-        }
+        Volatile.Write(ref _state, state + 1);
     }
 
+    /// <summary>A racing <c>Dispose</c> won (or the fragment was freed by address): this one gives nothing back.</summary>
+    [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void ReleaseBlock()
+    internal static void ThrowLostRace(Exception? inner) =>
+        throw new ObjectDisposedException(
+            "A Dispose racing on another thread gave this " + nameof(PageFragMemoryPool) + " buffer back first; this call gave nothing back.", inner);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ReleaseBlock(int state)
     {
+        // Blocks have no fragment state to decide on: one compare-and-swap of the count does.
+        if (Interlocked.CompareExchange(ref _state, state + 1, state) != state)
+        {
+            ThrowLostRace(null);
+        }
+
+        _rentedAt = null;
         Page block = _block;
         _block = default;
         block.Allocator.FreePages(block);
         _home.ReturnedBlock(this, _trueSize);
+    }
+
+    // A rent's field writes must not become visible before the count's advance by the return that preceded it, or a
+    // Dispose still reading the previous rent could pair new fields with the old count. x86 keeps stores in order.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void OrderAfterReturn()
+    {
+        if (!X86Base.IsSupported)
+        {
+            Interlocked.MemoryBarrier();
+        }
     }
 
     /// <summary>Where the buffer was rented (detection mode only), reported if it leaks.</summary>
@@ -228,7 +304,8 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             GC.ReRegisterForFinalize(this);
         }
 
-        Volatile.Write(ref _state, Rented);
+        // Idle (even) until now, and only this slot's thread holds the object: the plain advance is enough.
+        Volatile.Write(ref _state, _state + 1);
     }
 
     [DoesNotReturn]
@@ -244,7 +321,8 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     ~FragmentMemoryOwner()
 #pragma warning restore CA2015
     {
-        if (Volatile.Read(ref _state) != Rented || Interlocked.Exchange(ref _state, Idle) != Rented)
+        int state = Volatile.Read(ref _state);
+        if ((state & 1) == 0 || Interlocked.CompareExchange(ref _state, state + 1, state) != state)
         {
             _finalized = true;
             return;

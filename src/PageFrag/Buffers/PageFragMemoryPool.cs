@@ -34,10 +34,12 @@ namespace PageFrag.Buffers;
 /// trim).</para>
 /// <para><b>Owners are recycled.</b> The <see cref="IMemoryOwner{T}"/> objects are pooled per thread slot (a small shared stash evens out
 /// threads that only rent and threads that only dispose), so
-/// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. <c>Dispose</c> is decided by one atomic
-/// exchange: of any number of calls, racing on several threads or not, exactly one gives the memory back
-/// and the others do nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/>
-/// also ignores a second <c>Dispose</c>; Kestrel's pool throws only in its diagnostic mode).
+/// <c>Rent</c> and <c>Dispose</c> allocate nothing in steady state. A <c>Dispose</c> after the buffer was given
+/// back does nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/> also
+/// ignores a second <c>Dispose</c>; Kestrel's pool throws only in its diagnostic mode). Of calls racing on
+/// several threads, exactly one gives the memory back and the others throw <see cref="ObjectDisposedException"/>:
+/// the owner takes no atomic operation of its own, the fragment's release compare-and-swap decides, and a
+/// sequence count in the owner keeps a call that read one rent's fragment from freeing the next rent's.
 /// <c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, and so do the
 /// <c>Span</c>, <c>Pin</c> and <c>MemoryMarshal.TryGetArray</c> of a <see cref="Memory{T}"/> taken before
 /// it, but only until the owner object is rented again: after that a stale reference, a stale
@@ -621,12 +623,14 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
 
         /// <summary>
-        /// A fragment rented from this slot came back (any thread). On the slot's own thread the return is the
-        /// cache owner's (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread.
+        /// A fragment rented from this slot came back (any thread), from the rent whose sequence count is
+        /// <paramref name="state"/>. On the slot's own thread the return is the cache owner's
+        /// (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread. Either way the
+        /// fragment's release compare-and-swap decides between racing returns of one owner.
         /// </summary>
-        /// <exception cref="PageFragDoubleFreeException">The fragment was already freed (for example by address).</exception>
+        /// <exception cref="PageFragDoubleFreeException">A racing return won, or the fragment was already freed (for example by address).</exception>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment)
+        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment, int state)
         {
             // The thread's last used slot is its own (a slot changes thread only when its thread has ended); a
             // thread that alternates between pools is recognised by its id.
@@ -644,6 +648,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                         PageFragCache.Free(in fragment);
                     }
 
+                    owner.Returned(state);
                     Returns++;
                     ReturnedBytes += fragment.TrueSize;
                     StashLocked(owner);
@@ -655,7 +660,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else
             {
-                ReturnFragmentElsewhere(owner, fragment, this);
+                ReturnFragmentElsewhere(owner, fragment, this, state);
             }
         }
 
@@ -712,9 +717,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         // A fragment disposed on another thread than its slot's: freed as from any thread (one more atomic, on the
         // page count), counted and stashed by the disposing thread's own slot. Static with values: see Free.
         [MethodImpl(MethodImplOptions.NoInlining)]
-        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home)
+        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home, int state)
         {
             PageFragCache.Free(in fragment);
+            owner.Returned(state);
             CountReturn(owner, fragment.TrueSize, home);
         }
 
