@@ -97,7 +97,9 @@ internal sealed unsafe class Arena
 
         Pages = new PageDescriptor[PageCount];
         DetectMisuse = owner.DetectMisuse;
-        FragStates = new byte[byteLength >> MarkShift];
+        // Pinned (on the POH) so that the states of free blocks can be given back to the operating system
+        // with the blocks (PageAllocator.DiscardFreeMemory): an address taken under the lock stays valid.
+        FragStates = GC.AllocateArray<byte>(byteLength >> MarkShift, pinned: true);
         _freeHeads = new int[MaxOrder + 1];
         _freeHeads.AsSpan().Fill(-1);
         for (int i = 0; i < PageCount; i++)
@@ -226,6 +228,55 @@ internal sealed unsafe class Arena
         d.Prev = -1;
         d.Flags = PageFlags.None;
     }
+
+    /// <summary>
+    /// Takes up to <paramref name="indexes"/>.Length free blocks of order <paramref name="minOrder"/> or more
+    /// that do not carry <see cref="PageFlags.Discarded"/> off the free lists, largest orders first, for the
+    /// allocator to give their memory back to the operating system; their indexes and orders go to the two
+    /// spans. The blocks count as neither free nor in use until <see cref="ReturnDiscarded"/>, so that nothing
+    /// can hand them out, nor release the arena, meanwhile. Does not mark the arena used. Caller holds the lock.
+    /// </summary>
+    public int IsolateForDiscard(int minOrder, Span<int> indexes, Span<byte> orders)
+    {
+        int n = 0;
+        for (int o = MaxOrder; o >= minOrder && n < indexes.Length; o--)
+        {
+            int i = _freeHeads[o];
+            while (i >= 0 && n < indexes.Length)
+            {
+                int next = Pages[i].Next;
+                if ((Pages[i].Flags & PageFlags.Discarded) == 0)
+                {
+                    Unlink(i, o);
+                    _freePages -= 1 << o;
+                    indexes[n] = i;
+                    orders[n] = (byte)o;
+                    n++;
+                }
+
+                i = next;
+            }
+        }
+
+        return n;
+    }
+
+    /// <summary>
+    /// Gives a block taken by <see cref="IsolateForDiscard"/> back to the free lists (merging it with its free
+    /// buddies) and marks it <see cref="PageFlags.Discarded"/> when it did not merge. Caller holds the lock.
+    /// </summary>
+    public void ReturnDiscarded(int index, int order)
+    {
+        Give(index, order);
+        ref PageDescriptor d = ref Pages[index];
+        if ((d.Flags & PageFlags.BuddyFree) != 0 && d.Order == order)
+        {
+            d.Flags |= PageFlags.Discarded;
+        }
+    }
+
+    /// <summary>The address of <see cref="FragStates"/>' first byte (the array is pinned).</summary>
+    public nint FragStatesAddress => (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(FragStates));
 
     /// <summary>True when <paramref name="address"/> lies inside this arena's pages.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
