@@ -230,49 +230,35 @@ internal sealed unsafe class Arena
     }
 
     /// <summary>
-    /// Takes up to <paramref name="indexes"/>.Length free blocks of order <paramref name="minOrder"/> or more
-    /// that do not carry <see cref="PageFlags.Discarded"/> off the free lists, largest orders first, for the
-    /// allocator to give their memory back to the operating system; their indexes and orders go to the two
-    /// spans. The blocks count as neither free nor in use until <see cref="ReturnDiscarded"/>, so that nothing
-    /// can hand them out, nor release the arena, meanwhile. Does not mark the arena used. Caller holds the lock.
+    /// Finds up to <paramref name="indexes"/>.Length free blocks of order <paramref name="minOrder"/> or more
+    /// that do not carry <see cref="PageFlags.Discarded"/>, largest orders first; their indexes and orders go to
+    /// the two spans. The blocks stay on the free lists: the caller holds the lock until it has given their
+    /// memory back and marked them (<see cref="MarkDiscarded"/>), so nothing can take them meanwhile.
     /// </summary>
-    public int IsolateForDiscard(int minOrder, Span<int> indexes, Span<byte> orders)
+    public int FindUndiscarded(int minOrder, Span<int> indexes, Span<byte> orders)
     {
         int n = 0;
         for (int o = MaxOrder; o >= minOrder && n < indexes.Length; o--)
         {
-            int i = _freeHeads[o];
-            while (i >= 0 && n < indexes.Length)
+            for (int i = _freeHeads[o]; i >= 0 && n < indexes.Length; i = Pages[i].Next)
             {
-                int next = Pages[i].Next;
                 if ((Pages[i].Flags & PageFlags.Discarded) == 0)
                 {
-                    Unlink(i, o);
-                    _freePages -= 1 << o;
                     indexes[n] = i;
                     orders[n] = (byte)o;
                     n++;
                 }
-
-                i = next;
             }
         }
 
         return n;
     }
 
-    /// <summary>
-    /// Gives a block taken by <see cref="IsolateForDiscard"/> back to the free lists (merging it with its free
-    /// buddies) and marks it <see cref="PageFlags.Discarded"/> when it did not merge. Caller holds the lock.
-    /// </summary>
-    public void ReturnDiscarded(int index, int order)
+    /// <summary>Marks the free block at <paramref name="index"/> as given back to the operating system. Caller holds the lock.</summary>
+    public void MarkDiscarded(int index)
     {
-        Give(index, order);
-        ref PageDescriptor d = ref Pages[index];
-        if ((d.Flags & PageFlags.BuddyFree) != 0 && d.Order == order)
-        {
-            d.Flags |= PageFlags.Discarded;
-        }
+        Debug.Assert((Pages[index].Flags & PageFlags.BuddyFree) != 0);
+        Pages[index].Flags |= PageFlags.Discarded;
     }
 
     /// <summary>The address of <see cref="FragStates"/>' first byte (the array is pinned).</summary>

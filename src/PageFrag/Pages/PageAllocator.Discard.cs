@@ -8,13 +8,16 @@ public sealed partial class PageAllocator
     /// </summary>
     internal const int DiscardMinOrder = PageConstants.FragCacheMaxOrder;
 
-    /// <summary>Blocks taken off the free lists at a time: the buddy lock is held only to take and to return them.</summary>
-    private const int DiscardBatch = 32;
+    /// <summary>Blocks given back per hold of the buddy lock.</summary>
+    private const int DiscardBatch = 8;
 
     private readonly object _discardLock = new();
     private long _bytesDiscarded;
 
-    /// <summary>Bytes given back to the operating system by <see cref="DiscardFreeMemory"/> since creation.</summary>
+    /// <summary>
+    /// Bytes of pages given back to the operating system since creation: by <see cref="DiscardFreeMemory"/>, and
+    /// by <see cref="Trim(bool)"/> for the arenas it released (0 on platforms other than Linux).
+    /// </summary>
     public long BytesDiscarded => Interlocked.Read(ref _bytesDiscarded);
 
     /// <summary>
@@ -25,12 +28,11 @@ public sealed partial class PageAllocator
     /// first. On Linux (<c>madvise(MADV_DONTNEED)</c>); elsewhere it does nothing and returns 0.
     /// </summary>
     /// <remarks>
-    /// Blocks are taken off the free lists under the lock in small batches, given back to the operating system
-    /// without the lock, and returned to the free lists marked, so that a later pass skips them until they are
-    /// split or merged. A block held by anyone (a caller, a fragment cache, a page pool, a per-CPU list) is
-    /// never touched. While a batch is out, its pages count as neither free nor in use in
-    /// <see cref="GetStats"/>. Never call it on a hot path: it makes system calls; the Kestrel factory runs it
-    /// from its trim timer.
+    /// Only blocks on the buddy free lists are given back, under the allocator's lock, in batches of a few
+    /// blocks per hold of the lock (an allocation that needs the lock waits for one batch, never fails for it),
+    /// and they are marked, so that a later pass skips them until they are split or merged. A block held by
+    /// anyone (a caller, a fragment cache, a page pool, a per-CPU list) is never touched. Never call it on a hot
+    /// path: it makes system calls; the Kestrel factory runs it from its trim timer.
     /// </remarks>
     /// <returns>The bytes given back by this call (pages that were not resident count too).</returns>
     /// <exception cref="ObjectDisposedException">The allocator was disposed.</exception>
@@ -54,48 +56,27 @@ public sealed partial class PageAllocator
         {
             // Frees during the pass form new blocks to discard; the budget (every page twice) ends the pass anyway.
             long budget = 2 * TotalPagesNow() * PageConstants.PageSize;
-            while (total < budget)
+            bool more = true;
+            while (more && total < budget)
             {
-                Arena? arena = null;
-                int n = 0;
+                more = false;
                 lock (_buddyLock)
                 {
-                    foreach (Arena a in _arenas)
+                    foreach (Arena arena in _arenas)
                     {
                         if (_disposed)
                         {
                             break;
                         }
 
-                        n = a.IsolateForDiscard(DiscardMinOrder, indexes, orders);
+                        int n = arena.FindUndiscarded(DiscardMinOrder, indexes, orders);
                         if (n > 0)
                         {
-                            arena = a;
+                            // Under the lock: the blocks stay free (no one can take one) until they are given back
+                            // and marked. One batch per hold of the lock, so allocations wait at most one batch.
+                            total += DiscardBlocks(arena, indexes[..n], orders[..n]);
+                            more = true;
                             break;
-                        }
-                    }
-                }
-
-                if (n == 0)
-                {
-                    break;
-                }
-
-                try
-                {
-                    total += DiscardBlocks(arena!, indexes[..n], orders[..n]);
-                }
-                finally
-                {
-                    lock (_buddyLock)
-                    {
-                        for (int i = 0; i < n; i++)
-                        {
-                            // An arena dropped by Dispose meanwhile is left to the garbage collector.
-                            if (!_disposed)
-                            {
-                                arena!.ReturnDiscarded(indexes[i], orders[i]);
-                            }
                         }
                     }
                 }
@@ -104,6 +85,15 @@ public sealed partial class PageAllocator
 
         Interlocked.Add(ref _bytesDiscarded, total);
         return total;
+    }
+
+    /// <summary>Gives back the memory of an arena that <see cref="Trim(bool)"/> released: all its pages and states.</summary>
+    private void DiscardArena(Arena arena)
+    {
+        long given = PhysicalMemory.Discard(arena.BaseAddress, arena.ByteLength);
+        PhysicalMemory.Discard(arena.FragStatesAddress, arena.FragStates.Length);
+        GC.KeepAlive(arena);
+        Interlocked.Add(ref _bytesDiscarded, given);
     }
 
     /// <summary>Pages in the arenas now.</summary>
@@ -119,7 +109,7 @@ public sealed partial class PageAllocator
     }
 
     /// <summary>
-    /// Gives back the memory of isolated blocks and the pinned state bytes that describe them, after sorting the
+    /// Gives back the memory of free blocks (caller holds the buddy lock) and the pinned state bytes that describe them, after sorting the
     /// blocks by index so that neighbours go in one call (which also lets the states of small neighbouring
     /// blocks fill whole system pages). Returns the data bytes given back.
     /// </summary>
@@ -156,6 +146,11 @@ public sealed partial class PageAllocator
             long length = (long)(end - first) << PageConstants.PageShift;
             total += PhysicalMemory.Discard(arena.BaseAddress + (nint)offset, length);
             PhysicalMemory.Discard(states + (nint)(offset >> Arena.MarkShift), length >> Arena.MarkShift);
+        }
+
+        foreach (int index in indexes)
+        {
+            arena.MarkDiscarded(index);
         }
 
         return total;

@@ -91,6 +91,35 @@ public class DiscardTests
     }
 
     [Fact]
+    public void Trim_gives_back_the_memory_of_the_arenas_it_releases()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator(ArenaBytes);
+        Page kept = Alloc(allocator, 6);
+        kept.Span.Fill(0x11);
+        Page released = Alloc(allocator, 6);
+        released.Span.Fill(0x22);
+        Assert.Equal(2, allocator.GetStats().Arenas);
+        allocator.FreePages(released);
+
+        Assert.Equal(1, allocator.Trim());
+        if (PhysicalMemory.IsSupported)
+        {
+            Assert.Equal(ArenaBytes, allocator.BytesDiscarded);
+
+            // Read through the stale handle (the arena's array lives on until collected): the pages were given back.
+            Assert.True(released.Span.IndexOfAnyExcept((byte)0) < 0, "the released arena reads zeros");
+        }
+        else
+        {
+            Assert.Equal(0, allocator.BytesDiscarded);
+        }
+
+        Assert.True(kept.Span.IndexOfAnyExcept((byte)0x11) < 0, "the kept arena keeps its bytes");
+        allocator.FreePages(kept);
+        AssertClean(allocator);
+    }
+
+    [Fact]
     public void Discarding_after_Dispose_throws_ObjectDisposedException()
     {
         PageAllocator allocator = Leaks.NewAllocator();
@@ -152,7 +181,7 @@ public class DiscardTests
             }
             else
             {
-                Assert.True(cache.TryAlloc(random.Next(8, 6000), out PageFragment fragment));
+                Assert.True(cache.TryAlloc(random.Next(8, 4097), out PageFragment fragment));
                 fragment.Span.Fill(pattern);
                 fragments.Add((fragment, pattern));
                 if (fragments.Count > 48)
