@@ -99,7 +99,10 @@ internal sealed unsafe class Arena
         DetectMisuse = owner.DetectMisuse;
         // Pinned (on the POH) so that the states of free blocks can be given back to the operating system
         // with the blocks (PageAllocator.DiscardFreeMemory): an address taken under the lock stays valid.
-        FragStates = GC.AllocateArray<byte>(byteLength >> MarkShift, pinned: true);
+        // Cleared by giving its whole pages back (Linux) rather than by writing them: a state byte is written only
+        // where a fragment starts, so the states of pages never carved stay non-resident.
+        FragStates = GC.AllocateUninitializedArray<byte>(byteLength >> MarkShift, pinned: true);
+        PhysicalMemory.Clear(FragStates);
         _freeHeads = new int[MaxOrder + 1];
         _freeHeads.AsSpan().Fill(-1);
         for (int i = 0; i < PageCount; i++)

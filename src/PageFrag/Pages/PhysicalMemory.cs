@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace PageFrag.Pages;
@@ -15,7 +16,8 @@ namespace PageFrag.Pages;
 /// 0 again afterwards). docs/kernel-map.md explains why this is safe inside a pinned array.</para>
 /// <para>Elsewhere a no-op that reports 0 bytes: Windows' <c>MEM_RESET</c> and macOS' <c>MADV_FREE</c> leave the
 /// old contents or zeros at the system's choice, and only zeros are acceptable for the fragment states.</para>
-/// <para>Never called on an allocation or free path: only by <see cref="PageAllocator.DiscardFreeMemory"/>.</para>
+/// <para>Never called on an allocation or free path: only by <see cref="PageAllocator.DiscardFreeMemory"/>,
+/// <see cref="PageAllocator.Trim(bool)"/> and an arena's constructor.</para>
 /// </remarks>
 internal static unsafe partial class PhysicalMemory
 {
@@ -50,6 +52,27 @@ internal static unsafe partial class PhysicalMemory
         }
 
         return madvise((void*)first, (nuint)(end - first), MadvDontNeed) == 0 ? end - first : 0;
+    }
+
+    /// <summary>
+    /// Clears a pinned array that may hold old bytes: on Linux the whole system pages inside it are given back
+    /// (they read zeros and stay non-resident until touched) and only the partial pages at both ends are
+    /// written; elsewhere, or when the call fails, every byte is written.
+    /// </summary>
+    public static void Clear(byte[] pinned)
+    {
+        nint start = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
+        long given = Discard(start, pinned.Length);
+        if (given == 0)
+        {
+            pinned.AsSpan().Clear();
+            return;
+        }
+
+        nint mask = SystemPageSize - 1;
+        int head = (int)(((start + mask) & ~mask) - start);
+        pinned.AsSpan(0, head).Clear();
+        pinned.AsSpan(head + (int)given).Clear();
     }
 
     [LibraryImport("libc", EntryPoint = "madvise")]

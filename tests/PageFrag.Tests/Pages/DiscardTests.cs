@@ -120,6 +120,26 @@ public class DiscardTests
     }
 
     [Fact]
+    public void Clearing_a_pinned_array_by_giving_its_pages_back_leaves_every_byte_zero()
+    {
+        int pageSize = PhysicalMemory.SystemPageSize;
+        foreach (int length in new[] { 1, 100, pageSize, 3 * pageSize + 100, 8 * pageSize })
+        {
+            byte[] array = GC.AllocateUninitializedArray<byte>(length, pinned: true);
+            array.AsSpan().Fill(0xFF);
+            PhysicalMemory.Clear(array);
+            Assert.True(array.AsSpan().IndexOfAnyExcept((byte)0) < 0, $"a cleared array of {length} bytes reads zeros");
+        }
+
+        // A new arena's states start at 0 however the garbage collector's memory was used before.
+        using PageAllocator allocator = Leaks.NewAllocator(ArenaBytes);
+        Page page = Alloc(allocator, 0);
+        Assert.True(page.Arena!.FragStates.AsSpan().IndexOfAnyExcept((byte)0) < 0);
+        allocator.FreePages(page);
+        AssertClean(allocator);
+    }
+
+    [Fact]
     public void Discarding_after_Dispose_throws_ObjectDisposedException()
     {
         PageAllocator allocator = Leaks.NewAllocator();
