@@ -14,7 +14,10 @@
 # and the JIT tiers their code up while they serve: on a loaded machine a server gets so little CPU that a
 # short warm-up leaves the JIT in the measured run (perf showed libclrjit at 29-39 % of the servers' samples
 # after 3 s at load 38); give it 15 s or more there. ARENA_SIZE=bytes passes --arena-size to PageFrag's
-# server (the factory's page allocator).
+# server (the factory's page allocator). DISCARD=off runs PageFrag's server with
+# --discard off (its trims keep free pages resident, as before PageAllocator.DiscardFreeMemory). IDLE=seconds
+# (default 0: off) waits that long after the last path and prints both servers' RSS again: the memory a burst
+# leaves behind once the servers are idle (PageFrag's factory trims every 10 s).
 # Installs wrk with apt-get when it is missing (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +71,9 @@ for round in $(seq "$rounds"); do
         if [[ $pool == pagefrag && -n ${ARENA_SIZE:-} ]]; then
             extra=(--arena-size "$ARENA_SIZE")
         fi
+        if [[ $pool == pagefrag && -n ${DISCARD:-} ]]; then
+            extra+=(--discard "$DISCARD")
+        fi
         dotnet "$app" --pool "$pool" --urls "http://127.0.0.1:${port[$pool]}" "${extra[@]}" >/dev/null &
         pid[$pool]=$!
     done
@@ -84,7 +90,7 @@ for round in $(seq "$rounds"); do
     fi
 
     echo
-    echo "round $round of $rounds: load average $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; wrk -t1 -c$connections -d${seconds}s after ${warmup}s of warm-up; measured ${order[0]} first${ARENA_SIZE:+; PageFrag ARENA_SIZE=$ARENA_SIZE}"
+    echo "round $round of $rounds: load average $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; wrk -t1 -c$connections -d${seconds}s after ${warmup}s of warm-up; measured ${order[0]} first${ARENA_SIZE:+; PageFrag ARENA_SIZE=$ARENA_SIZE}${DISCARD:+; PageFrag DISCARD=$DISCARD}"
     echo "(K = Kestrel's own pool, PF = PageFrag's; RSS and peak in MiB, read right after each pool's measured run)"
     printf '%-15s %10s %10s %6s  %7s %7s %6s  %7s %7s  %8s %8s\n' path "K req/s" "PF req/s" "PF/K" "K RSS" "PF RSS" "PF/K" "K peak" "PF peak" "K MiB/s" "PF MiB/s"
     for path in "${paths[@]}"; do
@@ -108,6 +114,12 @@ for round in $(seq "$rounds"); do
             "${r[default.peak]}" "${r[pagefrag.peak]}" "${r[default.rate]}" "${r[pagefrag.rate]}"
         unset r
     done
+
+    if ((${IDLE:-0} > 0)); then
+        sleep "$IDLE"
+        printf '%-15s %10s %10s %6s  %7s %7s %6s\n' "idle ${IDLE}s" "" "" "" "$(mib "${pid[default]}" VmRSS)" "$(mib "${pid[pagefrag]}" VmRSS)" \
+            "$(awk -v a="$(mib "${pid[pagefrag]}" VmRSS)" -v b="$(mib "${pid[default]}" VmRSS)" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+    fi
 
     for pool in "${pools[@]}"; do
         kill "${pid[$pool]}"

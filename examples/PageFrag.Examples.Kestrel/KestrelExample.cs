@@ -26,10 +26,12 @@ internal static class KestrelExample
     /// <param name="urls">Where Kestrel listens.</param>
     /// <param name="arenaSize">With PageFrag's pool, the page allocator's arena size in bytes; null for the
     /// factory's default.</param>
+    /// <param name="discardFreeMemory">With PageFrag's pool, whether each trim gives the free pages' physical memory
+    /// back to the operating system (<c>PageFragMemoryPoolFactoryOptions.DiscardFreeMemory</c>).</param>
     /// <exception cref="ArgumentException"><paramref name="pool"/> is not one of <see cref="Pools"/>, or an
     /// arena size is given for Kestrel's pool (an arena size the allocator refuses throws its
     /// <see cref="ArgumentOutOfRangeException"/> when the factory is created).</exception>
-    public static WebApplication Build(string pool, string urls, int? arenaSize = null)
+    public static WebApplication Build(string pool, string urls, int? arenaSize = null, bool discardFreeMemory = true)
     {
         if (!Pools.Contains(pool))
         {
@@ -46,7 +48,15 @@ internal static class KestrelExample
         builder.WebHost.UseUrls(urls);
         if (pool == "pagefrag")
         {
-            builder.Services.AddPageFragMemoryPool(arenaSize is int size ? o => o.AllocatorOptions = new PageAllocatorOptions { ArenaSize = size } : null);
+            builder.Services.AddPageFragMemoryPool(o =>
+            {
+                if (arenaSize is int size)
+                {
+                    o.AllocatorOptions = new PageAllocatorOptions { ArenaSize = size };
+                }
+
+                o.DiscardFreeMemory = discardFreeMemory;
+            });
         }
 
         WebApplication app = builder.Build();

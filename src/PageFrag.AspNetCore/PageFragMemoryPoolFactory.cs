@@ -22,7 +22,11 @@ namespace PageFrag.AspNetCore;
 /// between bursts is kept: a released arena's pinned array stays in the process until the next full
 /// collection, so releasing it under load and allocating the next beside it grew the process by the
 /// arenas released (16 MiB with 1 MiB bodies under wrk, <c>bench/README.md</c>).
-/// <see cref="Trim"/> still gives back everything free at once.</para>
+/// <see cref="Trim"/> still gives back everything free at once. With
+/// <see cref="PageFragMemoryPoolFactoryOptions.DiscardFreeMemory"/> (the default), every trim then gives the
+/// physical memory of the free blocks of the arenas it kept back to the operating system
+/// (<see cref="PageAllocator.DiscardFreeMemory"/>): the arenas stay for the next burst, their free pages stop
+/// being resident.</para>
 /// <para><b>Lifetime.</b> The pools live on the factory's allocator: disposing the factory (the DI
 /// container does it at shutdown, after Kestrel has disposed its pools) disposes any pool still alive and
 /// the allocator. Buffers still out stay valid memory and may be returned later.</para>
@@ -227,6 +231,11 @@ public sealed class PageFragMemoryPoolFactory : IMemoryPoolFactory<byte>, IDispo
             }
 
             _allocator.Trim(idleOnly);
+            if (_options.DiscardFreeMemory)
+            {
+                _allocator.DiscardFreeMemory();
+            }
+
             _trims++;
         }
     }

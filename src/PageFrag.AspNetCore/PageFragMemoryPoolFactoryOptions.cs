@@ -41,6 +41,13 @@ public sealed class PageFragMemoryPoolFactoryOptions
     public TimeSpan TrimInterval { get; set; } = DefaultTrimInterval;
 
     /// <summary>
+    /// Whether each trim (the timer's and <see cref="PageFragMemoryPoolFactory.Trim"/>) also gives the physical
+    /// memory of the free blocks of the arenas it keeps back to the operating system
+    /// (<see cref="PageAllocator.DiscardFreeMemory"/>; Linux only, a no-op elsewhere). Default true.
+    /// </summary>
+    public bool DiscardFreeMemory { get; set; } = true;
+
+    /// <summary>
     /// Wraps every pool in a <see cref="DiagnosticMemoryPool"/> (double disposal, use after disposal and
     /// writes after free are caught; one allocation per rent). For debugging. Default false.
     /// </summary>

@@ -35,6 +35,29 @@ public class PageFragMemoryPoolFactoryTests
     }
 
     [Fact]
+    public void Every_tick_gives_the_free_pages_of_the_kept_arenas_back_to_the_OS_unless_turned_off()
+    {
+        Assert.True(new PageFragMemoryPoolFactoryOptions().DiscardFreeMemory);
+        foreach (bool discard in new[] { true, false })
+        {
+            var time = new ManualTimeProvider();
+            using var factory = new PageFragMemoryPoolFactory(new PageFragMemoryPoolFactoryOptions { DiscardFreeMemory = discard }, time);
+            MemoryPool<byte> pool = factory.Create(new MemoryPoolOptions { Owner = "sockets" });
+            IMemoryOwner<byte> held = pool.Rent(4096);
+            held.Memory.Span.Fill(0x3C);
+
+            time.Fire();
+            Assert.Equal(discard && OperatingSystem.IsLinux(), factory.Allocator.BytesDiscarded > 0);
+            Assert.Equal(1, factory.Allocator.GetStats().Arenas);
+            Assert.True(held.Memory.Span.IndexOfAnyExcept((byte)0x3C) < 0, "a rented buffer keeps its bytes");
+
+            held.Dispose();
+            pool.Dispose();
+            Leaks.AssertNone(factory.Allocator);
+        }
+    }
+
+    [Fact]
     public void A_tick_during_a_lull_keeps_the_arenas_the_interval_used_so_the_next_burst_needs_no_new_ones()
     {
         var time = new ManualTimeProvider();

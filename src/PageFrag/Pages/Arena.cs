@@ -97,7 +97,12 @@ internal sealed unsafe class Arena
 
         Pages = new PageDescriptor[PageCount];
         DetectMisuse = owner.DetectMisuse;
-        FragStates = new byte[byteLength >> MarkShift];
+        // Pinned (on the POH) so that the states of free blocks can be given back to the operating system
+        // with the blocks (PageAllocator.DiscardFreeMemory): an address taken under the lock stays valid.
+        // Cleared by giving its whole pages back (Linux) rather than by writing them: a state byte is written only
+        // where a fragment starts, so the states of pages never carved stay non-resident.
+        FragStates = GC.AllocateUninitializedArray<byte>(byteLength >> MarkShift, pinned: true);
+        PhysicalMemory.Clear(FragStates);
         _freeHeads = new int[MaxOrder + 1];
         _freeHeads.AsSpan().Fill(-1);
         for (int i = 0; i < PageCount; i++)
@@ -226,6 +231,41 @@ internal sealed unsafe class Arena
         d.Prev = -1;
         d.Flags = PageFlags.None;
     }
+
+    /// <summary>
+    /// Finds up to <paramref name="indexes"/>.Length free blocks of order <paramref name="minOrder"/> or more
+    /// that do not carry <see cref="PageFlags.Discarded"/>, largest orders first; their indexes and orders go to
+    /// the two spans. The blocks stay on the free lists: the caller holds the lock until it has given their
+    /// memory back and marked them (<see cref="MarkDiscarded"/>), so nothing can take them meanwhile.
+    /// </summary>
+    public int FindUndiscarded(int minOrder, Span<int> indexes, Span<byte> orders)
+    {
+        int n = 0;
+        for (int o = MaxOrder; o >= minOrder && n < indexes.Length; o--)
+        {
+            for (int i = _freeHeads[o]; i >= 0 && n < indexes.Length; i = Pages[i].Next)
+            {
+                if ((Pages[i].Flags & PageFlags.Discarded) == 0)
+                {
+                    indexes[n] = i;
+                    orders[n] = (byte)o;
+                    n++;
+                }
+            }
+        }
+
+        return n;
+    }
+
+    /// <summary>Marks the free block at <paramref name="index"/> as given back to the operating system. Caller holds the lock.</summary>
+    public void MarkDiscarded(int index)
+    {
+        Debug.Assert((Pages[index].Flags & PageFlags.BuddyFree) != 0);
+        Pages[index].Flags |= PageFlags.Discarded;
+    }
+
+    /// <summary>The address of <see cref="FragStates"/>' first byte (the array is pinned).</summary>
+    public nint FragStatesAddress => (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(FragStates));
 
     /// <summary>True when <paramref name="address"/> lies inside this arena's pages.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -367,14 +367,17 @@ public sealed partial class PageAllocator : IDisposable
     /// arena unused for one whole interval between two idle trims goes at the second. That is the eviction
     /// a periodic timer runs: an arena that was free only during a short lull is kept, because a released
     /// arena's pinned array stays in the process until a full garbage collection, and the next burst
-    /// would allocate a new one beside it. Without it, every entirely free arena is released now.
+    /// would allocate a new one beside it. Without it, every entirely free arena is released now. On Linux
+    /// the physical memory of every released arena (pages and fragment states) is given back to the operating
+    /// system at once (<see cref="BytesDiscarded"/> counts it), so the array left for the collector costs
+    /// address space and committed heap but no resident memory.
     /// </summary>
     /// <param name="idleOnly">Release only arenas that served no block since the previous trim.</param>
     /// <returns>The number of arenas released.</returns>
     public int Trim(bool idleOnly)
     {
         DrainPerCpuLists();
-        int released = 0;
+        List<Arena>? released = null;
         lock (_buddyLock)
         {
             if (_arenas.Length == 0)
@@ -390,7 +393,7 @@ public sealed partial class PageAllocator : IDisposable
                 if (arena.IsEntirelyFree && !(idleOnly && used))
                 {
                     ArenaRegistry.Unregister(arena);
-                    released++;
+                    (released ??= []).Add(arena);
                 }
                 else
                 {
@@ -399,10 +402,24 @@ public sealed partial class PageAllocator : IDisposable
             }
 
             _arenas = keep.ToArray();
-            _arenasTrimmed += released;
+            _arenasTrimmed += released?.Count ?? 0;
         }
 
-        return released;
+        if (released is null)
+        {
+            return 0;
+        }
+
+        // A released arena's pinned arrays stay in the process until a full collection finds them, resident
+        // wherever they were touched. No one can reach its pages any more (every page was free, and it left the
+        // arena list and the registry under the lock), so their physical memory goes back to the operating
+        // system now (Linux; a no-op elsewhere): the garbage collector never reads a byte array's contents.
+        foreach (Arena arena in released)
+        {
+            DiscardArena(arena);
+        }
+
+        return released.Count;
     }
 
     /// <summary>

@@ -31,6 +31,13 @@ internal enum PageFlags : byte
     /// caller took with <see cref="Page.AddRef"/> (counted in <see cref="PageDescriptor.CallerRefs"/>).
     /// </summary>
     Caller = 32,
+
+    /// <summary>
+    /// On the head of a free block on the buddy lists: its memory (and its fragment states) was given back to
+    /// the operating system by <see cref="PageAllocator.DiscardFreeMemory"/> and reads as zeros. A hint that
+    /// spares the next discard pass a system call; any split or merge of the block drops it.
+    /// </summary>
+    Discarded = 64,
 }
 
 /// <summary>
