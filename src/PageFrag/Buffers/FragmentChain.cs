@@ -180,7 +180,9 @@ public sealed class FragmentChain : IDisposable
     /// concurrently with other use of the chain.
     /// </summary>
     /// <exception cref="PageFragDoubleFreeException">
-    /// A fragment of the chain had already been freed by someone else; the rest of the chain is still freed.
+    /// A fragment of the chain had already been freed by someone else; the rest of the chain is still freed. (A
+    /// writer's chain that goes back to its open writer does not look: the writer reports such a fragment when it
+    /// reaches it, and never writes into it.)
     /// </exception>
     public void Dispose()
     {
@@ -272,9 +274,9 @@ public sealed class FragmentChain : IDisposable
     internal bool HasKept => _keptFirst is not null;
 
     /// <summary>
-    /// Takes the oldest kept fragment of at least <paramref name="need"/> bytes as the reserved segment (as
-    /// <see cref="ReserveFragment"/>), freeing shorter ones on the way; null when none is left. The owning
-    /// writer's thread only.
+    /// Takes the oldest kept fragment of at least <paramref name="need"/> bytes on an order-3 page as the reserved
+    /// segment (as <see cref="ReserveFragment"/>), after checking that it is still live; shorter ones, and those of
+    /// order-0 pages, are freed on the way; null when none is left. The owning writer's thread only.
     /// </summary>
     /// <exception cref="PageFragDoubleFreeException">
     /// A kept fragment had been freed by someone else meanwhile (by address, or a copy of its handle): it is
@@ -292,7 +294,8 @@ public sealed class FragmentChain : IDisposable
                 _keptLast = null;
             }
 
-            if (FragmentSegment.LiveOrder(s.Fragment) < 0)
+            int order = FragmentSegment.LiveOrder(s.Fragment);
+            if (order < 0)
             {
                 // Not ours any more: writing into it would write into someone else's bytes.
                 s.Fragment = default;
@@ -301,7 +304,7 @@ public sealed class FragmentChain : IDisposable
                     "(by its address or a copy of its handle) while the writer kept it for reuse: the writer dropped it.");
             }
 
-            if (s.Fragment.Length >= need)
+            if (order > 0 && s.Fragment.Length >= need)
             {
                 Debug.Assert(_reserved is null, "a writer reserves one buffer at a time");
                 _reserved = s;
@@ -432,9 +435,9 @@ public sealed class FragmentChain : IDisposable
 
     /// <summary>
     /// Frees every buffer and empties the chain, keeping the object. With <paramref name="keep"/> (a writer's
-    /// chain whose writer is open) its fragments of at least 1 KiB on order-3 pages are kept for the writer instead, live, after
-    /// a check that nobody freed them behind the chain's back (such a fragment fails as a double free, as its
-    /// free would). The first failure is returned, not thrown.
+    /// chain whose writer is open) its fragments of at least 1 KiB are kept for the writer instead, unchecked: the
+    /// writer checks each one when it takes it again, and a fragment someone freed behind the chain's back fails
+    /// there, or at its free, as a double free. The first failure is returned, not thrown.
     /// </summary>
     internal ExceptionDispatchInfo? ReleaseAll(bool keep)
     {
@@ -443,8 +446,9 @@ public sealed class FragmentChain : IDisposable
         while (s is not null)
         {
             var next = (FragmentSegment?)s.Next;
-            if (keep && s.Kind == SegmentKind.Fragment && s.Fragment.Length >= MinKeptFragment && _keptCount < MaxKeptFragments &&
-                FragmentSegment.LiveOrder(s.Fragment) > 0)
+            // No look at the fragment's page here (a cold descriptor and state byte per page): the writer checks
+            // each kept fragment when it takes it again (ReserveKept), and its free reports a double free.
+            if (keep && s.Kind == SegmentKind.Fragment && s.Fragment.Length >= MinKeptFragment && _keptCount < MaxKeptFragments)
             {
                 s.Park();
                 if (_keptLast is null)
