@@ -175,9 +175,25 @@ public class FragBufferWriterReuseTests
             // while the other chain comes back.
             Write(writer, Sizes(40, seed: races));
             writer.Detach().Dispose();
-            Write(writer, Sizes(60, seed: races + 1));
+
+            // The racing chain has a hundred segments (another allocation between writes ends each one), so that
+            // its Dispose looks at the writer's state well before it puts itself in the stash; the writer's
+            // Dispose starts a little later each round, to sweep that window.
+            for (int i = 0; i < 100; i++)
+            {
+                writer.GetSpan(100)[..100].Fill(1);
+                writer.Advance(100);
+                Assert.True(cache.TryAlloc(8, out PageFragment gap));
+                gap.Free();
+            }
+
             chain = writer.Detach();
-            gate.Race(writer.Dispose);
+            int delay = races % 64 * 16;
+            gate.Race(() =>
+            {
+                Thread.SpinWait(delay);
+                writer.Dispose();
+            });
             races++;
         }
 
