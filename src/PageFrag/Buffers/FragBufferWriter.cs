@@ -40,8 +40,8 @@ namespace PageFrag.Buffers;
 /// when it is still the cache's most recent allocation; otherwise the chain keeps it until it is freed (at most
 /// the last reservation, and counted in <see cref="FragmentChain.TrueSize"/>).</para>
 /// <para><b>Chains come back with their pages.</b> A detached chain disposed while the writer is open gives its
-/// fragments of 1 KiB or more on 32 KiB pages back to the writer, still live, instead of freeing them, and the writer's next
-/// chain is written into them first (oldest first): no cache call, no atomic operation, no page taken from or
+/// fragments of 1 KiB or more back to the writer, still live, instead of freeing them, and the writer's next
+/// chain is written into those on 32 KiB pages first (oldest first): no cache call, no atomic operation, no page taken from or
 /// given back to the allocator. A chain disposed on another thread hands them over through the writer's own
 /// small stash (one compare-and-swap), never through the cache, which only the writer's thread touches. The
 /// writer keeps at most what its chains last held: fragments the next chain does not need are freed at its
@@ -245,11 +245,13 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
     /// <summary>
     /// Frees the bytes written so far and any buffer handed out but not committed. Fragments of 1 KiB or more
-    /// on 32 KiB pages stay with the writer, which writes into them again before it takes new memory (<see cref="Dispose"/>
-    /// frees them).
+    /// stay with the writer, which writes into them again before it takes new memory (<see cref="Detach"/> and
+    /// <see cref="Dispose"/> free those it did not need).
     /// </summary>
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
-    /// <exception cref="PageFragDoubleFreeException">A written fragment had already been freed by someone else.</exception>
+    /// <exception cref="PageFragDoubleFreeException">
+    /// A written block had already been freed by someone else (a kept fragment is checked when the writer takes it again).
+    /// </exception>
     public void Reset()
     {
         ThrowIfDisposed();
@@ -277,6 +279,19 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         _chain = null;
         chain?.Dispose();
         failure?.Throw();
+    }
+
+    /// <summary>
+    /// Frees the fragments disposed chains gave back for reuse: those of the chains waiting in the stash and those
+    /// the current chain has not written into. For a quiet point that must find every page with a cache or a pool
+    /// (the stress run's checkpoint). The writer's thread, or whoever holds the writer while its owner is paused.
+    /// </summary>
+    /// <exception cref="PageFragDoubleFreeException">A kept fragment had been freed by someone else; the rest is freed all the same.</exception>
+    internal void ReleaseKept()
+    {
+        ExceptionDispatchInfo? failure = _chains.ReleaseKept();
+        ExceptionDispatchInfo? current = _chain?.ReleaseKept();
+        (failure ?? current)?.Throw();
     }
 
     /// <summary>The chain being written, rented when the writer has none (after <see cref="Detach"/>).</summary>

@@ -172,7 +172,7 @@ public sealed class FragmentChain : IDisposable
 
     /// <summary>
     /// Frees every buffer of the chain. A chain a <see cref="FragBufferWriter"/> handed out goes back to that
-    /// writer for reuse, with its fragments of 1 KiB or more on 32 KiB pages: the writer writes its next chains into them
+    /// writer for reuse, with its fragments of 1 KiB or more: the writer writes its next chains into them
     /// instead of taking new memory, and frees them when it is disposed (or when its next chain does not need
     /// them); if the writer is disposed already, they are freed at once. Any other chain is left to the
     /// collector. A second call before the object is reused does nothing; dispose a writer's chain exactly
@@ -618,6 +618,35 @@ internal sealed class ChainStash
         }
 
         return false;
+    }
+
+    /// <summary>
+    /// Frees the kept fragments of the chains waiting here and leaves the chains in their slots for reuse. The
+    /// writer's thread. The first failure is returned, not thrown.
+    /// </summary>
+    public ExceptionDispatchInfo? ReleaseKept()
+    {
+        ExceptionDispatchInfo? failure = null;
+        FragmentChain?[] items = _items;
+        for (int i = 0; i < items.Length; i++)
+        {
+            // Claimed for the time of the release, so that the writer's own TryTake never sees it half done.
+            FragmentChain? chain = Volatile.Read(ref items[i]);
+            if (chain is null || Interlocked.CompareExchange(ref items[i], null, chain) != chain)
+            {
+                continue;
+            }
+
+            ExceptionDispatchInfo? kept = chain.ReleaseKept();
+            failure ??= kept;
+            if (!TryReturn(chain))
+            {
+                // Full or closed meanwhile: the chain holds nothing any more, so the collector may have it.
+                GC.SuppressFinalize(chain);
+            }
+        }
+
+        return failure;
     }
 
     /// <summary>
