@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Diagnostics;
 using System.IO.Pipelines;
+using System.Runtime.InteropServices;
 using Microsoft.IO;
 using PageFrag.Buffers;
 using PageFrag.Frag;
@@ -21,8 +22,12 @@ namespace PageFrag.Cli.Bench;
 /// <c>ArrayPool&lt;byte&gt;.Shared</c>), never pauses the writer (<c>pauseWriterThreshold: 0</c>, since
 /// nothing reads until the sequence is complete), and is reset after each sequence.
 /// </remarks>
-internal static class WriterScenario
+internal static partial class WriterScenario
 {
+    // CLOCK_THREAD_CPUTIME_ID: the CPU time of the calling thread, which a loaded machine does not inflate the way
+    // it inflates wall time (the thread waiting for a core is not counted).
+    private const int ClockThreadCpuTime = 3;
+
     public const int MinMessage = 10;
     public const int MaxMessage = 300;
 
@@ -56,6 +61,7 @@ internal static class WriterScenario
         GC.Collect();
 
         GcSnapshot before = GcSnapshot.Take();
+        double cpuStart = ThreadCpuSeconds();
         long start = Stopwatch.GetTimestamp();
         IBufferWriter<byte> output = writer.Begin();
         Serialize(output, sizes);
@@ -73,6 +79,7 @@ internal static class WriterScenario
 
         writer.Release();
         long ticks = Stopwatch.GetTimestamp() - start;
+        double cpu = ThreadCpuSeconds() - cpuStart;
         RunFigures figures = before.Since(Statistics.Seconds(ticks) * 1e9 / sizes.Length);
         if (length != totalBytes || firstLength != sizes[0])
         {
@@ -81,9 +88,36 @@ internal static class WriterScenario
 
         return figures with
         {
-            Extra = [new("elapsed_s", Statistics.Seconds(ticks)), new("segments", segments), new("bytes", length)],
+            Extra = double.IsNaN(cpu)
+                ? [new("elapsed_s", Statistics.Seconds(ticks)), new("segments", segments), new("bytes", length)]
+                :
+                [
+                    new("elapsed_s", Statistics.Seconds(ticks)), new("segments", segments), new("bytes", length),
+                    new("thread_cpu_ns_per_message", cpu * 1e9 / sizes.Length),
+                ],
         };
     }
+
+    /// <summary>The bench thread's CPU time in seconds (Linux), or NaN where the clock is not available.</summary>
+    private static double ThreadCpuSeconds()
+    {
+        if (!OperatingSystem.IsLinux() || ClockGetTime(ClockThreadCpuTime, out TimeSpec time) != 0)
+        {
+            return double.NaN;
+        }
+
+        return time.Seconds + (time.Nanoseconds / 1e9);
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [LibraryImport("libc", EntryPoint = "clock_gettime")]
+    private static partial int ClockGetTime(int clock, out TimeSpec time);
 
     private static void Serialize(IBufferWriter<byte> output, int[] sizes)
     {

@@ -424,6 +424,10 @@ internal sealed class StressRun
                 // What the release timer does: scrub pages a put pushed into the ring as the pool was destroyed.
                 retired.RetryRelease();
             }
+
+            // The writer keeps the fragments of its disposed chains for reuse; free them (the owner is paused, so
+            // this thread holds the writer now) so that every page in use is a cache's or a pool's again.
+            owner.Writer.ReleaseKept();
         }
 
         AccountQuiet($"checkpoint {_checkpoints}");

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
@@ -38,6 +39,14 @@ namespace PageFrag.Buffers;
 /// <see cref="Reset"/> and <see cref="Dispose"/> give the unwritten rest of the reservation back to the cache
 /// when it is still the cache's most recent allocation; otherwise the chain keeps it until it is freed (at most
 /// the last reservation, and counted in <see cref="FragmentChain.TrueSize"/>).</para>
+/// <para><b>Chains come back with their pages.</b> A detached chain disposed while the writer is open gives its
+/// fragments of 1 KiB or more back to the writer, still live, instead of freeing them, and the writer's next
+/// chain is written into those on 32 KiB pages first (oldest first): no cache call, no atomic operation, no page taken from or
+/// given back to the allocator. A chain disposed on another thread hands them over through the writer's own
+/// small stash (one compare-and-swap), never through the cache, which only the writer's thread touches. The
+/// writer keeps at most what its chains last held: fragments the next chain does not need are freed at its
+/// <see cref="Detach"/>, and <see cref="Dispose"/> frees the rest (a chain disposed after its writer frees its
+/// own). Each kept fragment is checked to be still live before it is written into again.</para>
 /// <para><b>Threading.</b> Single owner: the writer and its cache belong to one thread at a time. The
 /// detached chain may be freed on any thread.</para>
 /// <para><b>Allocation.</b> <c>GetMemory</c>/<c>Advance</c> allocate nothing on the GC heap once warm,
@@ -54,11 +63,14 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     // four cache calls per page for a writer alone on its cache).
     private const int GrowthFactor = 4;
 
-    // Chains detached from this writer come back here when disposed; four cover a writer whose chains are
-    // freed a little later than the next one is written (a send in flight).
-    private readonly ObjectStash<FragmentChain> _chains = new(4);
+    // Chains detached from this writer come back here when disposed, with the fragments they kept for the writer;
+    // four cover a writer whose chains are freed a little later than the next one is written (a send in flight).
+    private readonly ChainStash _chains = new(4);
     private readonly PageFragCache _cache;
-    private FragmentChain _chain;
+
+    // The chain being written; null after Detach until the next write needs one (Chain), so that a chain disposed
+    // before the next write comes back as the next chain, with its fragments, and one chain object serves.
+    private FragmentChain? _chain;
 
     // The open region, in the coordinates of the pinned array that backs it: bytes [_segmentStart, _position)
     // are written, [_position, _end) are free. _end == _position when there is no region, after Dispose, and
@@ -78,6 +90,9 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     private FragmentSegment? _open;
     private bool _openLinked;
 
+    // The open region is a fragment a disposed chain kept for this writer, not the cache's most recent allocation.
+    private bool _openKept;
+
     // The next in-place growth of a fragment reservation.
     private int _growth;
 
@@ -94,7 +109,6 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     {
         ArgumentNullException.ThrowIfNull(cache);
         _cache = cache;
-        _chain = FragmentChain.RentEmpty(_chains);
     }
 
     /// <summary>
@@ -113,7 +127,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         {
             ThrowIfDisposed();
             SyncOpen();
-            return _chain.Length;
+            return Chain.Length;
         }
     }
 
@@ -124,7 +138,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         {
             ThrowIfDisposed();
             SyncOpen();
-            return _chain.SegmentCount;
+            return Chain.SegmentCount;
         }
     }
 
@@ -138,7 +152,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         {
             ThrowIfDisposed();
             SyncOpen();
-            return _chain.Sequence;
+            return Chain.Sequence;
         }
     }
 
@@ -212,30 +226,45 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
     /// <summary>
     /// Hands the written bytes over as an owned chain (dispose it to free them) and starts empty again.
+    /// Fragments that an earlier chain gave back to the writer and this one did not need are freed here.
     /// </summary>
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
+    /// <exception cref="PageFragDoubleFreeException">
+    /// A fragment kept for reuse had been freed by someone else meanwhile; the others are freed all the same,
+    /// and the writer keeps its bytes (call <see cref="Detach"/> again).
+    /// </exception>
     public FragmentChain Detach()
     {
         ThrowIfDisposed();
+        FragmentChain written = Chain;
         CloseRegion(giveBackTail: true);
-        FragmentChain written = _chain;
-        _chain = FragmentChain.RentEmpty(_chains);
+        written.ReleaseKept()?.Throw();
+        _chain = null;
         return written;
     }
 
-    /// <summary>Frees the bytes written so far and any buffer handed out but not committed.</summary>
+    /// <summary>
+    /// Frees the bytes written so far and any buffer handed out but not committed. Fragments of 1 KiB or more
+    /// stay with the writer, which writes into them again before it takes new memory (<see cref="Detach"/> and
+    /// <see cref="Dispose"/> free those it did not need).
+    /// </summary>
     /// <exception cref="ObjectDisposedException">The writer was disposed.</exception>
+    /// <exception cref="PageFragDoubleFreeException">
+    /// A written block had already been freed by someone else (a kept fragment is checked when the writer takes it again).
+    /// </exception>
     public void Reset()
     {
         ThrowIfDisposed();
         CloseRegion(giveBackTail: true);
-        _chain.ReleaseAll()?.Throw();
+        Chain.ReleaseAll(keep: true)?.Throw();
     }
 
     /// <summary>
-    /// Frees what <see cref="Reset"/> frees and retires the writer. The cache is not drained: it belongs
-    /// to the caller. A second call does nothing.
+    /// Frees what <see cref="Reset"/> frees, and the fragments that disposed chains gave back for reuse, and
+    /// retires the writer: chains it handed out and disposed later free their own bytes. The cache is not
+    /// drained: it belongs to the caller. A second call does nothing.
     /// </summary>
+    /// <exception cref="PageFragDoubleFreeException">A fragment had already been freed by someone else; the rest is freed all the same.</exception>
     public void Dispose()
     {
         if (_disposed)
@@ -245,9 +274,28 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
         _disposed = true;
         CloseRegion(giveBackTail: true);
-        FragmentChain chain = _chain;
-        chain.Dispose();
+        ExceptionDispatchInfo? failure = _chains.Close();
+        FragmentChain? chain = _chain;
+        _chain = null;
+        chain?.Dispose();
+        failure?.Throw();
     }
+
+    /// <summary>
+    /// Frees the fragments disposed chains gave back for reuse: those of the chains waiting in the stash and those
+    /// the current chain has not written into. For a quiet point that must find every page with a cache or a pool
+    /// (the stress run's checkpoint). The writer's thread, or whoever holds the writer while its owner is paused.
+    /// </summary>
+    /// <exception cref="PageFragDoubleFreeException">A kept fragment had been freed by someone else; the rest is freed all the same.</exception>
+    internal void ReleaseKept()
+    {
+        ExceptionDispatchInfo? failure = _chains.ReleaseKept();
+        ExceptionDispatchInfo? current = _chain?.ReleaseKept();
+        (failure ?? current)?.Throw();
+    }
+
+    /// <summary>The chain being written, rented when the writer has none (after <see cref="Detach"/>).</summary>
+    private FragmentChain Chain => _chain ??= FragmentChain.RentEmpty(_chains);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private Memory<byte> GetMemorySlow(int sizeHint)
@@ -289,7 +337,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
         if (need <= PageFragCache.MaxFragmentSize)
         {
-            if (open is not null && open.Kind == SegmentKind.Fragment && TryGrowInPlace(open, need - room))
+            if (open is not null && open.Kind == SegmentKind.Fragment && !_openKept && TryGrowInPlace(open, need - room))
             {
                 _available = _end - _position;
                 return new Memory<byte>(_buffer, _position, _available);
@@ -299,11 +347,24 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
             // bytes after it): the region ends here. Its unwritten tail is not given back: the cache is about to
             // leave the page, or it is no longer the cache's most recent allocation.
             CloseRegion(giveBackTail: false);
+            FragmentChain chain = Chain;
+
+            // A fragment a disposed chain gave back: the whole of it is the writer's already, so it is written
+            // into with no cache call, no atomic operation and no page taken from the allocator.
+            if (chain.HasKept && chain.ReserveKept(need) is FragmentSegment kept)
+            {
+                Open(kept, kept.Fragment.ArraySegment);
+                _openKept = true;
+                _end = _position + kept.Fragment.Length;
+                _available = _end - _position;
+                return new Memory<byte>(_buffer, _position, _available);
+            }
+
             if (_cache.TryPrepare(need, out PreparedFragment prepared))
             {
                 int size = Math.Min(Math.Max(need, FirstReservation), prepared.Size);
                 PageFragment fragment = _cache.Commit(in prepared, size);
-                Open(_chain.ReserveFragment(fragment), fragment.ArraySegment);
+                Open(chain.ReserveFragment(fragment), fragment.ArraySegment);
                 _end = _position + size;
                 _growth = Math.Min(GrowthFactor * size, PageFragCache.MaxFragmentSize);
                 RememberCache();
@@ -335,7 +396,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         _end += size;
         if (_openLinked)
         {
-            _chain.LastGrew(0, size);
+            _chain!.LastGrew(0, size);
         }
 
         _growth = Math.Min(_growth * GrowthFactor, PageFragCache.MaxFragmentSize);
@@ -352,7 +413,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         {
             // Above the largest block: a pinned array keeps the contract (at least sizeHint, usable by sockets).
             byte[] array = GC.AllocateUninitializedArray<byte>(need, pinned: true);
-            Open(_chain.ReserveArray(array), new ArraySegment<byte>(array));
+            Open(Chain.ReserveArray(array), new ArraySegment<byte>(array));
             return Pending(array.Length);
         }
 
@@ -366,7 +427,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
             Debug.Fail("page blocks lie in pinned arrays");
         }
 
-        Open(_chain.ReserveBlock(block), segment);
+        Open(Chain.ReserveBlock(block), segment);
         return Pending(block.Length);
     }
 
@@ -382,6 +443,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     {
         _open = segment;
         _openLinked = false;
+        _openKept = false;
         _buffer = memory.Array;
         _segmentStart = memory.Offset;
         _position = memory.Offset;
@@ -437,11 +499,11 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         open.SetUsed(used);
         if (_openLinked)
         {
-            _chain.LastGrew(grown, 0);
+            _chain!.LastGrew(grown, 0);
         }
         else
         {
-            _chain.LinkReserved();
+            _chain!.LinkReserved();
             _openLinked = true;
         }
     }
@@ -461,7 +523,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
         }
 
         SyncOpen();
-        bool mostRecent = open.Kind == SegmentKind.Fragment && IsCacheAsRemembered(open.Fragment);
+        bool mostRecent = open.Kind == SegmentKind.Fragment && !_openKept && IsCacheAsRemembered(open.Fragment);
         if (!_openLinked)
         {
             if (mostRecent)
@@ -469,7 +531,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
                 _cache.Abort(in open.Fragment);
             }
 
-            _chain.DiscardReserved(release: !mostRecent);
+            _chain!.DiscardReserved(release: !mostRecent);
         }
         else if (giveBackTail && mostRecent && open.Used < open.Fragment.Length)
         {
@@ -478,6 +540,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
         _open = null;
         _openLinked = false;
+        _openKept = false;
         _buffer = null;
         _segmentStart = 0;
         _position = 0;
@@ -499,7 +562,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
         PageFragment trimmed = _cache.Commit(in prepared, used);
         open.Fragment = trimmed;
-        _chain.LastGrew(0, trimmed.TrueSize - reserved.TrueSize);
+        _chain!.LastGrew(0, trimmed.TrueSize - reserved.TrueSize);
     }
 
     /// <summary>Whether the cache allocated nothing since the writer's last reservation or growth.</summary>

@@ -39,7 +39,15 @@ public sealed class FragmentChain : IDisposable
     // that many buffers, as ArrayBufferWriter keeps the capacity it grew to).
     private const int MaxSpareSegments = 8192;
 
-    private ObjectStash<FragmentChain>? _home;
+    // A writer's chain keeps the fragments it held, when disposed, for its writer to write into again (no
+    // allocator call, no atomic operation): at most this many, and only fragments of at least this many bytes
+    // (smaller ones, left when other users share the cache, would serve few writes) on order-3 pages (a fragment
+    // of an order-0 page, the cache's fallback when memory was fragmented, would keep the writer's chains in
+    // 4 KiB pieces for good; freed, it lets the next chain take a 32 KiB page).
+    private const int MaxKeptFragments = 8192;
+    private const int MinKeptFragment = 1024;
+
+    private ChainStash? _home;
     private FragmentSegment? _first;
     private FragmentSegment? _last;
     private FragmentSegment? _spare;
@@ -47,6 +55,12 @@ public sealed class FragmentChain : IDisposable
     // The segment a FragBufferWriter reserved and has not written into yet: not linked (so no view shows an
     // empty segment) but owned, so that ReleaseAll and the finalizer free its buffer like the linked ones.
     private FragmentSegment? _reserved;
+
+    // Segments whose fragments were kept for reuse (Park), oldest first, linked through NextSpare: they are not
+    // part of the chain's bytes and belong to its writer, which writes into them before it takes new memory.
+    private FragmentSegment? _keptFirst;
+    private FragmentSegment? _keptLast;
+    private int _keptCount;
     private int _spareCount;
     private int _count;
     private long _length;
@@ -158,12 +172,17 @@ public sealed class FragmentChain : IDisposable
 
     /// <summary>
     /// Frees every buffer of the chain. A chain a <see cref="FragBufferWriter"/> handed out goes back to that
-    /// writer for reuse; any other chain is left to the collector. A second call before the object is reused
-    /// does nothing; dispose a writer's chain exactly once, since after its reuse a second call would free the
-    /// writer's next chain. Any thread, but not concurrently with other use of the chain.
+    /// writer for reuse, with its fragments of 1 KiB or more: the writer writes its next chains into them
+    /// instead of taking new memory, and frees them when it is disposed (or when its next chain does not need
+    /// them); if the writer is disposed already, they are freed at once. Any other chain is left to the
+    /// collector. A second call before the object is reused does nothing; dispose a writer's chain exactly
+    /// once, since after its reuse a second call would release the writer's next chain. Any thread, but not
+    /// concurrently with other use of the chain.
     /// </summary>
     /// <exception cref="PageFragDoubleFreeException">
-    /// A fragment of the chain had already been freed by someone else; the rest of the chain is still freed.
+    /// A fragment of the chain had already been freed by someone else; the rest of the chain is still freed. (A
+    /// writer's chain that goes back to its open writer does not look: the writer reports such a fragment when it
+    /// reaches it, and never writes into it.)
     /// </exception>
     public void Dispose()
     {
@@ -172,13 +191,19 @@ public sealed class FragmentChain : IDisposable
             return;
         }
 
-        ExceptionDispatchInfo? failure = ReleaseAll();
+        // The fragments are kept (not freed) only for a writer that is still open; the stash's handshake below
+        // decides whether the writer got them, else they are freed here.
+        ChainStash? home = _home;
+        ExceptionDispatchInfo? failure = ReleaseAll(keep: home is not null && !home.IsClosed);
+
         // Only a writer's own chains go back to it, never to a process-wide stash: a caller's second Dispose
         // after another owner took the object would free that owner's bytes. Within one writer the risk stays
         // with the caller that broke the rule (its own next chain), as for a pooled buffer.
-        if (_home is null || !_home.TryReturn(this))
+        if (home is null || !home.TryReturn(this))
         {
             // Left to the collector with nothing to reclaim.
+            ExceptionDispatchInfo? kept = ReleaseKept();
+            failure ??= kept;
             GC.SuppressFinalize(this);
         }
 
@@ -189,16 +214,25 @@ public sealed class FragmentChain : IDisposable
     ~FragmentChain()
     {
         _finalized = true;
-        if (Volatile.Read(ref _disposed) != 0 || Interlocked.Exchange(ref _disposed, 1) != 0 || (_first is null && _reserved is null))
+
+        // Unreachable, so nobody else uses the object: a live chain's buffers and the fragments a disposed chain
+        // kept for its writer (a writer dropped without Dispose, with this chain in its stash) are freed here.
+        bool live = Volatile.Read(ref _disposed) == 0 && Interlocked.Exchange(ref _disposed, 1) == 0;
+        if ((!live || (_first is null && _reserved is null)) && _keptFirst is null)
         {
             return;
         }
 
-        long count = _count;
-        long bytes = _trueSize;
+        long count = (live ? _count : 0) + _keptCount;
+        long bytes = (live ? _trueSize : 0) + KeptBytes();
         try
         {
-            ReleaseAll();
+            if (live)
+            {
+                ReleaseAll(keep: false);
+            }
+
+            ReleaseKept();
             PageFragEventSource.Log.LeakReclaimed(nameof(FragmentChain), count, bytes, string.Empty);
         }
         catch (Exception e)
@@ -215,7 +249,7 @@ public sealed class FragmentChain : IDisposable
     /// <paramref name="home"/>, so that its chains come back to it and its steady state does not depend
     /// on what other writers take from the shared stash.
     /// </summary>
-    internal static FragmentChain RentEmpty(ObjectStash<FragmentChain>? home)
+    internal static FragmentChain RentEmpty(ChainStash? home)
     {
         FragmentChain? chain = home?.TryTake();
         if (chain is null)
@@ -235,6 +269,97 @@ public sealed class FragmentChain : IDisposable
     }
 
     internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <summary>Whether the chain holds fragments kept for its writer.</summary>
+    internal bool HasKept => _keptFirst is not null;
+
+    /// <summary>
+    /// Takes the oldest kept fragment of at least <paramref name="need"/> bytes on an order-3 page as the reserved
+    /// segment (as <see cref="ReserveFragment"/>), after checking that it is still live; shorter ones, and those of
+    /// order-0 pages, are freed on the way; null when none is left. The owning writer's thread only.
+    /// </summary>
+    /// <exception cref="PageFragDoubleFreeException">
+    /// A kept fragment had been freed by someone else meanwhile (by address, or a copy of its handle): it is
+    /// dropped, not written into; the other kept fragments stay.
+    /// </exception>
+    internal FragmentSegment? ReserveKept(int need)
+    {
+        while (_keptFirst is FragmentSegment s)
+        {
+            _keptFirst = s.NextSpare;
+            s.NextSpare = null;
+            _keptCount--;
+            if (_keptFirst is null)
+            {
+                _keptLast = null;
+            }
+
+            int order = FragmentSegment.LiveOrder(s.Fragment);
+            if (order < 0)
+            {
+                // Not ours any more: writing into it would write into someone else's bytes.
+                s.Fragment = default;
+                KeepSpare(s);
+                throw new PageFragDoubleFreeException("A fragment that a disposed chain gave back to its writer was freed by someone else " +
+                    "(by its address or a copy of its handle) while the writer kept it for reuse: the writer dropped it.");
+            }
+
+            if (order > 0 && s.Fragment.Length >= need)
+            {
+                Debug.Assert(_reserved is null, "a writer reserves one buffer at a time");
+                _reserved = s;
+                s.SetFragment(s.Fragment, 0, _length);
+                return s;
+            }
+
+            s.ReleaseParked();
+            KeepSpare(s);
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Frees the fragments kept for the writer (none is part of the chain's bytes). The first failure is
+    /// returned, not thrown; every kept fragment is dropped all the same.
+    /// </summary>
+    internal ExceptionDispatchInfo? ReleaseKept()
+    {
+        ExceptionDispatchInfo? failure = null;
+        FragmentSegment? s = _keptFirst;
+        _keptFirst = null;
+        _keptLast = null;
+        _keptCount = 0;
+        while (s is not null)
+        {
+            FragmentSegment? next = s.NextSpare;
+            s.NextSpare = null;
+            try
+            {
+                s.ReleaseParked();
+            }
+            catch (Exception e)
+            {
+                failure ??= ExceptionDispatchInfo.Capture(e);
+            }
+
+            KeepSpare(s);
+            s = next;
+        }
+
+        return failure;
+    }
+
+    private long KeptBytes()
+    {
+        long bytes = 0;
+        for (FragmentSegment? s = _keptFirst; s is not null; s = s.NextSpare)
+        {
+            bytes += s.Fragment.TrueSize;
+        }
+
+        return bytes;
+    }
 
     internal void AppendFragment(in PageFragment fragment)
     {
@@ -308,14 +433,39 @@ public sealed class FragmentChain : IDisposable
         _arraySegmentsStale = true;
     }
 
-    /// <summary>Frees every buffer and empties the chain, keeping the object. The first failure is returned, not thrown.</summary>
-    internal ExceptionDispatchInfo? ReleaseAll()
+    /// <summary>
+    /// Frees every buffer and empties the chain, keeping the object. With <paramref name="keep"/> (a writer's
+    /// chain whose writer is open) its fragments of at least 1 KiB are kept for the writer instead, unchecked: the
+    /// writer checks each one when it takes it again, and a fragment someone freed behind the chain's back fails
+    /// there, or at its free, as a double free. The first failure is returned, not thrown.
+    /// </summary>
+    internal ExceptionDispatchInfo? ReleaseAll(bool keep)
     {
         ExceptionDispatchInfo? failure = null;
         FragmentSegment? s = _first;
         while (s is not null)
         {
             var next = (FragmentSegment?)s.Next;
+            // No look at the fragment's page here (a cold descriptor and state byte per page): the writer checks
+            // each kept fragment when it takes it again (ReserveKept), and its free reports a double free.
+            if (keep && s.Kind == SegmentKind.Fragment && s.Fragment.Length >= MinKeptFragment && _keptCount < MaxKeptFragments)
+            {
+                s.Park();
+                if (_keptLast is null)
+                {
+                    _keptFirst = s;
+                }
+                else
+                {
+                    _keptLast.NextSpare = s;
+                }
+
+                _keptLast = s;
+                _keptCount++;
+                s = next;
+                continue;
+            }
+
             try
             {
                 s.Release();
@@ -412,5 +562,108 @@ public sealed class FragmentChain : IDisposable
         {
             BufferThrowHelper.Disposed(nameof(FragmentChain));
         }
+    }
+}
+
+/// <summary>
+/// Where a <see cref="FragBufferWriter"/>'s disposed chains wait for their writer, with the fragments they
+/// kept: a few slots, each claimed with one compare-and-swap, so a chain disposed on any thread hands its
+/// fragments to the writer without touching the writer or its cache. <see cref="Close"/> (the writer's
+/// Dispose) frees what waits and makes later returns fail, so that a chain disposed after its writer frees its
+/// own fragments.
+/// </summary>
+/// <remarks>
+/// The handshake between a return and <see cref="Close"/>: the return puts the chain in a slot (a full fence)
+/// and then reads the closed flag; the close sets the flag (a full fence) and then empties the slots. At least
+/// one sees the other's write. A return that sees the flag takes its chain back out of the slot: if that
+/// succeeds the return failed and the chain frees its fragments itself, else the close took the chain and
+/// frees them. Either way exactly one side frees each fragment.
+/// </remarks>
+internal sealed class ChainStash
+{
+    private readonly FragmentChain?[] _items;
+    private int _closed;
+
+    public ChainStash(int capacity) => _items = new FragmentChain?[capacity];
+
+    /// <summary>True once the writer is disposed: chains disposed from now on free their fragments.</summary>
+    public bool IsClosed => Volatile.Read(ref _closed) != 0;
+
+    public FragmentChain? TryTake()
+    {
+        FragmentChain?[] items = _items;
+        for (int i = 0; i < items.Length; i++)
+        {
+            FragmentChain? item = Volatile.Read(ref items[i]);
+            if (item is not null && Interlocked.CompareExchange(ref items[i], null, item) == item)
+            {
+                return item;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Puts a disposed chain in a free slot; false when the stash is full or closed (the chain keeps its fragments).</summary>
+    public bool TryReturn(FragmentChain chain)
+    {
+        FragmentChain?[] items = _items;
+        for (int i = 0; i < items.Length; i++)
+        {
+            if (Volatile.Read(ref items[i]) is null && Interlocked.CompareExchange(ref items[i], chain, null) is null)
+            {
+                // After the swap (a full fence): a close that began before it may have missed the chain.
+                return Volatile.Read(ref _closed) == 0 || Interlocked.CompareExchange(ref items[i], null, chain) != chain;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// Frees the kept fragments of the chains waiting here and leaves the chains in their slots for reuse. The
+    /// writer's thread. The first failure is returned, not thrown.
+    /// </summary>
+    public ExceptionDispatchInfo? ReleaseKept()
+    {
+        ExceptionDispatchInfo? failure = null;
+        FragmentChain?[] items = _items;
+        for (int i = 0; i < items.Length; i++)
+        {
+            // Claimed for the time of the release, so that the writer's own TryTake never sees it half done.
+            FragmentChain? chain = Volatile.Read(ref items[i]);
+            if (chain is null || Interlocked.CompareExchange(ref items[i], null, chain) != chain)
+            {
+                continue;
+            }
+
+            ExceptionDispatchInfo? kept = chain.ReleaseKept();
+            failure ??= kept;
+            if (!TryReturn(chain))
+            {
+                // Full or closed meanwhile: the chain holds nothing any more, so the collector may have it.
+                GC.SuppressFinalize(chain);
+            }
+        }
+
+        return failure;
+    }
+
+    /// <summary>
+    /// The writer is disposed: later returns fail, and the fragments of the chains waiting here are freed. The
+    /// first failure is returned, not thrown.
+    /// </summary>
+    public ExceptionDispatchInfo? Close()
+    {
+        Interlocked.Exchange(ref _closed, 1);
+        ExceptionDispatchInfo? failure = null;
+        while (TryTake() is FragmentChain chain)
+        {
+            ExceptionDispatchInfo? kept = chain.ReleaseKept();
+            failure ??= kept;
+            GC.SuppressFinalize(chain);
+        }
+
+        return failure;
     }
 }

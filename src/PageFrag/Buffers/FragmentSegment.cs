@@ -145,6 +145,44 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         }
     }
 
+    /// <summary>
+    /// Empties the segment but keeps its fragment (still live, with its page reference) for the writer to write
+    /// into again: the chain was disposed and goes back to its writer. The segment looks disposed meanwhile
+    /// (<see cref="Kind"/> is <see cref="SegmentKind.None"/>, so a stale memory throws), until
+    /// <see cref="SetFragment"/> reuses it.
+    /// </summary>
+    internal void Park()
+    {
+        Debug.Assert(Kind == SegmentKind.Fragment, "only a fragment is kept for reuse");
+        PageFragment fragment = Fragment;
+        Clear();
+        Fragment = fragment;
+    }
+
+    /// <summary>Frees the fragment a parked segment kept and clears the segment.</summary>
+    internal void ReleaseParked()
+    {
+        PageFragment fragment = Fragment;
+        Fragment = default;
+        PageFragCache.Free(fragment);
+    }
+
+    /// <summary>
+    /// The order of <paramref name="fragment"/>'s page block when the fragment is still live (its page is in the
+    /// generation the handle knows and its start still holds its live tag); -1 when someone freed it (by
+    /// address, or a copy of the handle) behind its owner's back. Plain reads: the owner uses it to refuse to
+    /// write into bytes that are no longer its own.
+    /// </summary>
+    internal static int LiveOrder(in PageFragment fragment)
+    {
+        Arena arena = fragment.Arena!;
+        int offset = fragment.ArenaOffset;
+        ref PageDescriptor d = ref arena.Pages[arena.Pages[offset >> PageConstants.PageShift].HeadIndex];
+        bool live = Volatile.Read(ref d.Generation) == fragment.Generation && (d.Flags & PageFlags.Head) != 0 &&
+            Volatile.Read(ref arena.FragStates[offset >> Arena.MarkShift]) == Arena.LiveTag(fragment.Generation, offset);
+        return live ? d.Order : -1;
+    }
+
     internal void Clear()
     {
         Kind = SegmentKind.None;
