@@ -34,7 +34,9 @@ public sealed class RegionMemoryProviderOptions
 /// (<see cref="Init"/>) and holds the region until it is released (<see cref="Destroy"/>); the region is free
 /// again when the last one goes. Each slow-path allocation gets one chunk, as devmem hands out one net_iov, so
 /// one queue cannot empty the region into its cache and starve the others. <see cref="AllocNetMems"/> runs on the pool's owner thread; everything else is
-/// thread-safe (one lock around the range allocator and the token table).</para>
+/// thread-safe (one lock around the range allocator and the token table). <see cref="Init"/>, <see cref="AllocNetMems"/>
+/// and <see cref="Destroy"/> serve only the pool's own calls: called directly they throw
+/// <see cref="InvalidOperationException"/> and change nothing.</para>
 /// <para>Pools using it must not ask for <see cref="PagePoolFlags.DmaSyncForDevice"/>: the region's owner
 /// decides when the device sees the bytes, as devmem refuses the sync flag.</para>
 /// <para>The region must stay valid until the provider is disposed; <see cref="Dispose"/> releases what the
@@ -241,6 +243,11 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
                 throw new InvalidOperationException("The pool is already bound to this region.");
             }
 
+            if (!PagePoolCore.IsCallingProvider(pool))
+            {
+                PoolThrowHelper.DirectProviderCall(nameof(Init));
+            }
+
             _pools.Add(pool);
         }
     }
@@ -253,6 +260,12 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
             if (!_pools.Contains(pool))
             {
                 throw new InvalidOperationException("The region is not bound to this page pool.");
+            }
+
+            // A chunk handed to anyone but the pool could never come back (ReleaseNetMem takes only what a pool gives back).
+            if (!PagePoolCore.IsCallingProvider(pool))
+            {
+                PoolThrowHelper.DirectProviderCall(nameof(AllocNetMems));
             }
 
             // One chunk per slow-path allocation (devmem's net_iov at a time): several queues share the region.
@@ -294,8 +307,14 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
     }
 
     /// <inheritdoc/>
+    /// <exception cref="InvalidOperationException">Called by anyone but the pool being released.</exception>
     public void Destroy(PagePool pool)
     {
+        if (!PagePoolCore.IsCallingProvider(pool))
+        {
+            PoolThrowHelper.DirectProviderCall(nameof(Destroy));
+        }
+
         lock (_lock)
         {
             _pools.Remove(pool);
