@@ -40,7 +40,8 @@ public sealed class RegionMemoryProviderOptions
 /// <para>Pools using it must not ask for <see cref="PagePoolFlags.DmaSyncForDevice"/>: the region's owner
 /// decides when the device sees the bytes, as devmem refuses the sync flag.</para>
 /// <para>The region must stay valid until the provider is disposed; <see cref="Dispose"/> releases what the
-/// provider itself acquired (a view's pointer, an array's pin).</para>
+/// provider itself acquired (a view's pointer, an array's pin). A region never disposed releases them when it is
+/// collected (its finalizer), which cannot happen while a pool or a buffer of it is reachable.</para>
 /// </remarks>
 public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
 {
@@ -92,7 +93,6 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
         _chunkSize = chunk;
         IsReadable = options.Readable;
         Length = length;
-        _onDispose = onDispose;
         _chunks = new GenPool(BitOperations.Log2((uint)chunk));
         int areaCount = (int)((length + options.MaxAreaSize - 1) / options.MaxAreaSize);
         _areas = new NetIovArea[areaCount];
@@ -106,6 +106,27 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
             var area = new NetIovArea(this, options.Readable ? address + (nint)start : 0, memory, chunk, size / chunk, (ulong)start, options.Readable);
             _areas[i] = area;
             _chunks.AddOwner(start, size, area);
+        }
+
+        // Last, so that a constructor that threw never releases what its caller then releases itself.
+        _onDispose = onDispose;
+        if (onDispose is null)
+        {
+            GC.SuppressFinalize(this);
+        }
+    }
+
+    /// <summary>
+    /// The safety net of a region never disposed: an array's pin (a GC root that would keep the array for ever) or
+    /// a view's pointer reference is released once the provider is unreachable. Then no pool uses it either: every
+    /// pool bound to it, and every buffer of its memory, holds it.
+    /// </summary>
+    ~RegionMemoryProvider()
+    {
+        if (_onDispose is { } release && !_disposed)
+        {
+            release();
+            PageFragEventSource.Log.LeakReclaimed(nameof(RegionMemoryProvider), 0, Length, "(a region is released by Dispose; its pin or view pointer was released by the finalizer)");
         }
     }
 
@@ -400,5 +421,6 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
         }
 
         _onDispose?.Invoke();
+        GC.SuppressFinalize(this);
     }
 }
