@@ -193,6 +193,9 @@ internal sealed partial class PagePoolCore
             ThrowHelper.InvalidOperation("The pool is alive: Dispose it before driving its release.");
         }
 
+        // The owner's side left by a Dispose on another thread goes back here too once it is safe (this caller is
+        // the owner, or the owner thread has ended).
+        FinishOwnerSideIfSafe(finalizer: false);
         lock (_releaseLock)
         {
             return RetryReleaseLocked();
