@@ -14,6 +14,11 @@ namespace PageFrag.Pool;
 /// device address of its memory. While the pool gives a unit back its <c>pp_ref_count</c> holds a release mark; the
 /// built-in providers take back only a unit that carries it (clearing it with one compare-and-swap), so that a direct
 /// call of their public <see cref="ReleaseNetMem"/> cannot give away memory that a buffer still holds.</para>
+/// <para>The hooks are public, so anyone holding the provider can call them. The built-in providers serve
+/// <see cref="Init"/>, <see cref="AllocNetMems"/> and <see cref="Destroy"/> only while the pool itself calls them on
+/// the calling thread (a provider that forwards to them from inside the pool's call is served), and throw
+/// <see cref="InvalidOperationException"/> otherwise: a caller's direct call could hand the pool's memory to a second
+/// owner, lose a unit for good, or unbind a live pool.</para>
 /// </remarks>
 public interface IMemoryProvider
 {

@@ -18,6 +18,12 @@ internal sealed partial class PagePoolCore
     private long _nextWarning;
     private bool _negativeWarned;
 
+    // A Dispose on another thread than the live owner's leaves the owner's side (cache, ring, fragment page) to the
+    // owner: the thread it waits for, until ReleaseOwnerSide ran (once: _ownerSideReleased).
+    private Thread? _ownerSidePending;
+    private int _ownerSideReleased;
+    private volatile bool _destroyDecided;
+
     // The public object users hold (see PagePool): weak, so that the pages' descriptors and the retry worker,
     // which point at this state, do not keep it reachable; strong only for provider pools (see the constructor).
     private readonly WeakReference<PagePool> _shellRef;
@@ -41,6 +47,8 @@ internal sealed partial class PagePoolCore
     {
         if (IsDisposed)
         {
+            // Disposed on another thread while the owner lived: nothing can allocate any more, so the owner's side goes back now.
+            FinishOwnerSideIfSafe(finalizer: true);
             return;
         }
 
@@ -49,7 +57,7 @@ internal sealed partial class PagePoolCore
         // reclaimed pool (nobody else touches it any more).
         _reclaimedByGc = true;
         long before = Interlocked.Read(ref _releaseCount);
-        Dispose();
+        Destroy(finalizer: true);
         long pages = Interlocked.Read(ref _releaseCount) - before;
         PageFragEventSource.Log.LeakReclaimed("PagePool", pages, pages * _maxSize,
             _creationStack ?? "(creation stack recorded only when the allocator's DetectMisuse is on)");
@@ -68,19 +76,89 @@ internal sealed partial class PagePoolCore
     /// every page of the cache and the ring to the allocator or provider. Pages still in flight keep the pool
     /// alive; each goes back to the allocator when it is put, and the last one frees the pool. Idempotent.
     /// </summary>
-    /// <remarks>Call it on the owner thread, or once the owner thread has stopped using the pool: the cache has
-    /// no lock.</remarks>
-    public void Dispose()
+    /// <remarks>Call it on the owner thread, or once the owner thread has stopped using the pool. Called on another
+    /// thread while the owner thread is alive, it cannot know that the owner is not inside an allocation at that
+    /// instant (the allocation paths carry no mark, to stay cheap), so it gives back at once only what the owner
+    /// does not touch; the owner's side (its cache, the ring it refills from, the fragment page it carves) goes back
+    /// when the owner thread next calls the pool (which throws <see cref="ObjectDisposedException"/>) or disposes it,
+    /// when the owner thread has ended (the release worker checks), or when the pool is collected.</remarks>
+    /// <returns>True when the owner's side was given back; false when it waits for the owner (see the remarks).</returns>
+    public bool Dispose() => Destroy(finalizer: false);
+
+    /// <summary>Dispose, or the safety net's destroy when <paramref name="finalizer"/> (no allocation can be running:
+    /// every allocation keeps the public pool reachable until it returns).</summary>
+    private bool Destroy(bool finalizer)
     {
         if (Interlocked.CompareExchange(ref _state, StateDestroying, StateAlive) != StateAlive)
+        {
+            // Another Dispose (or the finalizer) won: once it has decided, the owner finishes what it left.
+            return FinishOwnerSideIfSafe(finalizer);
+        }
+
+        // page_pool_disable_direct_recycling: from now on no thread is the owner, and an allocation that starts
+        // fails its owner test.
+        Thread? owner = Interlocked.Exchange(ref _owner, null);
+        _destroyStart = Stopwatch.GetTimestamp();
+        _nextWarning = _destroyStart + ToTicks(Options.StallWarningInterval);
+        bool now = finalizer || owner is null || ReferenceEquals(owner, Thread.CurrentThread) || !owner.IsAlive;
+        if (!now)
+        {
+            // The owner may be inside an allocation that passed its owner test just before: popping its cache,
+            // refilling from the ring or carving the fragment page. Taking those now would give a page it is
+            // handing out to the allocator, where a second owner gets it. They wait for the owner (see Dispose).
+            Volatile.Write(ref _ownerSidePending, owner);
+        }
+
+        _destroyDecided = true;
+        if (now)
+        {
+            ReleaseOwnerSide();
+            return true;
+        }
+
+        StartRetry();
+        return false;
+    }
+
+    /// <summary>
+    /// Gives back the owner's side that a Dispose on another thread left (see <see cref="Dispose"/>), when it is safe:
+    /// on the owner thread (the caller is outside any allocation), once the owner thread has ended, or from the
+    /// finalizer. True when nothing is left to give back.
+    /// </summary>
+    internal bool FinishOwnerSideIfSafe(bool finalizer)
+    {
+        // Called once the pool is disposed: wait for the disposing thread to say whether it left the owner's side
+        // (a few instructions after the state change that made this caller see the pool disposed).
+        var spin = default(SpinWait);
+        while (!_destroyDecided)
+        {
+            spin.SpinOnce();
+        }
+
+        Thread? owner = Volatile.Read(ref _ownerSidePending);
+        if (owner is null)
+        {
+            return Volatile.Read(ref _ownerSideReleased) != 0;
+        }
+
+        if (!finalizer && !ReferenceEquals(owner, Thread.CurrentThread) && owner.IsAlive)
+        {
+            return false;
+        }
+
+        ReleaseOwnerSide();
+        return true;
+    }
+
+    /// <summary>page_pool_destroy's own part: the fragment page's bias, the cache and the ring. Once.</summary>
+    private void ReleaseOwnerSide()
+    {
+        if (Interlocked.Exchange(ref _ownerSideReleased, 1) != 0)
         {
             return;
         }
 
-        // page_pool_disable_direct_recycling: from now on no thread is the owner.
-        Volatile.Write(ref _owner, null);
-        _destroyStart = Stopwatch.GetTimestamp();
-        _nextWarning = _destroyStart + ToTicks(Options.StallWarningInterval);
+        Volatile.Write(ref _ownerSidePending, null);
         FreeFrag();
         long inflight;
         lock (_releaseLock)
@@ -115,6 +193,9 @@ internal sealed partial class PagePoolCore
             ThrowHelper.InvalidOperation("The pool is alive: Dispose it before driving its release.");
         }
 
+        // The owner's side left by a Dispose on another thread goes back here too once it is safe (this caller is
+        // the owner, or the owner thread has ended).
+        FinishOwnerSideIfSafe(finalizer: false);
         lock (_releaseLock)
         {
             return RetryReleaseLocked();
@@ -151,18 +232,28 @@ internal sealed partial class PagePoolCore
             return 0;
         }
 
-        long inflight = Scrub(includeCache: _reclaimedByGc);
-        if (inflight == 0)
+        long inflight;
+        if (Volatile.Read(ref _ownerSidePending) is not null)
         {
-            FinishRelease();
-            return 0;
+            // The owner's side waits for the owner: the ring is still the owner's to refill from (one consumer), and
+            // the pool holds at least what the owner may be handing out.
+            inflight = Math.Max(1, Volatile.Read(ref _holdCount) - Interlocked.Read(ref _releaseCount));
         }
-
-        if (inflight < 0)
+        else
         {
-            WarnNegative(inflight);
-            StopRetryTimer();
-            return inflight;
+            inflight = Scrub(includeCache: _reclaimedByGc);
+            if (inflight == 0)
+            {
+                FinishRelease();
+                return 0;
+            }
+
+            if (inflight < 0)
+            {
+                WarnNegative(inflight);
+                StopRetryTimer();
+                return inflight;
+            }
         }
 
         long now = Stopwatch.GetTimestamp();
@@ -213,6 +304,12 @@ internal sealed partial class PagePoolCore
         if (now < Volatile.Read(ref _nextRetry))
         {
             return;
+        }
+
+        if (Volatile.Read(ref _ownerSidePending) is Thread owner && !owner.IsAlive)
+        {
+            // The owner thread a Dispose on another thread waited for has ended: it cannot be inside an allocation.
+            FinishOwnerSideIfSafe(finalizer: false);
         }
 
         // Skip a tick rather than queue behind a slow one.
@@ -284,6 +381,12 @@ internal sealed partial class PagePoolCore
     /// <summary>__page_pool_destroy: the last page is back; unbind the provider and stop the timer.</summary>
     private void FinishRelease()
     {
+        if (Volatile.Read(ref _ownerSidePending) is not null)
+        {
+            // The owner's side has not been given back yet (it finishes the release when it is).
+            return;
+        }
+
         if (Interlocked.CompareExchange(ref _state, StateFreed, StateDestroying) != StateDestroying)
         {
             return;
@@ -295,7 +398,18 @@ internal sealed partial class PagePoolCore
             PoolReleaseWorker.Remove(this);
         }
 
-        _provider?.Destroy(ProviderShell);
+        if (_provider is not null)
+        {
+            PagePoolCore? outer = EnterProviderCall();
+            try
+            {
+                _provider.Destroy(ProviderShell);
+            }
+            finally
+            {
+                t_providerCall = outer;
+            }
+        }
     }
 
     private void WarnNegative(long inflight)

@@ -270,8 +270,12 @@ public sealed class PagePool : IDisposable
     /// <inheritdoc cref="PagePoolCore.Dispose"/>
     public void Dispose()
     {
-        Core.Dispose();
-        GC.SuppressFinalize(this);
+        // When the owner's side waits for a live owner thread (a Dispose on another thread), the finalizer stays
+        // registered: once the pool is unreachable, no allocation can be running, and it gives that side back.
+        if (Core.Dispose())
+        {
+            GC.SuppressFinalize(this);
+        }
     }
 
     /// <inheritdoc cref="PagePoolCore.RetryRelease"/>

@@ -100,7 +100,40 @@ internal sealed partial class PagePoolCore
     }
 
     /// <summary>Binds the memory provider (its Init hook), once the public pool holds this state.</summary>
-    internal void InitProvider() => _provider?.Init(ProviderShell);
+    internal void InitProvider()
+    {
+        if (_provider is null)
+        {
+            return;
+        }
+
+        PagePoolCore? outer = EnterProviderCall();
+        try
+        {
+            _provider.Init(ProviderShell);
+        }
+        finally
+        {
+            t_providerCall = outer;
+        }
+    }
+
+    // The token of the provider hooks: set on the calling thread while this pool calls its provider's Init,
+    // AllocNetMems or Destroy, so the built-in providers serve only the pool's own calls (a decorator that forwards
+    // them runs inside the pool's call, so it is served too). Slow paths only.
+    [ThreadStatic]
+    private static PagePoolCore? t_providerCall;
+
+    private PagePoolCore? EnterProviderCall()
+    {
+        PagePoolCore? outer = t_providerCall;
+        t_providerCall = this;
+        return outer;
+    }
+
+    /// <summary>True while <paramref name="pool"/> itself calls its memory provider's Init, AllocNetMems or
+    /// Destroy on the calling thread: the built-in providers refuse every other call of those hooks.</summary>
+    internal static bool IsCallingProvider(PagePool? pool) => pool is not null && ReferenceEquals(t_providerCall, pool.Core);
 
     /// <summary>The parameters the pool was created with.</summary>
     public PagePoolOptions Options { get; }
@@ -165,10 +198,20 @@ internal sealed partial class PagePoolCore
     {
         if (IsDisposed)
         {
+            FinishOwnerSideIfSafe(finalizer: false);
             ThrowHelper.ObjectDisposed(nameof(PagePool));
         }
 
-        Volatile.Write(ref _owner, Thread.CurrentThread);
+        // A full fence between the write and the second test: a Dispose that raced this call either sees the new
+        // owner (and takes it away), or this call sees the Dispose and takes the ownership back.
+        Thread current = Thread.CurrentThread;
+        Interlocked.Exchange(ref _owner, current);
+        if (IsDisposed)
+        {
+            Interlocked.CompareExchange(ref _owner, null, current);
+            FinishOwnerSideIfSafe(finalizer: false);
+            ThrowHelper.ObjectDisposed(nameof(PagePool));
+        }
     }
 
     /// <summary>Changes the preferred node (page_pool_nid_changed): pages of other nodes found in the ring
@@ -355,7 +398,17 @@ internal sealed partial class PagePoolCore
     private bool TryAllocFromProvider(IMemoryProvider provider, out NetMem netmem)
     {
         Span<NetMem> into = _bulkNetMems.AsSpan(0, _order == 0 ? AllocCacheRefill : 1);
-        int got = provider.AllocNetMems(ProviderShell, into);
+        int got;
+        PagePoolCore? outer = EnterProviderCall();
+        try
+        {
+            got = provider.AllocNetMems(ProviderShell, into);
+        }
+        finally
+        {
+            t_providerCall = outer;
+        }
+
         if ((uint)got > (uint)into.Length)
         {
             into.Clear();

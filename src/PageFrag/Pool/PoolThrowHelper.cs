@@ -14,12 +14,21 @@ internal static class PoolThrowHelper
     {
         if (pool.IsDisposed)
         {
+            // The caller is outside any allocation: if it is the owner a Dispose on another thread left the owner's
+            // side to, it gives that side back now.
+            pool.FinishOwnerSideIfSafe(finalizer: false);
             throw new ObjectDisposedException(nameof(PagePool), "The page pool was disposed; it can no longer allocate or take pages back directly.");
         }
 
         throw new InvalidOperationException(
             $"Page pool {pool.Id} allocates only on its owner thread (managed thread {pool.OwnerThreadId}), and this is thread {Environment.CurrentManagedThreadId}. Call SetOwnerThread() on the thread that takes over.");
     }
+
+    [DoesNotReturn]
+    public static void DirectProviderCall(string hook) =>
+        throw new InvalidOperationException(
+            $"Only the page pool calls its memory provider's Init, AllocNetMems and Destroy; this direct call of {hook} is refused and changes nothing " +
+            "(it could hand the pool's memory to a second owner, lose a unit for good, or bind or unbind a pool behind its back).");
 
     [DoesNotReturn]
     public static void NotPoolPage(string paramName) =>

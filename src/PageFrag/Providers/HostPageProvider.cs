@@ -11,6 +11,8 @@ namespace PageFrag.Providers;
 /// <remarks>
 /// Bound to one pool at a time. <see cref="AllocNetMems"/> runs on the pool's owner thread;
 /// <see cref="ReleaseNetMem"/> is safe from any thread (it drops a page reference, as put_page does).
+/// <see cref="Init"/>, <see cref="AllocNetMems"/> and <see cref="Destroy"/> serve only the pool's own calls:
+/// called directly they throw <see cref="InvalidOperationException"/> and change nothing.
 /// </remarks>
 public sealed class HostPageProvider : IMemoryProvider
 {
@@ -40,7 +42,8 @@ public sealed class HostPageProvider : IMemoryProvider
     public long Released => Interlocked.Read(ref _released);
 
     /// <inheritdoc/>
-    /// <exception cref="InvalidOperationException">The provider is already bound to a pool.</exception>
+    /// <exception cref="InvalidOperationException">The provider is already bound to a pool, or the call does not come
+    /// from the pool's constructor.</exception>
     /// <exception cref="ArgumentException">The pool's order is above the allocator's highest order.</exception>
     public void Init(PagePool pool)
     {
@@ -49,6 +52,11 @@ public sealed class HostPageProvider : IMemoryProvider
         if (pool.Order > allocator.MaxOrder)
         {
             throw new ArgumentException($"The pool's order {pool.Order} is above the allocator's highest order {allocator.MaxOrder}.", nameof(pool));
+        }
+
+        if (!PagePoolCore.IsCallingProvider(pool))
+        {
+            PoolThrowHelper.DirectProviderCall(nameof(Init));
         }
 
         if (Interlocked.CompareExchange(ref _pool, pool, null) is not null)
@@ -64,6 +72,14 @@ public sealed class HostPageProvider : IMemoryProvider
     public int AllocNetMems(PagePool pool, Span<NetMem> netmems)
     {
         PageAllocator allocator = CheckBound(pool);
+
+        // The scratch arrays are the pool's refill's alone: a caller's call from another thread at the same time would
+        // read the pool's pages out of them (two owners of one page), so only the pool's own call is served.
+        if (!PagePoolCore.IsCallingProvider(pool))
+        {
+            PoolThrowHelper.DirectProviderCall(nameof(AllocNetMems));
+        }
+
         int got;
         if (_order == 0)
         {
@@ -112,8 +128,14 @@ public sealed class HostPageProvider : IMemoryProvider
     }
 
     /// <inheritdoc/>
+    /// <exception cref="InvalidOperationException">Called by anyone but the pool being released.</exception>
     public void Destroy(PagePool pool)
     {
+        if (!PagePoolCore.IsCallingProvider(pool))
+        {
+            PoolThrowHelper.DirectProviderCall(nameof(Destroy));
+        }
+
         Interlocked.CompareExchange(ref _pool, null, pool);
     }
 

@@ -34,11 +34,14 @@ public sealed class RegionMemoryProviderOptions
 /// (<see cref="Init"/>) and holds the region until it is released (<see cref="Destroy"/>); the region is free
 /// again when the last one goes. Each slow-path allocation gets one chunk, as devmem hands out one net_iov, so
 /// one queue cannot empty the region into its cache and starve the others. <see cref="AllocNetMems"/> runs on the pool's owner thread; everything else is
-/// thread-safe (one lock around the range allocator and the token table).</para>
+/// thread-safe (one lock around the range allocator and the token table). <see cref="Init"/>, <see cref="AllocNetMems"/>
+/// and <see cref="Destroy"/> serve only the pool's own calls: called directly they throw
+/// <see cref="InvalidOperationException"/> and change nothing.</para>
 /// <para>Pools using it must not ask for <see cref="PagePoolFlags.DmaSyncForDevice"/>: the region's owner
 /// decides when the device sees the bytes, as devmem refuses the sync flag.</para>
 /// <para>The region must stay valid until the provider is disposed; <see cref="Dispose"/> releases what the
-/// provider itself acquired (a view's pointer, an array's pin).</para>
+/// provider itself acquired (a view's pointer, an array's pin). A region never disposed releases them when it is
+/// collected (its finalizer), which cannot happen while a pool or a buffer of it is reachable.</para>
 /// </remarks>
 public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
 {
@@ -90,7 +93,6 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
         _chunkSize = chunk;
         IsReadable = options.Readable;
         Length = length;
-        _onDispose = onDispose;
         _chunks = new GenPool(BitOperations.Log2((uint)chunk));
         int areaCount = (int)((length + options.MaxAreaSize - 1) / options.MaxAreaSize);
         _areas = new NetIovArea[areaCount];
@@ -104,6 +106,27 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
             var area = new NetIovArea(this, options.Readable ? address + (nint)start : 0, memory, chunk, size / chunk, (ulong)start, options.Readable);
             _areas[i] = area;
             _chunks.AddOwner(start, size, area);
+        }
+
+        // Last, so that a constructor that threw never releases what its caller then releases itself.
+        _onDispose = onDispose;
+        if (onDispose is null)
+        {
+            GC.SuppressFinalize(this);
+        }
+    }
+
+    /// <summary>
+    /// The safety net of a region never disposed: an array's pin (a GC root that would keep the array for ever) or
+    /// a view's pointer reference is released once the provider is unreachable. Then no pool uses it either: every
+    /// pool bound to it, and every buffer of its memory, holds it.
+    /// </summary>
+    ~RegionMemoryProvider()
+    {
+        if (_onDispose is { } release && !_disposed)
+        {
+            release();
+            PageFragEventSource.Log.LeakReclaimed(nameof(RegionMemoryProvider), 0, Length, "(a region is released by Dispose; its pin or view pointer was released by the finalizer)");
         }
     }
 
@@ -241,6 +264,11 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
                 throw new InvalidOperationException("The pool is already bound to this region.");
             }
 
+            if (!PagePoolCore.IsCallingProvider(pool))
+            {
+                PoolThrowHelper.DirectProviderCall(nameof(Init));
+            }
+
             _pools.Add(pool);
         }
     }
@@ -253,6 +281,12 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
             if (!_pools.Contains(pool))
             {
                 throw new InvalidOperationException("The region is not bound to this page pool.");
+            }
+
+            // A chunk handed to anyone but the pool could never come back (ReleaseNetMem takes only what a pool gives back).
+            if (!PagePoolCore.IsCallingProvider(pool))
+            {
+                PoolThrowHelper.DirectProviderCall(nameof(AllocNetMems));
             }
 
             // One chunk per slow-path allocation (devmem's net_iov at a time): several queues share the region.
@@ -294,8 +328,14 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
     }
 
     /// <inheritdoc/>
+    /// <exception cref="InvalidOperationException">Called by anyone but the pool being released.</exception>
     public void Destroy(PagePool pool)
     {
+        if (!PagePoolCore.IsCallingProvider(pool))
+        {
+            PoolThrowHelper.DirectProviderCall(nameof(Destroy));
+        }
+
         lock (_lock)
         {
             _pools.Remove(pool);
@@ -381,5 +421,6 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
         }
 
         _onDispose?.Invoke();
+        GC.SuppressFinalize(this);
     }
 }

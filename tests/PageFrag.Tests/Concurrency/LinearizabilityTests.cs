@@ -248,6 +248,10 @@ public class LinearizabilityTests
                 PutPiece();
             }
 
+            // The checker takes the snapshot on its own thread while the thread that created (and owns) the pool is
+            // alive: take the ownership first (the owner has stopped), so that Dispose gives everything back at once
+            // instead of leaving the owner's side to the owner (see PagePool.Dispose).
+            _pool.SetOwnerThread();
             _pool.Dispose();
             PageAllocatorStats end = _allocator.GetStats();
             PoolSnapshot taken = snapshot with { Clean = _pool.IsReleased && end.PagesInUse == 0 && end.IsConsistent };
