@@ -638,13 +638,22 @@ public sealed partial class PageAllocator : IDisposable
         int generation = d.Generation;
         for (int i = 1; i < pages; i++)
         {
+            generation = Math.Max(generation, arena.Pages[index + i].Generation);
+        }
+
+        // Every tail starts at the block's generation too (the lines are in this core's cache from the pass above),
+        // so that ReleaseBlock finds them equal to the head's last generation unless the head moved on meanwhile,
+        // and leaves them alone: a block allocated on one core and released on another then writes no tail there.
+        generation++;
+        for (int i = 1; i < pages; i++)
+        {
             ref PageDescriptor t = ref arena.Pages[index + i];
             t.HeadIndex = index;
             t.Flags = PageFlags.Tail;
-            generation = Math.Max(generation, t.Generation);
+            t.Generation = generation;
         }
 
-        d.Generation = generation + 1;
+        d.Generation = generation;
 
         Volatile.Write(ref d.RefCount, 1);
         Interlocked.Increment(ref _counters[CounterSlot()].Allocations);
@@ -689,10 +698,16 @@ public sealed partial class PageAllocator : IDisposable
 
         // Every page of the block keeps the block's last generation, so that a block later taken over any of them
         // gets a higher one (see TryAllocBlock): no stale handle of this block matches a later head.
+        // All tails hold one generation: TryAllocBlock sets them to the block's, and only this loop changes them. So
+        // the first tail tells whether the head moved on since (a fragment cache's reuse in place, a pool's
+        // recycling); only then are the tails written.
         int generation = d.Generation;
-        for (int i = 1; i < 1 << order; i++)
+        if (order > 0 && arena.Pages[head + 1].Generation != generation)
         {
-            arena.Pages[head + i].Generation = generation;
+            for (int i = 1; i < 1 << order; i++)
+            {
+                arena.Pages[head + i].Generation = generation;
+            }
         }
 
         Uncharge(1L << order);
