@@ -953,9 +953,12 @@ public sealed partial class PageFragCache : IDisposable
     {
         Interlocked.Exchange(ref d.CacheHeld, 0);
 
-        // Once per page: a full fence on every platform between clearing the flag and reading the marks (Arm64 may
-        // let plain loads pass the exchange's store otherwise).
-        Interlocked.MemoryBarrier();
+        // A full fence between clearing the flag and reading the marks. On x86 the locked exchange is one; Arm64 may
+        // let plain loads pass the exchange's store, so there a barrier follows (the JIT drops the branch on x86).
+        if (!X86Base.IsSupported)
+        {
+            Interlocked.MemoryBarrier();
+        }
         int marks = 0;
         if (_offset != 0 && Volatile.Read(ref d.MarksLeft) != 0)
         {
