@@ -883,8 +883,12 @@ public sealed partial class PageFragCache : IDisposable
             Forget();
         }
 
+        // The second try is the kernel's order-0 fallback, unless the request is larger than a 4 KiB page: an order-0
+        // page could never hold it, so the cache asks for order 3 again, this time allowed to grow the arenas and to
+        // drain the per-CPU lists (the opportunistic try may do neither), rather than failing while memory is there.
+        int fallbackOrder = size > PageConstants.PageSize ? PageConstants.FragCacheMaxOrder : 0;
         if (!_allocator.TryAllocBlock(PageConstants.FragCacheMaxOrder, AllocFlags.Opportunistic, out Arena? arena, out int index) &&
-            !_allocator.TryAllocBlock(0, _flags, out arena, out index))
+            !_allocator.TryAllocBlock(fallbackOrder, _flags, out arena, out index))
         {
             return false;
         }
