@@ -883,8 +883,12 @@ public sealed partial class PageFragCache : IDisposable
             Forget();
         }
 
+        // The second try is the kernel's order-0 fallback, unless the request is larger than a 4 KiB page: an order-0
+        // page could never hold it, so the cache asks for order 3 again, this time allowed to grow the arenas and to
+        // drain the per-CPU lists (the opportunistic try may do neither), rather than failing while memory is there.
+        int fallbackOrder = size > PageConstants.PageSize ? PageConstants.FragCacheMaxOrder : 0;
         if (!_allocator.TryAllocBlock(PageConstants.FragCacheMaxOrder, AllocFlags.Opportunistic, out Arena? arena, out int index) &&
-            !_allocator.TryAllocBlock(0, _flags, out arena, out index))
+            !_allocator.TryAllocBlock(fallbackOrder, _flags, out arena, out index))
         {
             return false;
         }
@@ -953,9 +957,12 @@ public sealed partial class PageFragCache : IDisposable
     {
         Interlocked.Exchange(ref d.CacheHeld, 0);
 
-        // Once per page: a full fence on every platform between clearing the flag and reading the marks (Arm64 may
-        // let plain loads pass the exchange's store otherwise).
-        Interlocked.MemoryBarrier();
+        // A full fence between clearing the flag and reading the marks. On x86 the locked exchange is one; Arm64 may
+        // let plain loads pass the exchange's store, so there a barrier follows (the JIT drops the branch on x86).
+        if (!X86Base.IsSupported)
+        {
+            Interlocked.MemoryBarrier();
+        }
         int marks = 0;
         if (_offset != 0 && Volatile.Read(ref d.MarksLeft) != 0)
         {

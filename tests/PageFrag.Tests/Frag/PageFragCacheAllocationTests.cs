@@ -42,6 +42,44 @@ public class PageFragCacheAllocationTests
     }
 
     [Fact]
+    public void An_over_page_request_grows_the_allocator_when_no_order3_block_is_free()
+    {
+        // One 64 KiB arena, no limit: fill it with order-0 pages and give one back, so that the only free memory is a
+        // single 4 KiB page. The opportunistic order-3 try cannot grow; the order-0 fallback could not hold 8 KiB.
+        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 64 * 1024);
+        var held = new List<Page>();
+        for (int i = 0; i < 16; i++)
+        {
+            Assert.True(allocator.TryAllocPages(0, AllocFlags.None, out Page p));
+            held.Add(p);
+        }
+
+        Assert.Equal(1, allocator.GetStats().Arenas);
+        allocator.FreePages(held[^1]);
+        held.RemoveAt(held.Count - 1);
+
+        var cache = new PageFragCache(allocator);
+        Assert.True(cache.TryAlloc(8192, out PageFragment big));
+        Assert.Equal(3, big.Page.Order);
+        Assert.Equal(2, allocator.GetStats().Arenas);
+        FragKit.Fill(big, 3);
+        Assert.True(FragKit.IsIntact(big, 3));
+
+        // A small request after it still fits the order-3 page.
+        Assert.True(cache.TryAlloc(100, out PageFragment small));
+        Assert.Equal(big.Page.Address, small.Page.Address);
+        PageFragCache.Free(big);
+        PageFragCache.Free(small);
+        cache.Dispose();
+        foreach (Page p in held)
+        {
+            allocator.FreePages(p);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void A_new_allocator_gives_the_first_refill_an_order3_page()
     {
         // The allocator creates its first arena up front, so the opportunistic order-3 try (which never grows
@@ -347,19 +385,22 @@ public class PageFragCacheAllocationTests
     }
 
     [Fact]
-    public void An_over_page_request_on_an_empty_cache_with_only_order0_memory_fails_but_keeps_the_new_page()
+    public void An_over_page_request_on_an_empty_cache_with_only_order0_memory_fails_without_taking_a_page()
     {
+        // The kernel would fall back to an order-0 page, keep it and fail; PageFrag asks for order 3 again (allowed
+        // to grow) since an order-0 page cannot hold the request, and when that fails too it holds nothing.
         using PageAllocator allocator = FragKit.NewAllocator();
         allocator.FaultInjection = new FaultInjection { FailOrderAtLeast = 3 };
         var cache = new PageFragCache(allocator);
 
         Assert.False(cache.TryAlloc(5000, out PageFragment big));
         Assert.True(big.IsEmpty);
-        Assert.Equal(PageConstants.PageSize, cache.CurrentPageSize);
-        Assert.Equal(0, cache.Offset);
-        Assert.Equal(FragKit.RefBias + 1, cache.Bias);
+        Assert.Equal(0, cache.CurrentPageSize);
+        Assert.Equal(0, cache.PagesAllocated);
+        Assert.Equal(0, allocator.PagesInUse);
 
         Assert.True(cache.TryAlloc(4096, out PageFragment fits));
+        Assert.Equal(PageConstants.PageSize, cache.CurrentPageSize);
         Assert.Equal(1, cache.PagesAllocated);
         fits.Free();
         FragKit.DrainAndAssertNoLeak(cache, allocator);

@@ -137,6 +137,13 @@ public class FragCacheModelTests
                 Forget();
             }
 
+            // Over a 4 KiB page the cache asks for order 3 again instead of an order-0 page it could not use; in
+            // these set-ups order 3 either always works (Plenty) or always fails.
+            if (size > 4096 && PageSize == 4096)
+            {
+                return false;
+            }
+
             if (!TryNewPage(out bool pfmemalloc))
             {
                 return false;

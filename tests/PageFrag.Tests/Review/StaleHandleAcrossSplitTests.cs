@@ -74,4 +74,67 @@ public class StaleHandleAcrossSplitTests
 
         Leaks.AssertNone(allocator);
     }
+    [Fact]
+    public void A_stale_handle_from_a_reused_generation_of_an_order3_page_does_not_free_a_fragment_carved_from_its_second_4KiB()
+    {
+        // The page's head moves on by reuse in place while its tails keep the generation the block was allocated
+        // with: the block's release must lift the tails to the head's last generation, or the second 4 KiB, handed
+        // out alone later, starts from below the stale handle's generation and reaches it.
+        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 64 * 1024, maxBytes: 64 * 1024);
+        var first = new PageFragCache(allocator);
+        var carved = new PageFragment[8];
+        for (int reuse = 0; reuse < 2; reuse++)
+        {
+            for (int i = 0; i < carved.Length; i++)
+            {
+                Assert.True(first.TryAlloc(4096, out carved[i]));
+            }
+
+            foreach (PageFragment f in carved)
+            {
+                PageFragCache.Free(f);
+            }
+        }
+
+        long reusedBefore = first.PagesReused;
+        Assert.True(first.TryAlloc(4096, out PageFragment a0));
+        Assert.True(first.TryAlloc(4096, out PageFragment stale));
+        Assert.Equal(reusedBefore + 1, first.PagesReused);
+        Assert.Equal(2, first.PagesReused);
+        Assert.Equal(3, stale.Page.Order);
+        Assert.Equal(stale.ArenaOffset, a0.ArenaOffset + 4096);
+        PageFragCache.Free(stale);
+        PageFragCache.Free(a0);
+        first.Dispose();
+        Assert.Equal(0, allocator.GetStats().PagesInUse);
+
+        var held = new List<Page>();
+        while (allocator.TryAllocPages(0, AllocFlags.None, out Page p))
+        {
+            held.Add(p);
+        }
+
+        Page target = held.Single(p => p.Address == stale.Address);
+        held.Remove(target);
+        allocator.FreePages(target);
+        for (int round = 0; round < 8; round++)
+        {
+            var second = new PageFragCache(allocator);
+            Assert.True(second.TryAlloc(100, out PageFragment victim));
+            Assert.Equal(stale.ArenaOffset, victim.ArenaOffset);
+            Assert.Equal(0, victim.Page.Order);
+            FragKit.Fill(victim, 7);
+            Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(stale));
+            Assert.True(FragKit.IsIntact(victim, 7));
+            PageFragCache.Free(victim);
+            second.Dispose();
+        }
+
+        foreach (Page p in held)
+        {
+            allocator.FreePages(p);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
 }
