@@ -272,7 +272,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         _rentedAt = null;
         Page block = _block;
         _block = default;
-        block.Allocator.FreePages(block);
+        PageAllocator.FreeBlock(block);
         _home.ReturnedBlock(this, _trueSize);
     }
 

@@ -140,7 +140,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
                 PageFragCache.Free(fragment);
                 break;
             case SegmentKind.Block:
-                block.Allocator.FreePages(block);
+                PageAllocator.FreeBlock(block);
                 break;
         }
     }

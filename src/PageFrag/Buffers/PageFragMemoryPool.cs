@@ -679,7 +679,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else if (!block.IsEmpty)
             {
-                block.Allocator.FreePages(block);
+                PageAllocator.FreeBlock(block);
             }
 
             CountContendedReturn(trueSize);

@@ -42,7 +42,21 @@ internal sealed unsafe class Arena
     /// <summary>The alignment of an arena's first page when the arena is at least this large: 32 KiB.</summary>
     public const int MaxBlockAlignment = PageConstants.PageSize << AlignedOrders;
 
-    public readonly PageAllocator Owner;
+    // Weak, so that the registry's strong reference to the arena (needed for lookups by address) does not keep a
+    // private allocator that its user dropped without Dispose alive for ever: its finalizer unregisters the arenas.
+    private readonly WeakReference<PageAllocator> _owner;
+
+    /// <summary>The allocator the arena belongs to.</summary>
+    /// <exception cref="ObjectDisposedException">The allocator was dropped without <c>Dispose</c> and collected.</exception>
+    public PageAllocator Owner => _owner.TryGetTarget(out PageAllocator? owner) ? owner : ThrowOwnerCollected();
+
+    /// <summary>The allocator, or false once it was dropped without <c>Dispose</c> and collected.</summary>
+    public bool TryGetOwner([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out PageAllocator? owner) => _owner.TryGetTarget(out owner);
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static PageAllocator ThrowOwnerCollected() =>
+        throw new ObjectDisposedException(nameof(PageAllocator), "The page's allocator was dropped without Dispose and collected.");
     public readonly byte[] Array;
     public readonly int ArrayOffset;
     public readonly nint BaseAddress;
@@ -78,7 +92,7 @@ internal sealed unsafe class Arena
             throw new PlatformNotSupportedException("PageDescriptor's RefCount and Generation are not one aligned 64-bit word on this runtime.");
         }
 
-        Owner = owner;
+        _owner = new WeakReference<PageAllocator>(owner);
         Id = id;
         ByteLength = byteLength;
         PageCount = byteLength >> PageConstants.PageShift;

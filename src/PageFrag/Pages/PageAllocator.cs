@@ -35,6 +35,7 @@ public sealed partial class PageAllocator : IDisposable
     private FaultInjection? _faultInjection;
     private int _nextArenaId;
     private volatile bool _disposed;
+    private readonly bool _constructed;
 
     // Pages handed out and blocks allocated. With a MaxBytes limit, _pagesInUse is one exact count that every charge
     // decides on with a compare-and-swap. Without one (the default) nothing needs an exact count at the moment of a
@@ -97,6 +98,8 @@ public sealed partial class PageAllocator : IDisposable
             _perCpu[i] = new PerCpuPages();
         }
 
+        // Last: the finalizer of an allocator whose constructor threw (bad options) has nothing to release.
+        _constructed = true;
     }
 
     /// <summary>The options this allocator was created with.</summary>
@@ -173,6 +176,19 @@ public sealed partial class PageAllocator : IDisposable
         }
     }
 
+    /// <summary>
+    /// <see cref="FreePages"/> on the block's own allocator, or nothing when that allocator was dropped without
+    /// <c>Dispose</c> and collected (its arenas are the GC's then). For the buffer layers' releases, which may run in
+    /// finalizers.
+    /// </summary>
+    internal static void FreeBlock(Page block)
+    {
+        if (block.Arena is not null && block.Arena.TryGetOwner(out PageAllocator? owner))
+        {
+            owner.FreePages(block);
+        }
+    }
+
     /// <summary>The checks FreePages makes before touching the block.</summary>
     private Arena CheckOwnPage(Page page)
     {
@@ -181,7 +197,7 @@ public sealed partial class PageAllocator : IDisposable
             ThrowHelper.Argument(nameof(page), "The page is empty: it came from a failed or default allocation.");
         }
 
-        if (!ReferenceEquals(page.Arena.Owner, this))
+        if (!page.Arena!.TryGetOwner(out PageAllocator? owner) || !ReferenceEquals(owner, this))
         {
             ThrowHelper.Argument(nameof(page), "The page belongs to another PageAllocator.");
         }
@@ -571,6 +587,25 @@ public sealed partial class PageAllocator : IDisposable
             ThrowHelper.InvalidOperation("PageAllocator.Shared cannot be disposed.");
         }
 
+        ReleaseArenas();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>
+    /// The safety net of a private allocator dropped without <see cref="Dispose"/>: the arena registry keeps arenas
+    /// (for lookups by address) but not their allocator, so the allocator can be collected; this unregisters its
+    /// arenas, which the GC then takes back once no page handle references them.
+    /// </summary>
+    ~PageAllocator()
+    {
+        if (_constructed && !_isShared)
+        {
+            ReleaseArenas();
+        }
+    }
+
+    private void ReleaseArenas()
+    {
         lock (_buddyLock)
         {
             if (_disposed)
@@ -700,7 +735,11 @@ public sealed partial class PageAllocator : IDisposable
                 ThrowHelper.DoubleFree("The page's reference count would drop below zero: it was freed more often than referenced.");
             }
 
-            arena.Owner.ReleaseBlock(arena, head);
+            // An allocator dropped without Dispose and collected has unregistered its arenas: the block is the GC's.
+            if (arena.TryGetOwner(out PageAllocator? owner))
+            {
+                owner.ReleaseBlock(arena, head);
+            }
         }
     }
 

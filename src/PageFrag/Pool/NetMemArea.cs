@@ -116,7 +116,7 @@ internal sealed class HostPageArea : NetMemArea
             Arena.MarkShift, needsDmaMapping: true, node: 0, readable: true)
     {
         Arena = arena;
-        DetectMisuse = arena.Owner.DetectMisuse;
+        DetectMisuse = arena.DetectMisuse;
     }
 
     /// <summary>The area of <paramref name="arena"/>; lock-free once created (slow paths only).</summary>
