@@ -64,6 +64,8 @@ public readonly struct Page : IEquatable<Page>
     public bool IsPfMemalloc => (Descriptor.Flags & PageFlags.PfMemalloc) != 0;
 
     /// <summary>The allocator the block belongs to.</summary>
+    /// <exception cref="InvalidOperationException">The handle is empty.</exception>
+    /// <exception cref="ObjectDisposedException">The allocator was a private one, dropped without <c>Dispose</c> and collected.</exception>
     public PageAllocator Allocator => NonEmpty.Owner;
 
     /// <summary>The block's bytes.</summary>
