@@ -536,13 +536,22 @@ public sealed partial class PageAllocator : IDisposable
                 return Volatile.Read(ref _pagesInUse);
             }
 
-            long sum = 0;
+            // Both sums only grow: every slot's given-back count is read before any slot's charged count, so the
+            // difference is never below the pages held when the first read began (a page allocated on one core and
+            // freed on another while the slots are read must not show as a free without its allocation).
+            long uncharged = 0;
             foreach (ref StripedCounters c in _counters.AsSpan())
             {
-                sum += Volatile.Read(ref c.PagesInUse);
+                uncharged += Volatile.Read(ref c.PagesUncharged);
             }
 
-            return sum;
+            long charged = 0;
+            foreach (ref StripedCounters c in _counters.AsSpan())
+            {
+                charged += Volatile.Read(ref c.PagesCharged);
+            }
+
+            return charged - uncharged;
         }
     }
 
@@ -566,7 +575,7 @@ public sealed partial class PageAllocator : IDisposable
         }
         else
         {
-            Interlocked.Add(ref _counters[CounterSlot()].PagesInUse, -pages);
+            Interlocked.Add(ref _counters[CounterSlot()].PagesUncharged, pages);
         }
     }
 
@@ -821,7 +830,7 @@ public sealed partial class PageAllocator : IDisposable
         if (!_limited)
         {
             // No limit and no reserve: every charge succeeds, and the emergency reserve is never reached.
-            Interlocked.Add(ref _counters[CounterSlot()].PagesInUse, pages);
+            Interlocked.Add(ref _counters[CounterSlot()].PagesCharged, pages);
             pfmemalloc = false;
             return true;
         }
@@ -1029,15 +1038,20 @@ public sealed partial class PageAllocator : IDisposable
     /// One CPU's stash of free blocks of orders 0–3 (the kernel's per_cpu_pages), refilled from and drained
     /// to the buddy lists in batches so that the shared lock is taken once per batch.
     /// </summary>
-    /// <summary>One CPU's counters, alone on their cache line (64 bytes of padding before them, 48 after).</summary>
+    /// <summary>One CPU's counters, alone on their cache line (64 bytes of padding before them, 40 after).</summary>
     [StructLayout(LayoutKind.Explicit, Size = 128)]
     private struct StripedCounters
     {
+        // Pages charged and given back on this slot: both only grow, so that a reader can order its reads (see
+        // PagesInUse).
         [FieldOffset(64)]
-        public long PagesInUse;
+        public long PagesCharged;
 
         [FieldOffset(72)]
         public long Allocations;
+
+        [FieldOffset(80)]
+        public long PagesUncharged;
     }
 
     private sealed class PerCpuPages
