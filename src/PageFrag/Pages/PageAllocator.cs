@@ -1034,10 +1034,6 @@ public sealed partial class PageAllocator : IDisposable
         }
     }
 
-    /// <summary>
-    /// One CPU's stash of free blocks of orders 0–3 (the kernel's per_cpu_pages), refilled from and drained
-    /// to the buddy lists in batches so that the shared lock is taken once per batch.
-    /// </summary>
     /// <summary>One CPU's counters, alone on their cache line (64 bytes of padding before them, 40 after).</summary>
     [StructLayout(LayoutKind.Explicit, Size = 128)]
     private struct StripedCounters
@@ -1054,6 +1050,10 @@ public sealed partial class PageAllocator : IDisposable
         public long PagesUncharged;
     }
 
+    /// <summary>
+    /// One CPU's stash of free blocks of orders 0–3 (the kernel's per_cpu_pages), refilled from and drained
+    /// to the buddy lists in batches so that the shared lock is taken once per batch.
+    /// </summary>
     private sealed class PerCpuPages
     {
         public const int MaxOrder = PageConstants.CostlyOrder;
