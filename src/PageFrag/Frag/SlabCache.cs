@@ -145,13 +145,7 @@ public sealed class SlabCache : IDisposable
         // Dispose empties every local mask, so a disposed cache always takes the slow path, which throws.
         if (mask != 0)
         {
-            c.LocalMask = mask & (mask - 1);
-            int slot = (c.CurrentWord << 6) + BitOperations.TrailingZeroCount(mask);
-            SlabPage page = c.Current!;
-            ref int state = ref page.States[slot];
-            int live = state + 1;
-            Volatile.Write(ref state, live);
-            fragment = new SlabFragment(page, slot, live, size);
+            fragment = TakeSlot(c, mask, size);
             return true;
         }
 
@@ -317,15 +311,24 @@ public sealed class SlabCache : IDisposable
             }
         }
 
-        ulong mask = c.LocalMask;
+        fragment = TakeSlot(c, c.LocalMask, size);
+        return true;
+    }
+
+    /// <summary>
+    /// Hands out the lowest slot of the non-empty local <paramref name="mask"/> of the class's current page: clears
+    /// its bit and makes its state the next live value, which the handle carries.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static SlabFragment TakeSlot(SlabClass c, ulong mask, int size)
+    {
         c.LocalMask = mask & (mask - 1);
         int slot = (c.CurrentWord << 6) + BitOperations.TrailingZeroCount(mask);
-        SlabPage current = c.Current!;
-        ref int state = ref current.States[slot];
+        SlabPage page = c.Current!;
+        ref int state = ref page.States[slot];
         int live = state + 1;
         Volatile.Write(ref state, live);
-        fragment = new SlabFragment(current, slot, live, size);
-        return true;
+        return new SlabFragment(page, slot, live, size);
     }
 
     /// <summary>Takes the next word of free bits of <paramref name="page"/> into the owner's local mask.</summary>
