@@ -16,7 +16,7 @@ public class PerCpuCounterAttackTests
     {
         using PageAllocator allocator = Leaks.NewAllocator(1 << 20);
         Page slot = default;
-        int full = 0, stop = 0;
+        int full = 0, stop = 0, producerDone = 0;
         long moved = 0;
         Exception? failure = null;
         using var start = new Barrier(3);
@@ -40,11 +40,17 @@ public class PerCpuCounterAttackTests
                 failure = e;
                 Volatile.Write(ref stop, 1);
             }
+            finally
+            {
+                Volatile.Write(ref producerDone, 1);
+            }
         });
         var consumer = new Thread(() =>
         {
             start.SignalAndWait();
-            while (Volatile.Read(ref stop) == 0 || Volatile.Read(ref full) != 0)
+            // Until the producer has ended and its last page is freed: it may allocate once more after this thread
+            // sees the stop flag (it read the flag before it was set).
+            while (Volatile.Read(ref producerDone) == 0 || Volatile.Read(ref full) != 0)
             {
                 if (Volatile.Read(ref full) != 0)
                 {
