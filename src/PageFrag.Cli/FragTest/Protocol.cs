@@ -70,6 +70,9 @@ internal static class Protocol
 {
     private static readonly TimeSpan s_joinAfterAbort = TimeSpan.FromSeconds(2);
 
+    // Slots the push loop asks the ring for at a time (the ring's own publishing batch).
+    private const int RunLength = 32;
+
     public static RawRun Run<T, TSource>(TSource producerSource, TSource consumerSource, ProtocolSettings settings, IRunMonitor monitor)
         where TSource : struct, IFragmentSource<T>
     {
@@ -214,7 +217,22 @@ internal static class Protocol
         long pushed = 0, dropped = 0, failed = 0, waited = 0;
         while (pushed < nrTest)
         {
-            if (!source.TryAlloc(out T item))
+            // A run of free slots, filled item by item: per item only the allocator's work and the slot store.
+            Span<T> run = ring.Reserve((int)Math.Min(RunLength, nrTest - pushed));
+            int filled = 0;
+            while (filled < run.Length && source.TryAlloc(out run[filled]))
+            {
+                filled++;
+            }
+
+            ring.Commit(filled);
+            pushed += filled;
+            if (filled == run.Length && run.Length != 0)
+            {
+                continue;
+            }
+
+            if (run.Length != 0)
             {
                 // The kernel skips a failed allocation; count it so the watchdog can say why nothing moves.
                 // Publish first: the pages we wait for may be held by fragments still unpublished here.
@@ -228,16 +246,19 @@ internal static class Protocol
                 continue;
             }
 
-            if (ring.TryPush(item))
+            // Ring full: allocate, free our own fragment as the kernel test does, and wait for room before the
+            // next try. Timed on this slow path only (once per ring refill): the share of the run the push
+            // thread waited.
+            if (!source.TryAlloc(out T item))
             {
-                pushed++;
-                continue;
+                Volatile.Write(ref shared.FailedAllocs, ++failed);
+            }
+            else
+            {
+                source.Free(item);
+                dropped++;
             }
 
-            // Ring full: free our own fragment, as the kernel test does, and wait for room before the next try.
-            // Timed on this slow path only (once per ring refill): the share of the run the push thread waited.
-            source.Free(item);
-            dropped++;
             long waitStart = Stopwatch.GetTimestamp();
             ring.WaitForRoom(control);
             waited += Stopwatch.GetTimestamp() - waitStart;
@@ -260,10 +281,17 @@ internal static class Protocol
         long freed = 0;
         while (freed < nrTest)
         {
-            if (ring.TryPop(out T item))
+            // A run of items, freed one by one, then given back to the ring at once.
+            ReadOnlySpan<T> run = ring.Peek((int)Math.Min(RunLength, nrTest - freed));
+            if (run.Length != 0)
             {
-                source.Free(item);
-                freed++;
+                foreach (T item in run)
+                {
+                    source.Free(item);
+                }
+
+                ring.Release(run.Length);
+                freed += run.Length;
                 continue;
             }
 
