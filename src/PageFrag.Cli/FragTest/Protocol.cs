@@ -70,8 +70,10 @@ internal static class Protocol
 {
     private static readonly TimeSpan s_joinAfterAbort = TimeSpan.FromSeconds(2);
 
-    // Slots the push loop asks the ring for at a time (the ring's own publishing batch).
+    // Slots the push loop asks the ring for at a time (the ring's own publishing batch), and items the pop loop
+    // takes at a time: sixteen cache lines of slots, which the ring prefetches together (see SpscRing.Consumer.Peek).
     private const int RunLength = 32;
+    private const int PopRunLength = 128;
 
     public static RawRun Run<T, TSource>(TSource producerSource, TSource consumerSource, ProtocolSettings settings, IRunMonitor monitor)
         where TSource : struct, IFragmentSource<T>
@@ -219,11 +221,7 @@ internal static class Protocol
         {
             // A run of free slots, filled item by item: per item only the allocator's work and the slot store.
             Span<T> run = ring.Reserve((int)Math.Min(RunLength, nrTest - pushed));
-            int filled = 0;
-            while (filled < run.Length && source.TryAlloc(out run[filled]))
-            {
-                filled++;
-            }
+            int filled = Fill<T, TSource>(ref source, run);
 
             ring.Commit(filled);
             pushed += filled;
@@ -274,6 +272,31 @@ internal static class Protocol
         shared.PushWaitTicks = waited;
     }
 
+    // The innermost loops on their own, so that the few values they keep across the allocator's cold call fit in
+    // registers the call preserves (nothing spilled to the stack per item).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    private static int Fill<T, TSource>(ref TSource source, Span<T> run)
+        where TSource : struct, IFragmentSource<T>
+    {
+        int filled = 0;
+        while (filled < run.Length && source.TryAlloc(out run[filled]))
+        {
+            filled++;
+        }
+
+        return filled;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    private static void Drain<T, TSource>(ref TSource source, ReadOnlySpan<T> run)
+        where TSource : struct, IFragmentSource<T>
+    {
+        foreach (T item in run)
+        {
+            source.Free(item);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static long ConsumeLoop<T, TSource>(ref TSource source, ref SpscRing<T>.Consumer ring, long nrTest, RunControl control)
         where TSource : struct, IFragmentSource<T>
@@ -282,14 +305,10 @@ internal static class Protocol
         while (freed < nrTest)
         {
             // A run of items, freed one by one, then given back to the ring at once.
-            ReadOnlySpan<T> run = ring.Peek((int)Math.Min(RunLength, nrTest - freed));
+            ReadOnlySpan<T> run = ring.Peek((int)Math.Min(PopRunLength, nrTest - freed));
             if (run.Length != 0)
             {
-                foreach (T item in run)
-                {
-                    source.Free(item);
-                }
-
+                Drain<T, TSource>(ref source, run);
                 ring.Release(run.Length);
                 freed += run.Length;
                 continue;
