@@ -50,6 +50,20 @@ public class SpscRingTests
     }
 
     [Fact]
+    public void A_ring_does_not_keep_objects_taken_in_runs_alive()
+    {
+        var ring = new SpscRing<byte[]>(4);
+        SpscRing<byte[]>.Producer producer = ring.GetProducer();
+        SpscRing<byte[]>.Consumer consumer = ring.GetConsumer();
+        WeakReference weak = PushAndTakeRun(ref producer, ref consumer);
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+
+        Assert.False(weak.IsAlive);
+    }
+
+    [Fact]
     public void Two_threads_pass_many_items_through_a_small_ring_in_order()
     {
         const int count = 200_000;
@@ -241,6 +255,21 @@ public class SpscRingTests
     {
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => new SpscRing<nint>(capacity));
         Assert.StartsWith("The ring size must be a power of two of at least 2.", e.Message);
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static WeakReference PushAndTakeRun(ref SpscRing<byte[]>.Producer producer, ref SpscRing<byte[]>.Consumer consumer)
+    {
+        byte[] item = new byte[16];
+        Span<byte[]> run = producer.Reserve(4);
+        run[0] = item;
+        producer.Commit(1);
+        producer.Publish();
+        ReadOnlySpan<byte[]> taken = consumer.Peek(4);
+        Assert.Same(item, taken[0]);
+        consumer.Release(1);
+        consumer.Publish();
+        return new WeakReference(item);
     }
 
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
