@@ -70,6 +70,11 @@ internal static class Protocol
 {
     private static readonly TimeSpan s_joinAfterAbort = TimeSpan.FromSeconds(2);
 
+    // Slots the push loop asks the ring for at a time (the ring's own publishing batch), and items the pop loop
+    // takes at a time: sixteen cache lines of slots, which the ring prefetches together (see SpscRing.Consumer.Peek).
+    private const int RunLength = 32;
+    private const int PopRunLength = 128;
+
     public static RawRun Run<T, TSource>(TSource producerSource, TSource consumerSource, ProtocolSettings settings, IRunMonitor monitor)
         where TSource : struct, IFragmentSource<T>
     {
@@ -214,7 +219,18 @@ internal static class Protocol
         long pushed = 0, dropped = 0, failed = 0, waited = 0;
         while (pushed < nrTest)
         {
-            if (!source.TryAlloc(out T item))
+            // A run of free slots, filled item by item: per item only the allocator's work and the slot store.
+            Span<T> run = ring.Reserve((int)Math.Min(RunLength, nrTest - pushed));
+            int filled = Fill<T, TSource>(ref source, run);
+
+            ring.Commit(filled);
+            pushed += filled;
+            if (filled == run.Length && run.Length != 0)
+            {
+                continue;
+            }
+
+            if (run.Length != 0)
             {
                 // The kernel skips a failed allocation; count it so the watchdog can say why nothing moves.
                 // Publish first: the pages we wait for may be held by fragments still unpublished here.
@@ -228,16 +244,19 @@ internal static class Protocol
                 continue;
             }
 
-            if (ring.TryPush(item))
+            // Ring full: allocate, free our own fragment as the kernel test does, and wait for room before the
+            // next try. Timed on this slow path only (once per ring refill): the share of the run the push
+            // thread waited.
+            if (!source.TryAlloc(out T item))
             {
-                pushed++;
-                continue;
+                Volatile.Write(ref shared.FailedAllocs, ++failed);
+            }
+            else
+            {
+                source.Free(item);
+                dropped++;
             }
 
-            // Ring full: free our own fragment, as the kernel test does, and wait for room before the next try.
-            // Timed on this slow path only (once per ring refill): the share of the run the push thread waited.
-            source.Free(item);
-            dropped++;
             long waitStart = Stopwatch.GetTimestamp();
             ring.WaitForRoom(control);
             waited += Stopwatch.GetTimestamp() - waitStart;
@@ -253,6 +272,31 @@ internal static class Protocol
         shared.PushWaitTicks = waited;
     }
 
+    // The innermost loops on their own, so that the few values they keep across the allocator's cold call fit in
+    // registers the call preserves (nothing spilled to the stack per item).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    private static int Fill<T, TSource>(ref TSource source, Span<T> run)
+        where TSource : struct, IFragmentSource<T>
+    {
+        int filled = 0;
+        while (filled < run.Length && source.TryAlloc(out run[filled]))
+        {
+            filled++;
+        }
+
+        return filled;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    private static void Drain<T, TSource>(ref TSource source, ReadOnlySpan<T> run)
+        where TSource : struct, IFragmentSource<T>
+    {
+        foreach (T item in run)
+        {
+            source.Free(item);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static long ConsumeLoop<T, TSource>(ref TSource source, ref SpscRing<T>.Consumer ring, long nrTest, RunControl control)
         where TSource : struct, IFragmentSource<T>
@@ -260,10 +304,13 @@ internal static class Protocol
         long freed = 0;
         while (freed < nrTest)
         {
-            if (ring.TryPop(out T item))
+            // A run of items, freed one by one, then given back to the ring at once.
+            ReadOnlySpan<T> run = ring.Peek((int)Math.Min(PopRunLength, nrTest - freed));
+            if (run.Length != 0)
             {
-                source.Free(item);
-                freed++;
+                Drain<T, TSource>(ref source, run);
+                ring.Release(run.Length);
+                freed += run.Length;
                 continue;
             }
 

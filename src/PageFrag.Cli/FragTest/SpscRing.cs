@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace PageFrag.Cli.FragTest;
 
@@ -28,6 +29,7 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
     // of padding after them: a batch of 32 slots is then exactly four cache lines, so the consumer never
     // reads a line the producer is still writing, and no other object shares the first or last line.
     private const int Alignment = 128;
+    private const int CacheLine = 64;
 
     private readonly T[] _slots;
     private readonly int _first;
@@ -120,6 +122,44 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
             return true;
         }
 
+        /// <summary>
+        /// The free slots the producer may fill now, without looking at the consumer's index unless the ring
+        /// looked full: one contiguous run (it stops at the wrap) of at most <paramref name="max"/> slots; empty
+        /// when the ring is full. Fill a prefix of it and <see cref="Commit"/> that many.
+        /// </summary>
+        /// <remarks>
+        /// The same ring as <see cref="TryPush"/>, in runs: the push loop keeps its position in a register
+        /// instead of storing the ring's tail after every item. Fewer stores per item matter on machines where
+        /// a cache line takes long to move between cores: every store waits in the core's store buffer behind
+        /// the slot store that waits for its line, and the fewer there are, the more slot lines can be on their
+        /// way at once.
+        /// </remarks>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Span<T> Reserve(int max)
+        {
+            long tail = _tail;
+            if (tail == _limit && !HasRoom())
+            {
+                return default;
+            }
+
+            int at = (int)tail & _mask;
+            int run = (int)Math.Min(Math.Min(_limit - tail, _mask + 1 - at), max);
+            return MemoryMarshal.CreateSpan(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + at), run);
+        }
+
+        /// <summary>Counts the first <paramref name="count"/> slots of the last <see cref="Reserve"/> as pushed.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Commit(int count)
+        {
+            Debug.Assert(count >= 0 && _tail + count <= _limit, "only reserved slots are committed");
+            _tail += count;
+            if (_tail - _published >= _ring._batch)
+            {
+                Publish();
+            }
+        }
+
         /// <summary>Makes every pushed item visible to the consumer.</summary>
         public void Publish()
         {
@@ -201,6 +241,63 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
             }
 
             return true;
+        }
+
+        /// <summary>
+        /// The items the consumer may take now, without looking at the producer's index unless the ring looked
+        /// empty: one contiguous run (it stops at the wrap) of at most <paramref name="max"/> items; empty when
+        /// the ring is empty. Take a prefix of it and <see cref="Release"/> that many.
+        /// </summary>
+        /// <remarks>
+        /// <para>The pop loop's counterpart of <see cref="Producer.Reserve"/>.</para>
+        /// <para>On x86 it prefetches every cache line of the run before it returns. The producer wrote those lines
+        /// last, so each is a trip to the other core; one at a time, as the items are read, the pop thread waited
+        /// for each in turn (on this project's 2-vCPU VM, where a line takes about 200 ns between the cores, that
+        /// was most of its time). Asked together, the trips overlap. Only published slots are prefetched: a line
+        /// the producer is still writing is never pulled away from it.</para>
+        /// </remarks>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ReadOnlySpan<T> Peek(int max)
+        {
+            long head = _head;
+            if (head == _limit && !HasItems())
+            {
+                return default;
+            }
+
+            int at = (int)head & _mask;
+            int run = (int)Math.Min(Math.Min(_limit - head, _mask + 1 - at), max);
+            ref T first = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + at);
+            if (Sse.IsSupported)
+            {
+                // The slot array is pinned (see the constructor), so its address stays valid.
+                byte* line = (byte*)Unsafe.AsPointer(ref first);
+                byte* end = line + (nint)run * Unsafe.SizeOf<T>();
+                for (; line < end; line += CacheLine)
+                {
+                    Sse.Prefetch0(line);
+                }
+            }
+
+            return MemoryMarshal.CreateReadOnlySpan(ref first, run);
+        }
+
+        /// <summary>Counts the first <paramref name="count"/> items of the last <see cref="Peek"/> as taken.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Release(int count)
+        {
+            Debug.Assert(count >= 0 && _head + count <= _limit, "only peeked items are released");
+            if (RuntimeHelpers.IsReferenceOrContainsReferences<T>())
+            {
+                // Do not keep taken objects alive from the ring (the run never crosses the wrap).
+                MemoryMarshal.CreateSpan(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + ((int)_head & _mask)), count).Clear();
+            }
+
+            _head += count;
+            if (_head - _published >= _ring._batch)
+            {
+                Publish();
+            }
         }
 
         /// <summary>Gives every popped slot back to the producer.</summary>

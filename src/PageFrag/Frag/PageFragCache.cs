@@ -83,8 +83,8 @@ public sealed partial class PageFragCache : IDisposable
     private byte _tag;
 
     // The start granules (within the page) of the first StartsKept fragments carved from the current page, and
-    // how many fragments were carved: a cache that leaves a page with few fragments checks just their states for
-    // freed marks instead of scanning the page's.
+    // how many fragments were carved, up to StartsKept + 1 (which means "more"): a cache that leaves a page with few
+    // fragments checks just their states for freed marks instead of scanning the page's.
     private readonly ushort[] _starts = new ushort[StartsKept];
     private int _carved;
     private int _pageIndex;
@@ -183,14 +183,13 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool TryAlloc(int size, out PageFragment fragment)
     {
-        CheckSize(size, nameof(size));
-        if (_detectMisuse)
+        if (TryAllocFast(size, 0, out fragment))
         {
-            fragment = AllocChecked(size, 0);
-            return fragment.Arena is not null;
+            return true;
         }
 
-        return TryAllocCore(size, 0, out fragment);
+        fragment = AllocSlow(size, 1);
+        return fragment.Arena is not null;
     }
 
     /// <summary>
@@ -202,15 +201,59 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool TryAlloc(int size, int alignment, out PageFragment fragment)
     {
-        CheckSize(size, nameof(size));
-        int mask = AlignMask(alignment);
-        if (_detectMisuse)
+        int mask = alignment - 1;
+        if ((alignment & mask) == 0 && (uint)mask < MaxAlignment && TryAllocFast(size, mask, out fragment))
         {
-            fragment = AllocChecked(size, mask);
-            return fragment.Arena is not null;
+            return true;
         }
 
-        return TryAllocCore(size, mask, out fragment);
+        fragment = AllocSlow(size, alignment);
+        return fragment.Arena is not null;
+    }
+
+    /// <summary>
+    /// The common case, inlined into the caller: a size in range, no detection mode, room on the current page and
+    /// a clean state byte. Anything else, including every exception, is left to <see cref="AllocSlow"/>, which
+    /// does the whole allocation again. One cold call and few values alive across it keep the caller's loop in
+    /// registers: every store on this path waits in the core's store buffer behind any store whose cache line is
+    /// still on its way from another core, so a spilled local costs more than its instruction.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool TryAllocFast(int size, int alignMask, out PageFragment fragment)
+    {
+        // size - 1 < MaxFragmentSize and alignMask < MaxAlignment keep every sum below far from overflow.
+        int consumed = size < MarkGranule ? MarkGranule : size;
+        int offset = (_offset + alignMask) & ~alignMask;
+        if ((uint)(size - 1) < MaxFragmentSize && !_detectMisuse && offset + consumed <= _size)
+        {
+            int start = _pageStart + offset;
+            ref byte state = ref _states![start >> Arena.MarkShift];
+            if (state == 0)
+            {
+                fragment = Take(ref state, start, offset, size, consumed);
+                return true;
+            }
+        }
+
+        fragment = default;
+        return false;
+    }
+
+    // The whole allocation, with every check: a size out of range, the detection mode, a refill, a state byte that
+    // says two threads carve the page. Returns the handle (empty on failure) rather than writing an out parameter:
+    // passing the caller's handle by reference to a call that is not inlined would keep it in memory.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private PageFragment AllocSlow(int size, int alignment)
+    {
+        CheckSize(size, nameof(size));
+        int alignMask = AlignMask(alignment);
+        if (_detectMisuse)
+        {
+            return AllocChecked(size, alignMask);
+        }
+
+        TryAllocCore(size, alignMask, out PageFragment fragment);
+        return fragment;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -764,6 +807,34 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Free(nint address)
     {
+        // The common case inlined: a fragment start on a page its cache still carves. Anything else (the page left
+        // or never a cache's, an address no arena owns) takes FreeSlow, which checks everything again before it
+        // changes anything; this path changes nothing before its one compare-and-swap. Few cold calls keep the
+        // caller's loop in registers (see TryAllocFast).
+        Arena? arena = ArenaRegistry.Find(address);
+        if (arena is not null)
+        {
+            int offset = (int)(address - arena.BaseAddress);
+            int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
+            ref PageDescriptor d = ref arena.Pages[head];
+            if ((d.Flags & PageFlags.Head) != 0 && d.Pool is null && d.FragmentCachePage && Volatile.Read(ref d.CacheHeld) != 0)
+            {
+                if (!ReleaseOnHeldPage(arena, head, ref d, offset, d.Generation))
+                {
+                    ThrowNotLiveStart(address, arena, offset);
+                }
+
+                return;
+            }
+        }
+
+        FreeSlow(address);
+    }
+
+    /// <summary><see cref="Free(nint)"/> off its common case: every check, then the release.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void FreeSlow(nint address)
+    {
         Arena? arena = ArenaRegistry.Find(address);
         if (arena is null)
         {
@@ -792,7 +863,7 @@ public sealed partial class PageFragCache : IDisposable
         // this read and the swap, the tag no longer matches and the free is refused.
         if (!Release(arena, head, ref d, offset, d.Generation))
         {
-            ThrowNotLiveStart(address, Volatile.Read(ref arena.FragStates[offset >> Arena.MarkShift]), offset);
+            ThrowNotLiveStart(address, arena, offset);
         }
     }
 
@@ -834,9 +905,28 @@ public sealed partial class PageFragCache : IDisposable
             ThrowOwnerRuleOverlap();
         }
 
+        return Take(ref state, start, offset, size, consumed);
+    }
+
+    /// <summary><see cref="Take(int, int, int)"/> once its state byte was found clean.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private PageFragment Take(ref byte state, int start, int offset, int size, int consumed)
+    {
         state = (byte)(_tag | ((start & 7) << 4));
-        Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_starts), _carved & (StartsKept - 1)) = (ushort)(offset >> Arena.MarkShift);
-        _carved++;
+
+        // The first StartsKept starts are kept for LeavePage; past them the count stops at StartsKept + 1 ("more"),
+        // so that the rest of the page's fragments store nothing here.
+        int carved = _carved;
+        if (carved <= StartsKept)
+        {
+            if (carved < StartsKept)
+            {
+                _starts[carved] = (ushort)(offset >> Arena.MarkShift);
+            }
+
+            _carved = carved + 1;
+        }
+
         int trueSize = offset + consumed - _offset;
         _bias--;
         _offset = offset + consumed;
@@ -1018,8 +1108,9 @@ public sealed partial class PageFragCache : IDisposable
 
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void ThrowNotLiveStart(nint address, byte state, int offset)
+    private static void ThrowNotLiveStart(nint address, Arena arena, int offset)
     {
+        byte state = Volatile.Read(ref arena.FragStates[offset >> Arena.MarkShift]);
         if ((state & 0x80) != 0 && ((state >> 4) & 7) != (offset & 7))
         {
             ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is inside a fragment, not at its start: free a fragment by the address of its first byte.");
