@@ -608,21 +608,47 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Free(in PageFragment fragment)
     {
+        // The common case inlined (a live handle of a page its cache still carves); everything else, including every
+        // exception, in FreeSlow, which checks everything again before it changes anything. The handle's fields are
+        // passed by value: a handle passed by reference to a call that is not inlined would stay in memory.
         Arena? arena = fragment.Arena;
-        if (arena is null)
+        int offset = fragment.ArenaOffset;
+        int generation = fragment.Generation;
+        if (arena is not null)
         {
-            ThrowHelper.Argument(nameof(fragment), "The fragment is empty: it came from a failed or default allocation.");
+            int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
+            ref PageDescriptor d = ref arena.Pages[head];
+            if (d.Generation == generation && (d.Flags & PageFlags.Head) != 0 && Volatile.Read(ref d.CacheHeld) != 0)
+            {
+                if (!ReleaseOnHeldPage(arena, head, ref d, offset, generation))
+                {
+                    ThrowDoubleFree();
+                }
+
+                return;
+            }
         }
 
-        int head = arena.Pages[fragment.ArenaOffset >> PageConstants.PageShift].HeadIndex;
+        FreeSlow(arena, offset, generation);
+    }
+
+    /// <summary><see cref="Free(in PageFragment)"/> off its common case: every check, then the release.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void FreeSlow(Arena? arena, int offset, int generation)
+    {
+        if (arena is null)
+        {
+            ThrowHelper.Argument("fragment", "The fragment is empty: it came from a failed or default allocation.");
+        }
+
+        int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
         ref PageDescriptor d = ref arena.Pages[head];
-        int generation = fragment.Generation;
         if (d.Generation != generation || (d.Flags & PageFlags.Head) == 0)
         {
             ThrowStaleFree();
         }
 
-        if (!Release(arena, head, ref d, fragment.ArenaOffset, generation))
+        if (!Release(arena, head, ref d, offset, generation))
         {
             ThrowDoubleFree();
         }
