@@ -3,7 +3,6 @@ using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics.X86;
 using PageFrag.Pages;
 
 namespace PageFrag.Frag;
@@ -705,12 +704,8 @@ public sealed partial class PageFragCache : IDisposable
             return false;
         }
 
-        // On x86 the locked swap orders the loads below after it. Elsewhere (Arm64 may weaken volatile loads to
-        // RCpc loads that can pass a store-release) a full fence does; the JIT drops this branch on x86.
-        if (!X86Base.IsSupported)
-        {
-            Interlocked.MemoryBarrier();
-        }
+        // The loads below stay after the locked swap (on x86 the swap is a full fence).
+        MemoryOrder.FullFenceUnlessX86();
 
         // Read after the swap (a full fence): still held in our generation means the cache's leaving scan,
         // which starts after it clears the flag, will count the mark.
@@ -1073,12 +1068,9 @@ public sealed partial class PageFragCache : IDisposable
     {
         Interlocked.Exchange(ref d.CacheHeld, 0);
 
-        // A full fence between clearing the flag and reading the marks. On x86 the locked exchange is one; Arm64 may
-        // let plain loads pass the exchange's store, so there a barrier follows (the JIT drops the branch on x86).
-        if (!X86Base.IsSupported)
-        {
-            Interlocked.MemoryBarrier();
-        }
+        // A full fence between clearing the flag and reading the marks (on x86 the locked exchange is one).
+        MemoryOrder.FullFenceUnlessX86();
+
         int marks = 0;
         if (_offset != 0 && Volatile.Read(ref d.MarksLeft) != 0)
         {
