@@ -3,7 +3,6 @@ using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics.X86;
 using PageFrag.Pages;
 
 namespace PageFrag.Frag;
@@ -608,21 +607,47 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Free(in PageFragment fragment)
     {
+        // The common case inlined (a live handle of a page its cache still carves); everything else, including every
+        // exception, in FreeSlow, which checks everything again before it changes anything. The handle's fields are
+        // passed by value: a handle passed by reference to a call that is not inlined would stay in memory.
         Arena? arena = fragment.Arena;
-        if (arena is null)
+        int offset = fragment.ArenaOffset;
+        int generation = fragment.Generation;
+        if (arena is not null)
         {
-            ThrowHelper.Argument(nameof(fragment), "The fragment is empty: it came from a failed or default allocation.");
+            int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
+            ref PageDescriptor d = ref arena.Pages[head];
+            if (d.Generation == generation && (d.Flags & PageFlags.Head) != 0 && Volatile.Read(ref d.CacheHeld) != 0)
+            {
+                if (!ReleaseOnHeldPage(arena, head, ref d, offset, generation))
+                {
+                    ThrowDoubleFree();
+                }
+
+                return;
+            }
         }
 
-        int head = arena.Pages[fragment.ArenaOffset >> PageConstants.PageShift].HeadIndex;
+        FreeSlow(arena, offset, generation);
+    }
+
+    /// <summary><see cref="Free(in PageFragment)"/> off its common case: every check, then the release.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void FreeSlow(Arena? arena, int offset, int generation)
+    {
+        if (arena is null)
+        {
+            ThrowHelper.Argument("fragment", "The fragment is empty: it came from a failed or default allocation.");
+        }
+
+        int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
         ref PageDescriptor d = ref arena.Pages[head];
-        int generation = fragment.Generation;
         if (d.Generation != generation || (d.Flags & PageFlags.Head) == 0)
         {
             ThrowStaleFree();
         }
 
-        if (!Release(arena, head, ref d, fragment.ArenaOffset, generation))
+        if (!Release(arena, head, ref d, offset, generation))
         {
             ThrowDoubleFree();
         }
@@ -679,12 +704,8 @@ public sealed partial class PageFragCache : IDisposable
             return false;
         }
 
-        // On x86 the locked swap orders the loads below after it. Elsewhere (Arm64 may weaken volatile loads to
-        // RCpc loads that can pass a store-release) a full fence does; the JIT drops this branch on x86.
-        if (!X86Base.IsSupported)
-        {
-            Interlocked.MemoryBarrier();
-        }
+        // The loads below stay after the locked swap (on x86 the swap is a full fence).
+        MemoryOrder.FullFenceUnlessX86();
 
         // Read after the swap (a full fence): still held in our generation means the cache's leaving scan,
         // which starts after it clears the flag, will count the mark.
@@ -1047,12 +1068,9 @@ public sealed partial class PageFragCache : IDisposable
     {
         Interlocked.Exchange(ref d.CacheHeld, 0);
 
-        // A full fence between clearing the flag and reading the marks. On x86 the locked exchange is one; Arm64 may
-        // let plain loads pass the exchange's store, so there a barrier follows (the JIT drops the branch on x86).
-        if (!X86Base.IsSupported)
-        {
-            Interlocked.MemoryBarrier();
-        }
+        // A full fence between clearing the flag and reading the marks (on x86 the locked exchange is one).
+        MemoryOrder.FullFenceUnlessX86();
+
         int marks = 0;
         if (_offset != 0 && Volatile.Read(ref d.MarksLeft) != 0)
         {
