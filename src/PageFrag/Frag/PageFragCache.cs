@@ -621,7 +621,7 @@ public sealed partial class PageFragCache : IDisposable
     internal static bool ReleaseOnHeldPage(Arena arena, int head, ref PageDescriptor d, int arenaOffset, int generation)
     {
         byte[] states = arena.FragStates;
-        int granule = arenaOffset >> Arena.MarkShift;
+        int granule = Arena.StateIndex(states, arenaOffset);
         byte live = Arena.LiveTag(generation, arenaOffset);
         byte mark = Arena.FreedMark(generation);
 
@@ -792,7 +792,7 @@ public sealed partial class PageFragCache : IDisposable
         // this read and the swap, the tag no longer matches and the free is refused.
         if (!Release(arena, head, ref d, offset, d.Generation))
         {
-            ThrowNotLiveStart(address, Volatile.Read(ref arena.FragStates[offset >> Arena.MarkShift]), offset);
+            ThrowNotLiveStart(address, Volatile.Read(ref arena.FragStates[Arena.StateIndex(arena.FragStates, offset)]), offset);
         }
     }
 
@@ -826,7 +826,8 @@ public sealed partial class PageFragCache : IDisposable
     private PageFragment Take(int offset, int size, int consumed)
     {
         int start = _pageStart + offset;
-        ref byte state = ref _states![start >> Arena.MarkShift];
+        byte[] states = _states!;
+        ref byte state = ref states[Arena.StateIndex(states, start)];
         if (state != 0)
         {
             // Every fragment of this page after the cache's offset is in the future; a live one there means two
