@@ -62,6 +62,11 @@ internal static class KestrelExample
         WebApplication app = builder.Build();
         app.MapGet("/hello", () => "hello");
         app.MapGet("/bytes/{size:int}", WriteBytesAsync);
+        if (Environment.GetEnvironmentVariable("PAGEFRAG_STATS") == "1")
+        {
+            // A measurement aid for bench/README.md ("Session 6"): where the server's memory is, right now.
+            app.MapGet("/stats", (IServiceProvider sp) => DiagStats.Text(sp));
+        }
         return app;
     }
 

@@ -226,7 +226,8 @@ public sealed partial class PageFragCache : IDisposable
         if ((uint)(size - 1) < MaxFragmentSize && !_detectMisuse && offset + consumed <= _size)
         {
             int start = _pageStart + offset;
-            ref byte state = ref _states![start >> Arena.MarkShift];
+            byte[] states = _states!;
+            ref byte state = ref states[Arena.StateIndex(states, start)];
             if (state == 0)
             {
                 fragment = Take(ref state, start, offset, size, consumed);
@@ -689,7 +690,7 @@ public sealed partial class PageFragCache : IDisposable
     internal static bool ReleaseOnHeldPage(Arena arena, int head, ref PageDescriptor d, int arenaOffset, int generation)
     {
         byte[] states = arena.FragStates;
-        int granule = arenaOffset >> Arena.MarkShift;
+        int granule = Arena.StateIndex(states, arenaOffset);
         byte live = Arena.LiveTag(generation, arenaOffset);
         byte mark = Arena.FreedMark(generation);
 
@@ -918,7 +919,8 @@ public sealed partial class PageFragCache : IDisposable
     private PageFragment Take(int offset, int size, int consumed)
     {
         int start = _pageStart + offset;
-        ref byte state = ref _states![start >> Arena.MarkShift];
+        byte[] states = _states!;
+        ref byte state = ref states[Arena.StateIndex(states, start)];
         if (state != 0)
         {
             // Every fragment of this page after the cache's offset is in the future; a live one there means two
@@ -1128,7 +1130,7 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowNotLiveStart(nint address, Arena arena, int offset)
     {
-        byte state = Volatile.Read(ref arena.FragStates[offset >> Arena.MarkShift]);
+        byte state = Volatile.Read(ref arena.FragStates[Arena.StateIndex(arena.FragStates, offset)]);
         if ((state & 0x80) != 0 && ((state >> 4) & 7) != (offset & 7))
         {
             ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is inside a fragment, not at its start: free a fragment by the address of its first byte.");

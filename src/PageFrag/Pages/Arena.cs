@@ -15,7 +15,8 @@ namespace PageFrag.Pages;
 ///  ├─ up to min(ArenaSize, 32 KiB) of slack so that page 0 starts on a BlockAlignment address
 ///  ├─ page 0 │ page 1 │ … │ page N-1            BaseAddress + i * 4096
 ///  Pages[i]   descriptor of page i (refcount, order, head index, …)
-///  FragStates one byte per 8 bytes: 0, or the live tag of the fragment that starts there
+///  FragStates one byte per 8 bytes: 0, or the live tag of the fragment that starts there; the byte of
+///             each page's first granule in a dense table at the end (StateIndex)
 ///  FreeHeads  per order, the first free block (-1 for none); blocks are linked through Next/Prev
 /// </code>
 /// A free block of order k starts at a page index that is a multiple of 2^k, and its buddy is the
@@ -32,6 +33,9 @@ internal sealed unsafe class Arena
 
     /// <summary>The smallest number of bytes a fragment consumes, so that two fragment starts never share a granule.</summary>
     public const int MarkGranule = 1 << MarkShift;
+
+    /// <summary>log2 of the granules per page (512).</summary>
+    public const int PageGranuleShift = PageConstants.PageShift - MarkShift;
 
     /// <summary>
     /// The highest order whose blocks are guaranteed to be naturally aligned in the address space: 3
@@ -115,7 +119,7 @@ internal sealed unsafe class Arena
         // with the blocks (PageAllocator.DiscardFreeMemory): an address taken under the lock stays valid.
         // Cleared by giving its whole pages back (Linux) rather than by writing them: a state byte is written only
         // where a fragment starts, so the states of pages never carved stay non-resident.
-        FragStates = GC.AllocateUninitializedArray<byte>(byteLength >> MarkShift, pinned: true);
+        FragStates = GC.AllocateUninitializedArray<byte>(StatesLength(byteLength), pinned: true);
         PhysicalMemory.Clear(FragStates);
         _freeHeads = new int[MaxOrder + 1];
         _freeHeads.AsSpan().Fill(-1);
@@ -278,6 +282,52 @@ internal sealed unsafe class Arena
         Pages[index].Flags |= PageFlags.Discarded;
     }
 
+    /// <summary>The length of the fragment-state array of an arena of <paramref name="byteLength"/> bytes: one byte per granule, laid out by <see cref="StateIndex"/>.</summary>
+    public static int StatesLength(int byteLength) => (byteLength >> MarkShift) + (byteLength >> PageConstants.PageShift);
+
+    /// <summary>
+    /// The index in <paramref name="states"/> (an arena's <see cref="FragStates"/>) of the state byte of the
+    /// granule that holds <paramref name="arenaOffset"/>: the one place that knows the layout. Every reader and
+    /// writer of a state byte goes through it (or <see cref="GranuleStateIndex"/>).
+    /// </summary>
+    /// <remarks>
+    /// The byte of the first granule of page p sits in a dense table at the end, at <c>Length - 1 - p</c>; every
+    /// other granule g at index g (so the bytes at <c>p * 512</c> are never used and stay 0). Fragments of 4 KiB
+    /// and more start at page starts, so their bytes share a few state pages (one per 4,096 arena pages) instead
+    /// of making one state page resident per 8 arena pages (12.5 % of the arena's bytes; bench/README.md,
+    /// "Session 6"). Small fragments still walk the main table, one cache line per 512 bytes of the page.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int StateIndex(byte[] states, int arenaOffset) => GranuleStateIndex(states, arenaOffset >> MarkShift);
+
+    /// <summary><see cref="StateIndex"/> for a granule number (arena offset / 8).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int GranuleStateIndex(byte[] states, int granule) =>
+        (granule & ((1 << PageGranuleShift) - 1)) == 0 ? states.Length - 1 - (granule >> PageGranuleShift) : granule;
+
+    /// <summary>
+    /// How many of the states of the <paramref name="count"/> granules from <paramref name="first"/> on equal
+    /// <paramref name="value"/> (not 0).
+    /// </summary>
+    public static int CountStates(byte[] states, int first, int count, byte value)
+    {
+        Debug.Assert(value != 0);
+        int n = states.AsSpan(first, count).Count(value);
+        for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
+        {
+            if (states[GranuleStateIndex(states, g)] == value)
+            {
+                n++;
+            }
+        }
+
+        return n;
+    }
+
+    // The first page-start granule at or after granule.
+    private static int FirstPageGranule(int granule) =>
+        (granule + (1 << PageGranuleShift) - 1) & ~((1 << PageGranuleShift) - 1);
+
     /// <summary>The address of <see cref="FragStates"/>' first byte (the array is pinned).</summary>
     public nint FragStatesAddress => (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(FragStates));
 
@@ -395,6 +445,17 @@ internal sealed unsafe class Arena
             }
         }
 
+        // The page starts' bytes in the dense table (their main-table bytes above are always 0).
+        for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
+        {
+            ref byte state = ref states[GranuleStateIndex(states, g)];
+            if (state == mark)
+            {
+                state = 0;
+                claimed++;
+            }
+        }
+
         return claimed;
     }
 
@@ -407,7 +468,7 @@ internal sealed unsafe class Arena
         int claimed = 0;
         foreach (ushort start in starts)
         {
-            ref byte state = ref states[first + start];
+            ref byte state = ref states[GranuleStateIndex(states, first + start)];
             if (state == mark)
             {
                 state = 0;
@@ -424,9 +485,29 @@ internal sealed unsafe class Arena
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool TryReleaseFragment(byte[] states, int arenaOffset, int generation) =>
-        TryRelease(states, arenaOffset >> MarkShift, LiveTag(generation, arenaOffset));
+        TryRelease(states, StateIndex(states, arenaOffset), LiveTag(generation, arenaOffset));
 
-    /// <summary>True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) (the state a page must have when its carving starts).</summary>
-    public static bool NoLiveFragments(byte[] states, int byteOffset, int length, int shift = MarkShift) =>
-        !states.AsSpan(byteOffset >> shift, Math.Max(1, length >> shift)).ContainsAnyExcept((byte)0);
+    /// <summary>
+    /// True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) of an arena
+    /// (the state a page must have when its carving starts).
+    /// </summary>
+    public static bool NoLiveFragments(byte[] states, int byteOffset, int length)
+    {
+        int first = byteOffset >> MarkShift;
+        int count = Math.Max(1, length >> MarkShift);
+        if (states.AsSpan(first, count).ContainsAnyExcept((byte)0))
+        {
+            return false;
+        }
+
+        for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
+        {
+            if (states[GranuleStateIndex(states, g)] != 0)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
 }

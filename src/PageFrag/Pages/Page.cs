@@ -52,8 +52,8 @@ public readonly struct Page : IEquatable<Page>
             int count = Volatile.Read(ref d.RefCount);
             if (Volatile.Read(ref d.CacheHeld) != 0)
             {
-                count -= arena.FragStates.AsSpan((Index << PageConstants.PageShift) >> Arena.MarkShift, Length >> Arena.MarkShift)
-                    .Count(Arena.FreedMark(Volatile.Read(ref d.Generation)));
+                count -= Arena.CountStates(arena.FragStates, (Index << PageConstants.PageShift) >> Arena.MarkShift, Length >> Arena.MarkShift,
+                    Arena.FreedMark(Volatile.Read(ref d.Generation)));
             }
 
             return count;

@@ -145,7 +145,10 @@ public sealed partial class PageAllocator
             long offset = (long)first << PageConstants.PageShift;
             long length = (long)(end - first) << PageConstants.PageShift;
             total += PhysicalMemory.Discard(arena.BaseAddress + (nint)offset, length);
+            // The main table's bytes of the run, and its page starts' bytes in the dense table (Arena.StateIndex):
+            // pages first..end-1 at Length - end .. Length - 1 - first. Only whole system pages go.
             PhysicalMemory.Discard(states + (nint)(offset >> Arena.MarkShift), length >> Arena.MarkShift);
+            PhysicalMemory.Discard(states + arena.FragStates.Length - end, end - first);
         }
 
         foreach (int index in indexes)

@@ -62,6 +62,18 @@ public abstract class NetMemArea
 
     private readonly bool _detectMisuse;
 
+    // True for an arena's area: its states are laid out by Arena.StateIndex; otherwise one byte per 2^FragStateShift bytes in order.
+    private readonly bool _arenaStates;
+
+    /// <summary>The index in <see cref="FragStates"/> of the state of a fragment that starts at <paramref name="start"/> (an area offset).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    internal int StateIndex(int start) => _arenaStates ? Arena.StateIndex(FragStates, start) : start >> FragStateShift;
+
+    /// <summary>True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) of the area.</summary>
+    internal bool NoLiveFragments(int byteOffset, int length) => _arenaStates
+        ? Arena.NoLiveFragments(FragStates, byteOffset, length)
+        : !FragStates.AsSpan(byteOffset >> FragStateShift, Math.Max(1, length >> FragStateShift)).ContainsAnyExcept((byte)0);
+
     private protected NetMemArea(PageDescriptor[] descriptors, nint baseAddress, int chunkShift, Memory<byte> memory,
         byte[] fragStates, int fragStateShift, bool needsDmaMapping, int node, bool readable)
     {
@@ -71,6 +83,7 @@ public abstract class NetMemArea
         WholeMemory = memory;
         FragStates = fragStates;
         FragStateShift = fragStateShift;
+        _arenaStates = this is HostPageArea;
         NeedsDmaMapping = needsDmaMapping;
         NodeId = node;
         Readable = readable;

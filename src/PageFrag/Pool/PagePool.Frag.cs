@@ -143,7 +143,7 @@ internal sealed partial class PagePoolCore
 
         // Every fragment release clears its state before it drops its reference, so a page that starts (fresh
         // or reused in place) has no live fragment state left: nothing to clear.
-        System.Diagnostics.Debug.Assert(Arena.NoLiveFragments(area.FragStates, page.AreaOffset, _maxSize, area.FragStateShift));
+        System.Diagnostics.Debug.Assert(area.NoLiveFragments(page.AreaOffset, _maxSize));
 
         _fragPage = page;
         _fragLimit = _maxSize;
@@ -211,7 +211,7 @@ internal sealed partial class PagePoolCore
     {
         NetMemArea area = _fragPage.Area!;
         int start = _fragPage.AreaOffset + offset;
-        area.FragStates[start >> area.FragStateShift] = Arena.LiveTag(_fragPage.Generation, start);
+        area.FragStates[area.StateIndex(start)] = Arena.LiveTag(_fragPage.Generation, start);
     }
 
     /// <summary>The release of a fragment: one compare-and-swap of its state decides which of racing puts wins.</summary>
@@ -220,7 +220,7 @@ internal sealed partial class PagePoolCore
     {
         NetMemArea area = buffer.NetMem.Area!;
         int start = buffer.NetMem.AreaOffset + buffer.Offset;
-        if (!Arena.TryRelease(area.FragStates, start >> area.FragStateShift, Arena.LiveTag(buffer.NetMem.Generation, start)))
+        if (!Arena.TryRelease(area.FragStates, area.StateIndex(start), Arena.LiveTag(buffer.NetMem.Generation, start)))
         {
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }

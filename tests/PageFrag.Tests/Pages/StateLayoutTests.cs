@@ -1,0 +1,106 @@
+using PageFrag.Frag;
+using PageFrag.Pages;
+using PageFrag.Tests.Infrastructure;
+using static PageFrag.Tests.Pages.PageTestKit;
+
+namespace PageFrag.Tests.Pages;
+
+/// <summary>
+/// <see cref="Arena.StateIndex"/>: every granule of an arena has its own state byte, and the bytes of page starts
+/// (where fragments of 4 KiB and more start) share a dense table instead of one state page per 8 arena pages.
+/// </summary>
+public class StateLayoutTests
+{
+    [Theory]
+    [InlineData(32 * 1024)]
+    [InlineData(256 * 1024)]
+    [InlineData(4 * 1024 * 1024)]
+    public void Every_granule_has_its_own_state_byte_and_page_starts_are_dense_at_the_end(int arenaBytes)
+    {
+        byte[] states = new byte[Arena.StatesLength(arenaBytes)];
+        int granules = arenaBytes >> Arena.MarkShift;
+        int pages = arenaBytes >> PageConstants.PageShift;
+        var seen = new bool[states.Length];
+        for (int g = 0; g < granules; g++)
+        {
+            int index = Arena.GranuleStateIndex(states, g);
+            Assert.InRange(index, 0, states.Length - 1);
+            Assert.False(seen[index], $"granule {g} shares state byte {index}");
+            seen[index] = true;
+            Assert.Equal(index, Arena.StateIndex(states, g << Arena.MarkShift));
+            Assert.Equal(index, Arena.StateIndex(states, (g << Arena.MarkShift) + 7));
+            if (g % (PageConstants.PageSize >> Arena.MarkShift) == 0)
+            {
+                Assert.Equal(states.Length - 1 - g / (PageConstants.PageSize >> Arena.MarkShift), index);
+            }
+        }
+
+        // Unused: exactly the main table's bytes of page starts.
+        for (int i = 0; i < states.Length; i++)
+        {
+            Assert.Equal(i >= granules || i % (PageConstants.PageSize >> Arena.MarkShift) != 0, seen[i]);
+        }
+
+        Assert.Equal(granules + pages, states.Length);
+    }
+
+    [Fact]
+    public void Page_sized_fragments_write_only_the_dense_table_and_free_cleanly()
+    {
+        const int ArenaBytes = 1 << 20;
+        using PageAllocator allocator = Leaks.NewAllocator(ArenaBytes, maxBytes: ArenaBytes);
+        var fragments = new List<PageFragment>();
+        using (var cache = new PageFragCache(allocator))
+        {
+            while (fragments.Count < 128 && cache.TryAlloc(PageConstants.PageSize, out PageFragment f))
+            {
+                fragments.Add(f);
+            }
+
+            Assert.Equal(128, fragments.Count);
+            Arena arena = fragments[0].NonEmpty;
+            int main = ArenaBytes >> Arena.MarkShift;
+            Assert.True(arena.FragStates.AsSpan(0, main).IndexOfAnyExcept((byte)0) < 0, "no main-table byte written");
+            Assert.Equal(128, arena.FragStates.AsSpan(main).Length - arena.FragStates.AsSpan(main).Count((byte)0));
+
+            // Freed by another thread while the cache still holds the last page: the marks in the dense table are
+            // counted when the cache leaves the page.
+            var t = new Thread(() =>
+            {
+                foreach (PageFragment f in fragments)
+                {
+                    PageFragCache.Free(f);
+                }
+            });
+            t.Start();
+            t.Join();
+            Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(fragments[^1]));
+            cache.Drain();
+        }
+
+        Arena a = fragments[0].NonEmpty;
+        Assert.True(Arena.NoLiveFragments(a.FragStates, 0, a.ByteLength));
+        Assert.True(a.FragStates.AsSpan().IndexOfAnyExcept((byte)0) < 0, "every state byte is 0 again");
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
+    public void A_free_by_an_address_inside_a_page_start_granule_is_refused_and_the_fragment_stays_live()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator();
+        using (var cache = new PageFragCache(allocator))
+        {
+            Assert.True(cache.TryAlloc(PageConstants.PageSize, out PageFragment f));
+            Assert.Equal(0, f.ArenaOffset & (PageConstants.PageSize - 1));
+            for (int i = 1; i < Arena.MarkGranule; i++)
+            {
+                Assert.Throws<ArgumentException>(() => PageFragCache.Free(f.Address + i));
+            }
+
+            PageFragCache.Free(f.Address);
+            Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(f));
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+}
