@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics.X86;
 using PageFrag.Frag;
 using PageFrag.Pages;
 
@@ -217,10 +216,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         int arenaOffset = _arenaOffset, length = _length, trueSize = _trueSize, generation = _generation;
 
         // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
-        if (!X86Base.IsSupported)
-        {
-            Interlocked.MemoryBarrier();
-        }
+        MemoryOrder.FullFenceUnlessX86();
 
         if (Volatile.Read(ref _state) != state)
         {
@@ -279,13 +275,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     // A rent's field writes must not become visible before the count's advance by the return that preceded it, or a
     // Dispose still reading the previous rent could pair new fields with the old count. x86 keeps stores in order.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void OrderAfterReturn()
-    {
-        if (!X86Base.IsSupported)
-        {
-            Interlocked.MemoryBarrier();
-        }
-    }
+    private static void OrderAfterReturn() => MemoryOrder.FullFenceUnlessX86();
 
     /// <summary>Where the buffer was rented (detection mode only), reported if it leaks.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
