@@ -283,7 +283,12 @@ internal sealed unsafe class Arena
     }
 
     /// <summary>The length of the fragment-state array of an arena of <paramref name="byteLength"/> bytes: one byte per granule, laid out by <see cref="StateIndex"/>.</summary>
-    public static int StatesLength(int byteLength) => (byteLength >> MarkShift) + (byteLength >> PageConstants.PageShift);
+    /// <remarks>
+    /// Rounded up to a multiple of 4: the .NET 8 swap (<see cref="TrySwap"/>) works on the aligned 4-byte word around a
+    /// byte, and the dense table's last byte must not put that word past the array's end. Arena sizes are powers of
+    /// two of at least 32 KiB, so the sum is a multiple of 8 already; the rounding keeps it so for any size.
+    /// </remarks>
+    public static int StatesLength(int byteLength) => ((byteLength >> MarkShift) + (byteLength >> PageConstants.PageShift) + 3) & ~3;
 
     /// <summary>
     /// The index in <paramref name="states"/> (an arena's <see cref="FragStates"/>) of the state byte of the

@@ -12,6 +12,30 @@ namespace PageFrag.Tests.Pages;
 public class StateLayoutTests
 {
     [Theory]
+    [InlineData(4 * 1024)]
+    [InlineData(12 * 1024)]
+    [InlineData(32 * 1024)]
+    [InlineData(1 << 30)]
+    public void The_state_array_is_whole_4_byte_words_so_the_net8_swap_of_its_last_byte_stays_inside(int arenaBytes)
+    {
+        int length = Arena.StatesLength(arenaBytes);
+        Assert.Equal(0, length % 4);
+        int granules = arenaBytes >> Arena.MarkShift;
+        int pages = arenaBytes >> PageConstants.PageShift;
+        Assert.InRange(length, granules + pages, granules + pages + 3);
+
+        // The last page's start (the lowest dense index) and the first page's start (the array's last byte) lie in
+        // words that end inside the array.
+        byte[] states = new byte[length];
+        foreach (int g in (int[])[0, (pages - 1) << Arena.PageGranuleShift])
+        {
+            int index = Arena.GranuleStateIndex(states, g);
+            Assert.True((index & ~3) + 3 < length, $"granule {g}: state byte {index} of {length}");
+            Assert.True(index >= granules, "a page start's byte is past the main table");
+        }
+    }
+
+    [Theory]
     [InlineData(32 * 1024)]
     [InlineData(256 * 1024)]
     [InlineData(4 * 1024 * 1024)]
