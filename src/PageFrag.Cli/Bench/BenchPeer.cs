@@ -49,10 +49,10 @@ internal enum BenchPeer
 /// <summary>Names and groupings of the peers.</summary>
 internal static class BenchPeers
 {
-    /// <summary>The allocators of scenario 3, PageFrag's first.</summary>
+    /// <summary>The allocators of scenario 3, PageFrag's first (by address, then by handle).</summary>
     public static readonly BenchPeer[] Allocators =
     [
-        BenchPeer.PageFrag, BenchPeer.PagePool, BenchPeer.ArrayPool, BenchPeer.Kestrel,
+        BenchPeer.PageFrag, BenchPeer.PageFragFree, BenchPeer.PagePool, BenchPeer.ArrayPool, BenchPeer.Kestrel,
         BenchPeer.DotNettyHeap, BenchPeer.DotNettyDirect, BenchPeer.Gc, BenchPeer.Native,
     ];
 
@@ -106,6 +106,7 @@ internal static class BenchPeers
     {
         BenchPeer.PageFrag when scenario == BenchScenario.Writer => "PageFrag FragBufferWriter",
         BenchPeer.PageFrag when scenario == BenchScenario.SingleThread => "PageFrag cache, FreeLocal",
+        BenchPeer.PageFrag when scenario == BenchScenario.BothWays => "PageFrag cache, by address",
         BenchPeer.PageFrag => "PageFrag cache",
         BenchPeer.PageFragFree => "PageFrag cache, Free (any thread)",
         BenchPeer.PagePool => "PageFrag page pool",

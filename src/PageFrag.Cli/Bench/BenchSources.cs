@@ -32,6 +32,24 @@ internal readonly struct PageFragLocalSource(PageFragCache cache, int length) : 
     public Span<byte> GetSpan(PageFragment item, int length) => item.Span;
 }
 
+/// <summary>PageFrag's cache by address, as the kernel's API: <c>page_frag_alloc</c> gives a pointer, <c>page_frag_free(va)</c> takes it.</summary>
+internal readonly unsafe struct PageFragAddressSource(PageFragCache cache, int length) : IBenchSource<nint>
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryAlloc(out nint item)
+    {
+        bool ok = cache.TryAlloc(length, out PageFragment fragment);
+        item = fragment.Address;
+        return ok;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Free(nint item) => PageFragCache.Free(item);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public Span<byte> GetSpan(nint item, int length) => new((void*)item, length);
+}
+
 /// <summary>PageFrag's cache freed with the any-thread <see cref="PageFragCache.Free(in PageFragment)"/> (one atomic decrement).</summary>
 internal readonly struct PageFragAnySource(PageFragCache cache, int length) : IBenchSource<PageFragment>
 {

@@ -17,7 +17,9 @@ namespace PageFrag.Cli.Bench;
 /// </summary>
 /// <remarks>
 /// PageFrag's rows give each thread its own cache (or page pool), as per-CPU caches are meant to be used;
-/// the frees are the any-thread <c>Free</c>. The peers are shared by both threads, as their libraries
+/// the frees are the any-thread <c>Free</c>: by address in the first row (the kernel's <c>page_frag_alloc</c> /
+/// <c>page_frag_free(va)</c>, as scenario 1), by handle in the "Free (any thread)" row (which also refuses a stale
+/// handle after its page was reused; the ring then carries a 24-byte handle instead of an 8-byte address). The peers are shared by both threads, as their libraries
 /// intend (ArrayPool.Shared, one Kestrel pool, one DotNetty allocator with its per-thread caches).
 /// </remarks>
 internal static class BothWaysScenario
@@ -31,20 +33,10 @@ internal static class BothWaysScenario
         switch (peer)
         {
             case BenchPeer.PageFrag:
-                {
-                    using var pages = new PrivatePages();
-                    var a = new PageFragCache(pages.Allocator);
-                    var b = new PageFragCache(pages.Allocator);
-                    RunFigures figures = RunPair<PageFragment, PageFragAnySource>(new(a, size), new(b, size), size, ops, monitor, label, watchdog, out bool ended);
-                    if (!ended)
-                    {
-                        return figures;
-                    }
+                return RunCaches<nint, PageFragAddressSource>(cache => new(cache, size), size, ops, monitor, label, watchdog);
 
-                    a.Drain();
-                    b.Drain();
-                    return figures with { LeakedPages = pages.PagesInUse };
-                }
+            case BenchPeer.PageFragFree:
+                return RunCaches<PageFragment, PageFragAnySource>(cache => new(cache, size), size, ops, monitor, label, watchdog);
 
             case BenchPeer.PagePool:
                 {
@@ -81,6 +73,24 @@ internal static class BothWaysScenario
             default:
                 throw new ArgumentOutOfRangeException(nameof(peer), peer, "Not an allocator of scenario 3.");
         }
+    }
+
+    // Two fragment caches over one private allocator, one per thread; afterwards every page must be back.
+    private static RunFigures RunCaches<T, TSource>(Func<PageFragCache, TSource> source, int size, long ops, IRunMonitor monitor, string label, TimeSpan watchdog)
+        where TSource : struct, IBenchSource<T>
+    {
+        using var pages = new PrivatePages();
+        var a = new PageFragCache(pages.Allocator);
+        var b = new PageFragCache(pages.Allocator);
+        RunFigures figures = RunPair<T, TSource>(source(a), source(b), size, ops, monitor, label, watchdog, out bool ended);
+        if (!ended)
+        {
+            return figures;
+        }
+
+        a.Drain();
+        b.Drain();
+        return figures with { LeakedPages = pages.PagesInUse };
     }
 
     private static RunFigures RunPair<T, TSource>(TSource first, TSource second, int size, long ops, IRunMonitor monitor, string label, TimeSpan watchdog, out bool ended)
