@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -74,6 +75,11 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
     /// <summary>Items the consumer has taken and acknowledged so far (a progress counter; any thread).</summary>
     public long Consumed => Volatile.Read(ref _head.Value);
 
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowBadCount(int count, int run, string done, string given) =>
+        throw new ArgumentOutOfRangeException(nameof(count), count, $"Only the {run} slots of the last run can be {done}, once: a run is {given} again before each.");
+
     /// <summary>The producer's view. Call once, from the producer thread.</summary>
     public Producer GetProducer() => new(this);
 
@@ -90,6 +96,7 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
         private long _tail;
         private long _limit;
         private long _published;
+        private int _run;
 
         internal Producer(SpscRing<T> ring)
         {
@@ -137,14 +144,17 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Span<T> Reserve(int max)
         {
+            ArgumentOutOfRangeException.ThrowIfNegative(max);
             long tail = _tail;
             if (tail == _limit && !HasRoom())
             {
+                _run = 0;
                 return default;
             }
 
             int at = (int)tail & _mask;
             int run = (int)Math.Min(Math.Min(_limit - tail, _mask + 1 - at), max);
+            _run = run;
             return MemoryMarshal.CreateSpan(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + at), run);
         }
 
@@ -152,7 +162,12 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Commit(int count)
         {
-            Debug.Assert(count >= 0 && _tail + count <= _limit, "only reserved slots are committed");
+            if ((uint)count > (uint)_run)
+            {
+                ThrowBadCount(count, _run, "committed", "reserved");
+            }
+
+            _run = 0;
             _tail += count;
             if (_tail - _published >= _ring._batch)
             {
@@ -203,6 +218,7 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
         private long _head;
         private long _limit;
         private long _published;
+        private int _run;
 
         internal Consumer(SpscRing<T> ring)
         {
@@ -259,14 +275,17 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public ReadOnlySpan<T> Peek(int max)
         {
+            ArgumentOutOfRangeException.ThrowIfNegative(max);
             long head = _head;
             if (head == _limit && !HasItems())
             {
+                _run = 0;
                 return default;
             }
 
             int at = (int)head & _mask;
             int run = (int)Math.Min(Math.Min(_limit - head, _mask + 1 - at), max);
+            _run = run;
             ref T first = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + at);
             if (Sse.IsSupported)
             {
@@ -286,7 +305,12 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Release(int count)
         {
-            Debug.Assert(count >= 0 && _head + count <= _limit, "only peeked items are released");
+            if ((uint)count > (uint)_run)
+            {
+                ThrowBadCount(count, _run, "released", "peeked");
+            }
+
+            _run = 0;
             if (RuntimeHelpers.IsReferenceOrContainsReferences<T>())
             {
                 // Do not keep taken objects alive from the ring (the run never crosses the wrap).

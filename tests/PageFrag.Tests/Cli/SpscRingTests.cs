@@ -147,6 +147,39 @@ public class SpscRingTests
     }
 
     [Fact]
+    public void Committing_or_releasing_more_than_the_last_run_or_twice_throws_and_changes_nothing()
+    {
+        var ring = new SpscRing<byte[]>(8);
+        SpscRing<byte[]>.Producer producer = ring.GetProducer();
+        SpscRing<byte[]>.Consumer consumer = ring.GetConsumer();
+
+        Assert.Throws<ArgumentOutOfRangeException>(() => producer.Reserve(-1));
+        Span<byte[]> run = producer.Reserve(2);
+        run[0] = [1];
+        run[1] = [2];
+        ArgumentOutOfRangeException e = Assert.Throws<ArgumentOutOfRangeException>(() => Commit(ref producer, 3));
+        Assert.StartsWith("Only the 2 slots of the last run can be committed, once", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Commit(ref producer, -1));
+        producer.Commit(2);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Commit(ref producer, 1));   // the run was committed
+        producer.Publish();
+        Assert.Equal(2, ring.Published);
+
+        Assert.Throws<ArgumentOutOfRangeException>(() => consumer.Peek(-1));
+        Assert.Equal(1, consumer.Peek(1).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Release(ref consumer, 2));   // would clear a slot not taken
+        consumer.Release(1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Release(ref consumer, 1));
+        Assert.Equal(2, consumer.Peek(8)[0]![0]);
+        consumer.Release(1);
+        consumer.Publish();
+        Assert.Equal(2, ring.Consumed);
+
+        static void Commit(ref SpscRing<byte[]>.Producer p, int n) => p.Commit(n);
+        static void Release(ref SpscRing<byte[]>.Consumer c, int n) => c.Release(n);
+    }
+
+    [Fact]
     public void Two_threads_pass_many_items_in_runs_through_a_small_ring_in_order()
     {
         const int count = 200_000;
