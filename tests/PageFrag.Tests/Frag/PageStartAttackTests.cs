@@ -96,4 +96,46 @@ public class PageStartAttackTests
 
         FragKit.DrainAndAssertNoLeak(cache, allocator);
     }
+
+    [Fact]
+    public void Stale_page_start_handle_after_drain_discard_and_reuse_is_refused_and_the_new_owner_keeps_its_bytes()
+    {
+        using PageAllocator allocator = FragKit.NewAllocator();
+        var cache = new PageFragCache(allocator);
+        Assert.True(cache.TryAlloc(4096, 4096, out PageFragment stale));
+        PageFragment copy = stale;
+        stale.Free();
+        cache.Drain();
+        allocator.DrainPerCpuLists();
+        allocator.DiscardFreeMemory();
+
+
+        // Reuse: carve page-start fragments until one lands on the stale start again.
+        var fresh = new List<PageFragment>();
+        PageFragment victim = default;
+        bool found = false;
+        for (int i = 0; i < 60 && !found; i++)
+        {
+            Assert.True(cache.TryAlloc(4096, 4096, out PageFragment f));
+            FragKit.Fill(f, i);
+            fresh.Add(f);
+            if (f.Address == copy.Address)
+            {
+                victim = f;
+                found = true;
+            }
+        }
+
+        Assert.True(found, "the stale start was never carved again");
+        int refCount = victim.Page.RefCount;
+        Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(in copy));
+        Assert.Equal(refCount, victim.Page.RefCount);
+        for (int i = 0; i < fresh.Count; i++)
+        {
+            Assert.True(FragKit.IsIntact(fresh[i], i));
+            PageFragCache.Free(fresh[i].Address);
+        }
+
+        FragKit.DrainAndAssertNoLeak(cache, allocator);
+    }
 }
