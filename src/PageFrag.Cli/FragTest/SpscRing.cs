@@ -75,6 +75,16 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
     /// <summary>Items the consumer has taken and acknowledged so far (a progress counter; any thread).</summary>
     public long Consumed => Volatile.Read(ref _head.Value);
 
+    // The slot of a position (slots start at first, positions wrap with mask).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref T SlotAt(T[] slots, int first, int mask, long position) =>
+        ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(slots), first + ((int)position & mask));
+
+    // The longest run from position: up to limit (the other side's index as last seen), the wrap, and max.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int RunFrom(long position, long limit, int mask, int max) =>
+        (int)Math.Min(Math.Min(limit - position, mask + 1 - ((int)position & mask)), max);
+
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowBadCount(int count, int run, string done, string given) =>
@@ -119,7 +129,7 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
                 return false;
             }
 
-            Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + ((int)tail & _mask)) = item;
+            SlotAt(_slots, _first, _mask, tail) = item;
             _tail = ++tail;
             if (tail - _published >= _ring._batch)
             {
@@ -152,10 +162,9 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
                 return default;
             }
 
-            int at = (int)tail & _mask;
-            int run = (int)Math.Min(Math.Min(_limit - tail, _mask + 1 - at), max);
+            int run = RunFrom(tail, _limit, _mask, max);
             _run = run;
-            return MemoryMarshal.CreateSpan(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + at), run);
+            return MemoryMarshal.CreateSpan(ref SlotAt(_slots, _first, _mask, tail), run);
         }
 
         /// <summary>Counts the first <paramref name="count"/> slots of the last <see cref="Reserve"/> as pushed.</summary>
@@ -242,7 +251,7 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
                 return false;
             }
 
-            ref T slot = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + ((int)head & _mask));
+            ref T slot = ref SlotAt(_slots, _first, _mask, head);
             item = slot;
             if (RuntimeHelpers.IsReferenceOrContainsReferences<T>())
             {
@@ -283,10 +292,9 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
                 return default;
             }
 
-            int at = (int)head & _mask;
-            int run = (int)Math.Min(Math.Min(_limit - head, _mask + 1 - at), max);
+            int run = RunFrom(head, _limit, _mask, max);
             _run = run;
-            ref T first = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + at);
+            ref T first = ref SlotAt(_slots, _first, _mask, head);
             if (Sse.IsSupported)
             {
                 // The slot array is pinned (see the constructor), so its address stays valid.
@@ -314,7 +322,7 @@ internal sealed unsafe class SpscRing<T> : IRingCounters
             if (RuntimeHelpers.IsReferenceOrContainsReferences<T>())
             {
                 // Do not keep taken objects alive from the ring (the run never crosses the wrap).
-                MemoryMarshal.CreateSpan(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_slots), _first + ((int)_head & _mask)), count).Clear();
+                MemoryMarshal.CreateSpan(ref SlotAt(_slots, _first, _mask, _head), count).Clear();
             }
 
             _head += count;
