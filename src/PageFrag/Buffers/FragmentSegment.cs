@@ -179,7 +179,7 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
         int offset = fragment.ArenaOffset;
         ref PageDescriptor d = ref arena.Pages[arena.Pages[offset >> PageConstants.PageShift].HeadIndex];
         bool live = Volatile.Read(ref d.Generation) == fragment.Generation && (d.Flags & PageFlags.Head) != 0 &&
-            Volatile.Read(ref arena.FragStates[Arena.StateIndex(arena.FragStates, offset)]) == Arena.LiveTag(fragment.Generation, offset);
+            Arena.ReadSettled(arena.FragStates, Arena.StateIndex(arena.FragStates, offset)) == Arena.LiveTag(fragment.Generation, offset);
         return live ? d.Order : -1;
     }
 

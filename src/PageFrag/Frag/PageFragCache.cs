@@ -662,21 +662,25 @@ public sealed partial class PageFragCache : IDisposable
     /// <remarks>
     /// While the fragment's cache still carves the page, the swap leaves a freed mark and that is all: the cache
     /// counts the marks when it leaves the page, so the free costs one atomic operation instead of two. On a page
-    /// its cache has left, the swap clears the state and the page reference is dropped at once.
+    /// its cache has left, the swap clears the state and the page reference is dropped at once. Internal so that a
+    /// test can call it as a free whose checks came before the page moved on would.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static bool Release(Arena arena, int head, ref PageDescriptor d, int arenaOffset, int generation)
+    internal static bool Release(Arena arena, int head, ref PageDescriptor d, int arenaOffset, int generation)
     {
         if (Volatile.Read(ref d.CacheHeld) != 0)
         {
             return ReleaseOnHeldPage(arena, head, ref d, arenaOffset, generation);
         }
 
-        if (!Arena.TryReleaseFragment(arena.FragStates, arenaOffset, generation))
+        byte[] states = arena.FragStates;
+        int granule = Arena.StateIndex(states, arenaOffset);
+        if (!TryBeginRelease(arena, states, granule, arenaOffset, generation))
         {
             return false;
         }
 
+        Arena.EndRelease(states, granule, 0);
         PageAllocator.PutBlockRef(arena, head);
         return true;
     }
@@ -691,8 +695,6 @@ public sealed partial class PageFragCache : IDisposable
     {
         byte[] states = arena.FragStates;
         int granule = Arena.StateIndex(states, arenaOffset);
-        byte live = Arena.LiveTag(generation, arenaOffset);
-        byte mark = Arena.FreedMark(generation);
 
         // Before the swap (a full fence), so that the cache sees it whenever it could miss the mark otherwise.
         if (d.MarksLeft == 0)
@@ -700,22 +702,62 @@ public sealed partial class PageFragCache : IDisposable
             d.MarksLeft = 1;
         }
 
-        if (!Arena.TrySwap(states, granule, live, mark))
+        if (!TryBeginRelease(arena, states, granule, arenaOffset, generation))
         {
             return false;
         }
 
-        // The loads below stay after the locked swap (on x86 the swap is a full fence).
-        MemoryOrder.FullFenceUnlessX86();
+        // A plain store: the cache's leaving scan waits for a Releasing byte to settle, so whether this store or
+        // the loads below come first, either the scan counts the mark or this free sees the page left (the swap
+        // in TryBeginRelease, a full fence, came before those loads; see LeavePage).
+        byte mark = Arena.FreedMark(generation);
+        Arena.EndRelease(states, granule, mark);
 
-        // Read after the swap (a full fence): still held in our generation means the cache's leaving scan,
-        // which starts after it clears the flag, will count the mark.
+        // Still held in our generation means the cache's leaving scan, which starts after it clears the flag, will
+        // count the mark.
         if (Volatile.Read(ref d.CacheHeld) == 0 || Volatile.Read(ref d.Generation) != generation)
         {
             SettleMark(arena, head, granule, generation, mark);
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// The decision of every release by another thread than the page's carver: swaps the fragment's live tag
+    /// (<paramref name="generation"/>, 4 bits of it) for <see cref="Arena.Releasing"/>, then checks that the page
+    /// that holds the start is still the block of <paramref name="generation"/>. True when it is: the caller then
+    /// stores the outcome. False, with the state as it was, when the byte was not live, or when the page moved on
+    /// between the caller's check of the generation and the swap, so that the byte was a later fragment's with
+    /// the same 4 bits (the page reused 16 times meanwhile).
+    /// </summary>
+    /// <remarks>
+    /// Why the check after the swap is exact: a fragment that is live keeps a reference on its block, so while its
+    /// byte holds <see cref="Arena.Releasing"/> (which only its release changes), its block can neither be reused
+    /// in place (which takes a count of zero) nor returned, split or merged: the head of the start's page and that
+    /// head's generation stay what they were at the swap. If the swapped byte was the checked fragment's, they
+    /// are the checked ones; if it was a later fragment's, the head's generation is that later one (generations
+    /// only grow), and the release is undone before anyone could see it as anything but "being released".
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool TryBeginRelease(Arena arena, byte[] states, int granule, int arenaOffset, int generation)
+    {
+        byte live = Arena.LiveTag(generation, arenaOffset);
+        if (!Arena.TryBeginRelease(states, granule, live))
+        {
+            return false;
+        }
+
+        ref PageDescriptor d = ref arena.Pages[arena.Pages[arenaOffset >> PageConstants.PageShift].HeadIndex];
+        return (Volatile.Read(ref d.Generation) == generation && (d.Flags & PageFlags.Head) != 0) || UndoRelease(states, granule, live);
+    }
+
+    /// <summary>The swapped byte was a later fragment's: gives it back its live tag. Returns false.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static bool UndoRelease(byte[] states, int granule, byte live)
+    {
+        Arena.EndRelease(states, granule, live);
+        return false;
     }
 
     /// <summary>

@@ -134,7 +134,7 @@ public readonly struct PageFragment : IEquatable<PageFragment>
     {
         ref PageDescriptor d = ref arena.Pages[arena.Pages[arenaOffset >> PageConstants.PageShift].HeadIndex];
         if (d.Generation != generation || (d.Flags & PageFlags.Head) == 0 ||
-            Volatile.Read(ref arena.FragStates[Arena.StateIndex(arena.FragStates, arenaOffset)]) != Arena.LiveTag(generation, arenaOffset))
+            Arena.ReadSettled(arena.FragStates, Arena.StateIndex(arena.FragStates, arenaOffset)) != Arena.LiveTag(generation, arenaOffset))
         {
             ThrowHelper.InvalidOperation($"Use after free: the fragment at 0x{arena.BaseAddress + arenaOffset:x} was freed or aborted, or its page moved on, " +
                 "so its bytes may belong to another owner now.");

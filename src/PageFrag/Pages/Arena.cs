@@ -372,14 +372,18 @@ internal sealed unsafe class Arena
 
     /// <summary>
     /// One compare-and-swap of the state byte <paramref name="states"/>[<paramref name="granule"/>] from
-    /// <paramref name="expected"/> to <paramref name="value"/>; true for the one caller that wins.
+    /// <paramref name="expected"/> to <paramref name="value"/>; true for the one caller that wins. A byte that
+    /// holds <see cref="Releasing"/> is another release's decision in progress: the swap waits for its outcome
+    /// (a few instructions) and then tries again, so a live fragment's owner never loses its free to a stale
+    /// release that is about to be undone.
     /// </summary>
     /// <remarks>See <see cref="TryRelease"/> for the .NET 8 fallback.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool TrySwap(byte[] states, int granule, byte expected, byte value)
     {
 #if NET9_0_OR_GREATER
-        return Interlocked.CompareExchange(ref states[granule], value, expected) == expected;
+        byte seen = Interlocked.CompareExchange(ref states[granule], value, expected);
+        return seen == expected || (seen == Releasing && TrySwapAfterRelease(states, granule, expected, value));
 #else
         ref int word = ref Unsafe.As<byte, int>(ref states[granule & ~3]);
         int shift = BitConverter.IsLittleEndian ? (granule & 3) << 3 : (3 - (granule & 3)) << 3;
@@ -391,7 +395,7 @@ internal sealed unsafe class Arena
             int old = Volatile.Read(ref word);
             if ((old & mask) != expectedBits)
             {
-                return false;
+                return (old & mask) == Releasing << shift && TrySwapAfterRelease(states, granule, expected, value);
             }
 
             if (Interlocked.CompareExchange(ref word, (old & ~mask) | valueBits, old) == old)
@@ -400,6 +404,71 @@ internal sealed unsafe class Arena
             }
         }
 #endif
+    }
+
+    /// <summary><see cref="TrySwap"/> once it found the byte <see cref="Releasing"/>: waits, then swaps again.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static bool TrySwapAfterRelease(byte[] states, int granule, byte expected, byte value)
+    {
+        ReadSettled(states, granule);
+        return TrySwap(states, granule, expected, value);
+    }
+
+    /// <summary>
+    /// The transient state of a fragment whose release is being decided: a release by handle or by address swaps
+    /// the live tag for this value, checks again that the page is still in the generation it checked before (the
+    /// tag holds only 4 bits of it), and then stores the outcome: the freed mark or 0 when the page is the one it
+    /// checked, the live tag back when the page moved on meanwhile (the byte belongs to a later fragment at the same
+    /// start). Only the release that stored it changes it. Never 0, never a <see cref="LiveTag"/> and never a
+    /// <see cref="FreedMark"/>.
+    /// </summary>
+    public const byte Releasing = 0x20;
+
+    /// <summary>
+    /// The first half of a release: swaps <paramref name="live"/> for <see cref="Releasing"/> (a full fence).
+    /// False when the byte is not <paramref name="live"/>. The caller then checks the page again and ends with
+    /// <see cref="EndRelease"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool TryBeginRelease(byte[] states, int granule, byte live)
+    {
+        bool won = TrySwap(states, granule, live, Releasing);
+
+        // The caller's loads that check the page stay after the locked swap (on x86 the swap is a full fence).
+        MemoryOrder.FullFenceUnlessX86();
+        return won;
+    }
+
+    /// <summary>
+    /// The second half of a release begun by <see cref="TryBeginRelease"/>: stores its outcome (0, a freed mark,
+    /// or the live tag back). A plain byte store: nobody else writes a byte that holds <see cref="Releasing"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void EndRelease(byte[] states, int granule, byte value) => Volatile.Write(ref states[granule], value);
+
+    /// <summary>
+    /// The state byte <paramref name="states"/>[<paramref name="granule"/>] once no release is being decided on it:
+    /// waits while it holds <see cref="Releasing"/>. For readers that must not take a fragment in the middle of a
+    /// stale release (which will be undone) for a freed one.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static byte ReadSettled(byte[] states, int granule)
+    {
+        byte state = Volatile.Read(ref states[granule]);
+        return state != Releasing ? state : WaitSettled(states, granule);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static byte WaitSettled(byte[] states, int granule)
+    {
+        SpinWait spin = default;
+        byte state;
+        while ((state = Volatile.Read(ref states[granule])) == Releasing)
+        {
+            spin.SpinOnce();
+        }
+
+        return state;
     }
 
     /// <summary>
@@ -429,9 +498,22 @@ internal sealed unsafe class Arena
         if (Vector256.IsHardwareAccelerated)
         {
             Vector256<byte> marks = Vector256.Create(mark);
+            Vector256<byte> releasing = Vector256.Create(Releasing);
             for (; i <= span.Length - Vector256<byte>.Count; i += Vector256<byte>.Count)
             {
-                uint hits = Vector256.Equals(Vector256.LoadUnsafe(ref start, (nuint)i), marks).ExtractMostSignificantBits();
+                Vector256<byte> chunk = Vector256.LoadUnsafe(ref start, (nuint)i);
+                if (Vector256.EqualsAny(chunk, releasing))
+                {
+                    // A release in progress: its outcome may be a mark of ours, so wait for it (see Releasing).
+                    for (int j = 0; j < Vector256<byte>.Count; j++)
+                    {
+                        ReadSettled(states, first + i + j);
+                    }
+
+                    chunk = Vector256.LoadUnsafe(ref start, (nuint)i);
+                }
+
+                uint hits = Vector256.Equals(chunk, marks).ExtractMostSignificantBits();
                 while (hits != 0)
                 {
                     Unsafe.Add(ref start, i + BitOperations.TrailingZeroCount(hits)) = 0;
@@ -443,22 +525,13 @@ internal sealed unsafe class Arena
 
         for (; i < span.Length; i++)
         {
-            if (span[i] == mark)
-            {
-                span[i] = 0;
-                claimed++;
-            }
+            claimed += ClaimMark(states, first + i, mark);
         }
 
         // The page starts' bytes in the dense table (their main-table bytes above are always 0).
         for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
         {
-            ref byte state = ref states[GranuleStateIndex(states, g)];
-            if (state == mark)
-            {
-                state = 0;
-                claimed++;
-            }
+            claimed += ClaimMark(states, GranuleStateIndex(states, g), mark);
         }
 
         return claimed;
@@ -473,15 +546,23 @@ internal sealed unsafe class Arena
         int claimed = 0;
         foreach (ushort start in starts)
         {
-            ref byte state = ref states[GranuleStateIndex(states, first + start)];
-            if (state == mark)
-            {
-                state = 0;
-                claimed++;
-            }
+            claimed += ClaimMark(states, GranuleStateIndex(states, first + start), mark);
         }
 
         return claimed;
+    }
+
+    // One state of a leaving scan: 1 and cleared when it holds the mark (once any release in progress on it ended).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ClaimMark(byte[] states, int index, byte mark)
+    {
+        if (ReadSettled(states, index) != mark)
+        {
+            return 0;
+        }
+
+        states[index] = 0;
+        return 1;
     }
 
     /// <summary>

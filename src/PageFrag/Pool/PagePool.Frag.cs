@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using PageFrag.Pages;
 
@@ -214,16 +215,41 @@ internal sealed partial class PagePoolCore
         area.FragStates[area.StateIndex(start)] = Arena.LiveTag(_fragPage.Generation, start);
     }
 
-    /// <summary>The release of a fragment: one compare-and-swap of its state decides which of racing puts wins.</summary>
+    /// <summary>
+    /// The release of a fragment: one compare-and-swap of its state decides which of racing puts wins. The state's
+    /// tag holds only 4 bits of the page's generation, so the swap goes through <see cref="Arena.Releasing"/> and
+    /// the generation of <paramref name="d"/> is checked again before the byte is cleared: a put whose handle check
+    /// came before the page was recycled 16 times would otherwise clear a later fragment's byte at the same start.
+    /// While the byte holds Releasing, a live fragment keeps its page's count above zero, so the page cannot be
+    /// recycled: a generation equal to the handle's after the swap means the byte was this fragment's.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MarkFragmentFreed(in PagePoolBuffer buffer)
+    internal static void MarkFragmentFreed(in PagePoolBuffer buffer, ref PageDescriptor d)
     {
         NetMemArea area = buffer.NetMem.Area!;
         int start = buffer.NetMem.AreaOffset + buffer.Offset;
-        if (!Arena.TryRelease(area.FragStates, area.StateIndex(start), Arena.LiveTag(buffer.NetMem.Generation, start)))
+        byte[] states = area.FragStates;
+        int index = area.StateIndex(start);
+        byte live = Arena.LiveTag(buffer.NetMem.Generation, start);
+        if (!Arena.TryBeginRelease(states, index, live))
         {
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }
+
+        if (Volatile.Read(ref d.Generation) != buffer.NetMem.Generation)
+        {
+            UndoStaleRelease(states, index, live);
+        }
+
+        Arena.EndRelease(states, index, 0);
+    }
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void UndoStaleRelease(byte[] states, int index, byte live)
+    {
+        Arena.EndRelease(states, index, live);
+        PoolThrowHelper.StaleHandle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

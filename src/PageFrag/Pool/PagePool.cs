@@ -724,7 +724,7 @@ internal sealed partial class PagePoolCore
     {
         if (buffer.IsFragment)
         {
-            MarkFragmentFreed(buffer);
+            MarkFragmentFreed(buffer, ref d);
             if (allowDirect && _fragLimit != 0 && buffer.NetMem.Equals(_fragPage))
             {
                 // The owner frees a fragment of the page it is carving: the reference goes back to the part
