@@ -326,7 +326,7 @@ public class PoolGenerationTagWindowTests
         }
 
         // The stale put resumes after its check of the generation: it must not clear the victim's state.
-        Assert.Throws<PageFragDoubleFreeException>(() => PagePoolCore.MarkFragmentFreed(stale, ref stale.NetMem.Descriptor));
+        Assert.Throws<PageFragDoubleFreeException>(() => pool.Core.MarkFragmentFreed(stale, ref stale.NetMem.Descriptor));
 
         // The victim's owner puts it once; a second put is refused; the bytes of the others are theirs.
         pool.PutBuffer(victim, allowDirect: true);
