@@ -510,7 +510,7 @@ public sealed partial class PageFragCache : IDisposable
                 ThrowHelper.InvalidOperation("Only the most recent allocation of this cache can be aborted, and this fragment is not it.");
             }
 
-            if (!Arena.TryReleaseFragment(_states!, fragment.ArenaOffset, _generation))
+            if (!Arena.TryReleaseFragmentSettled(_states!, fragment.ArenaOffset, _generation))
             {
                 ThrowHelper.DoubleFree("The fragment was already freed and cannot be aborted.");
             }
@@ -618,13 +618,10 @@ public sealed partial class PageFragCache : IDisposable
         {
             int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
             ref PageDescriptor d = ref arena.Pages[head];
-            if (d.Generation == generation && (d.Flags & PageFlags.Head) != 0 && Volatile.Read(ref d.CacheHeld) != 0)
+            // A failed release takes FreeSlow, which decides again (a release in progress, then the exception).
+            if (d.Generation == generation && (d.Flags & PageFlags.Head) != 0 && Volatile.Read(ref d.CacheHeld) != 0 &&
+                ReleaseOnHeldPage(arena, head, ref d, offset, generation))
             {
-                if (!ReleaseOnHeldPage(arena, head, ref d, offset, generation))
-                {
-                    ThrowDoubleFree();
-                }
-
                 return;
             }
         }
@@ -641,16 +638,26 @@ public sealed partial class PageFragCache : IDisposable
             ThrowHelper.Argument("fragment", "The fragment is empty: it came from a failed or default allocation.");
         }
 
-        int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
-        ref PageDescriptor d = ref arena.Pages[head];
-        if (d.Generation != generation || (d.Flags & PageFlags.Head) == 0)
+        while (true)
         {
-            ThrowStaleFree();
-        }
+            int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
+            ref PageDescriptor d = ref arena.Pages[head];
+            if (d.Generation != generation || (d.Flags & PageFlags.Head) == 0)
+            {
+                ThrowStaleFree();
+            }
 
-        if (!Release(arena, head, ref d, offset, generation))
-        {
-            ThrowDoubleFree();
+            if (Release(arena, head, ref d, offset, generation))
+            {
+                return;
+            }
+
+            // Lost: unless the byte was in another release's decision and is our live tag again once that ended
+            // (a stale release undone), in which case everything is checked again.
+            if (Arena.ReadSettled(arena.FragStates, Arena.StateIndex(arena.FragStates, offset)) != Arena.LiveTag(generation, offset))
+            {
+                ThrowDoubleFree();
+            }
         }
     }
 
@@ -675,7 +682,7 @@ public sealed partial class PageFragCache : IDisposable
 
         byte[] states = arena.FragStates;
         int granule = Arena.StateIndex(states, arenaOffset);
-        if (!TryBeginRelease(arena, states, granule, arenaOffset, generation))
+        if (!TryBeginRelease(ref d, states, granule, Arena.LiveTag(generation, arenaOffset), generation))
         {
             return false;
         }
@@ -702,7 +709,7 @@ public sealed partial class PageFragCache : IDisposable
             d.MarksLeft = 1;
         }
 
-        if (!TryBeginRelease(arena, states, granule, arenaOffset, generation))
+        if (!TryBeginRelease(ref d, states, granule, Arena.LiveTag(generation, arenaOffset), generation))
         {
             return false;
         }
@@ -725,37 +732,36 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>
     /// The decision of every release by another thread than the page's carver: swaps the fragment's live tag
-    /// (<paramref name="generation"/>, 4 bits of it) for <see cref="Arena.Releasing"/>, then checks that the page
-    /// that holds the start is still the block of <paramref name="generation"/>. True when it is: the caller then
-    /// stores the outcome. False, with the state as it was, when the byte was not live, or when the page moved on
-    /// between the caller's check of the generation and the swap, so that the byte was a later fragment's with
-    /// the same 4 bits (the page reused 16 times meanwhile).
+    /// <paramref name="live"/> (4 bits of <paramref name="generation"/>) for <see cref="Arena.Releasing"/>, then checks
+    /// that <paramref name="d"/>, the head the caller found for the start and checked in
+    /// <paramref name="generation"/>, still is. True when it is: the caller then stores the outcome. False when the
+    /// byte was not live (or in another release's decision: the caller's cold path looks again), or, with the
+    /// tag put back, when the page moved on between the caller's check and the swap, so that the byte was a later
+    /// fragment's with the same 4 bits (the page reused 16 times meanwhile). No call on the way: a caller's loop
+    /// keeps its values in registers.
     /// </summary>
     /// <remarks>
-    /// Why the check after the swap is exact: a fragment that is live keeps a reference on its block, so while its
-    /// byte holds <see cref="Arena.Releasing"/> (which only its release changes), its block can neither be reused
-    /// in place (which takes a count of zero) nor returned, split or merged: the head of the start's page and that
-    /// head's generation stay what they were at the swap. If the swapped byte was the checked fragment's, they
-    /// are the checked ones; if it was a later fragment's, the head's generation is that later one (generations
-    /// only grow), and the release is undone before anyone could see it as anything but "being released".
+    /// Why the check after the swap is exact: the flags are read first, then the generation. A head flag at the
+    /// first read, with the checked generation at the second, means the block of that head was allocated all the
+    /// while since the caller's check and never reused in place: every new allocation of a head and every reuse
+    /// in place raise its generation, generations never go down, and a release clears the flag. So at the swap the
+    /// start belonged to that block in that generation: the byte was the caller's fragment. Conversely a live
+    /// fragment keeps a reference on its block, so while its byte holds Releasing (which only this release
+    /// changes) its block stays, and a later fragment's block is not the checked one in the checked generation.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static bool TryBeginRelease(Arena arena, byte[] states, int granule, int arenaOffset, int generation)
+    private static bool TryBeginRelease(ref PageDescriptor d, byte[] states, int granule, byte live, int generation)
     {
-        byte live = Arena.LiveTag(generation, arenaOffset);
         if (!Arena.TryBeginRelease(states, granule, live))
         {
             return false;
         }
 
-        ref PageDescriptor d = ref arena.Pages[arena.Pages[arenaOffset >> PageConstants.PageShift].HeadIndex];
-        return (Volatile.Read(ref d.Generation) == generation && (d.Flags & PageFlags.Head) != 0) || UndoRelease(states, granule, live);
-    }
+        if ((Volatile.Read(ref Unsafe.As<PageFlags, byte>(ref d.Flags)) & (byte)PageFlags.Head) != 0 && Volatile.Read(ref d.Generation) == generation)
+        {
+            return true;
+        }
 
-    /// <summary>The swapped byte was a later fragment's: gives it back its live tag. Returns false.</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static bool UndoRelease(byte[] states, int granule, byte live)
-    {
         Arena.EndRelease(states, granule, live);
         return false;
     }
@@ -821,7 +827,9 @@ public sealed partial class PageFragCache : IDisposable
         if (ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
             (uint)(fragment.ArenaOffset - _pageStart) < (uint)_size)
         {
-            if (!Arena.TryReleaseFragment(_states!, fragment.ArenaOffset, _generation))
+            // A failed swap is decided again after any release in progress on the byte (a stale one, to be undone).
+            if (!Arena.TryReleaseFragment(_states!, fragment.ArenaOffset, _generation) &&
+                !Arena.TryReleaseFragmentSettled(_states!, fragment.ArenaOffset, _generation))
             {
                 ThrowDoubleFree();
             }
@@ -881,13 +889,10 @@ public sealed partial class PageFragCache : IDisposable
             int offset = (int)(address - arena.BaseAddress);
             int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
             ref PageDescriptor d = ref arena.Pages[head];
-            if ((d.Flags & PageFlags.Head) != 0 && d.Pool is null && d.FragmentCachePage && Volatile.Read(ref d.CacheHeld) != 0)
+            // A failed release takes FreeSlow, which decides again (a release in progress, then the exception).
+            if ((d.Flags & PageFlags.Head) != 0 && d.Pool is null && d.FragmentCachePage && Volatile.Read(ref d.CacheHeld) != 0 &&
+                ReleaseOnHeldPage(arena, head, ref d, offset, d.Generation))
             {
-                if (!ReleaseOnHeldPage(arena, head, ref d, offset, d.Generation))
-                {
-                    ThrowNotLiveStart(address, arena, offset);
-                }
-
                 return;
             }
         }
@@ -906,28 +911,39 @@ public sealed partial class PageFragCache : IDisposable
         }
 
         int offset = (int)(address - arena.BaseAddress);
-        int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
-        ref PageDescriptor d = ref arena.Pages[head];
-        if ((d.Flags & PageFlags.Head) == 0)
+        while (true)
         {
-            ThrowPageNotAllocated(address);
-        }
+            int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
+            ref PageDescriptor d = ref arena.Pages[head];
+            if ((d.Flags & PageFlags.Head) == 0)
+            {
+                ThrowPageNotAllocated(address);
+            }
 
-        if (d.Pool is not null)
-        {
-            ThrowPoolPage(address);
-        }
+            if (d.Pool is not null)
+            {
+                ThrowPoolPage(address);
+            }
 
-        if (!d.FragmentCachePage)
-        {
-            ThrowNotFragmentPage(address);
-        }
+            if (!d.FragmentCachePage)
+            {
+                ThrowNotFragmentPage(address);
+            }
 
-        // The page's current generation: a live fragment on it carries that tag. If the page moves on between
-        // this read and the swap, the tag no longer matches and the free is refused.
-        if (!Release(arena, head, ref d, offset, d.Generation))
-        {
-            ThrowNotLiveStart(address, arena, offset);
+            // The page's current generation: a live fragment on it carries that tag. If the page moves on between
+            // this read and the swap, the release finds it and is undone.
+            if (Release(arena, head, ref d, offset, d.Generation))
+            {
+                return;
+            }
+
+            // Lost, unless the byte is the live start of the page's generation now, once any release in progress on
+            // it ended (a stale release undone, or the page moved on under this one): then everything is checked
+            // again, from the page as it is now.
+            if (Arena.ReadSettled(arena.FragStates, Arena.StateIndex(arena.FragStates, offset)) != Arena.LiveTag(Volatile.Read(ref d.Generation), offset))
+            {
+                ThrowNotLiveStart(address, arena, offset);
+            }
         }
     }
 

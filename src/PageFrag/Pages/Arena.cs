@@ -359,7 +359,9 @@ internal sealed unsafe class Arena
     /// Releases the fragment whose state byte is <paramref name="states"/>[<paramref name="granule"/>]: one
     /// compare-and-swap from <paramref name="live"/> to 0. True for the one caller that wins; false when the
     /// byte is not <paramref name="live"/> (already freed, never a fragment start, or a newer fragment of a
-    /// reused page). Used by every release of a fragment cache's and a page pool's fragments.
+    /// reused page), or holds <see cref="Releasing"/> (see <see cref="TrySwapSettled"/>). The releases of a page
+    /// whose generation cannot change meanwhile use it (a cache's owner on its current page); every other release
+    /// goes through <see cref="TryBeginRelease"/>.
     /// </summary>
     /// <remarks>
     /// On .NET 9 and later, one compare-and-swap of the byte itself. .NET 8 has no interlocked operation on a
@@ -372,18 +374,16 @@ internal sealed unsafe class Arena
 
     /// <summary>
     /// One compare-and-swap of the state byte <paramref name="states"/>[<paramref name="granule"/>] from
-    /// <paramref name="expected"/> to <paramref name="value"/>; true for the one caller that wins. A byte that
-    /// holds <see cref="Releasing"/> is another release's decision in progress: the swap waits for its outcome
-    /// (a few instructions) and then tries again, so a live fragment's owner never loses its free to a stale
-    /// release that is about to be undone.
+    /// <paramref name="expected"/> to <paramref name="value"/>; true for the one caller that wins. False too when the
+    /// byte holds <see cref="Releasing"/>: a caller whose swap failed must not conclude before it looked again with
+    /// <see cref="TrySwapSettled"/> (every release does, on its cold path).
     /// </summary>
     /// <remarks>See <see cref="TryRelease"/> for the .NET 8 fallback.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool TrySwap(byte[] states, int granule, byte expected, byte value)
     {
 #if NET9_0_OR_GREATER
-        byte seen = Interlocked.CompareExchange(ref states[granule], value, expected);
-        return seen == expected || (seen == Releasing && TrySwapAfterRelease(states, granule, expected, value));
+        return Interlocked.CompareExchange(ref states[granule], value, expected) == expected;
 #else
         ref int word = ref Unsafe.As<byte, int>(ref states[granule & ~3]);
         int shift = BitConverter.IsLittleEndian ? (granule & 3) << 3 : (3 - (granule & 3)) << 3;
@@ -395,7 +395,7 @@ internal sealed unsafe class Arena
             int old = Volatile.Read(ref word);
             if ((old & mask) != expectedBits)
             {
-                return (old & mask) == Releasing << shift && TrySwapAfterRelease(states, granule, expected, value);
+                return false;
             }
 
             if (Interlocked.CompareExchange(ref word, (old & ~mask) | valueBits, old) == old)
@@ -406,12 +406,24 @@ internal sealed unsafe class Arena
 #endif
     }
 
-    /// <summary><see cref="TrySwap"/> once it found the byte <see cref="Releasing"/>: waits, then swaps again.</summary>
+    /// <summary>
+    /// <see cref="TrySwap"/> that waits out a release in progress: while the byte holds <see cref="Releasing"/>
+    /// (another release's decision, a few instructions long) it waits for the outcome and tries again, so that a
+    /// live fragment's owner never loses its free to a stale release that is about to be undone. False only when
+    /// the settled byte is not <paramref name="expected"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static bool TrySwapAfterRelease(byte[] states, int granule, byte expected, byte value)
+    public static bool TrySwapSettled(byte[] states, int granule, byte expected, byte value)
     {
-        ReadSettled(states, granule);
-        return TrySwap(states, granule, expected, value);
+        while (!TrySwap(states, granule, expected, value))
+        {
+            if (ReadSettled(states, granule) != expected)
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     /// <summary>
@@ -426,7 +438,8 @@ internal sealed unsafe class Arena
 
     /// <summary>
     /// The first half of a release: swaps <paramref name="live"/> for <see cref="Releasing"/> (a full fence).
-    /// False when the byte is not <paramref name="live"/>. The caller then checks the page again and ends with
+    /// False when the byte is not <paramref name="live"/>, including while another release is in progress on it:
+    /// then <see cref="TryBeginReleaseSettled"/> decides. The caller then checks the page again and ends with
     /// <see cref="EndRelease"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -435,6 +448,15 @@ internal sealed unsafe class Arena
         bool won = TrySwap(states, granule, live, Releasing);
 
         // The caller's loads that check the page stay after the locked swap (on x86 the swap is a full fence).
+        MemoryOrder.FullFenceUnlessX86();
+        return won;
+    }
+
+    /// <summary><see cref="TryBeginRelease"/> that waits out a release in progress (see <see cref="TrySwapSettled"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static bool TryBeginReleaseSettled(byte[] states, int granule, byte live)
+    {
+        bool won = TrySwapSettled(states, granule, live, Releasing);
         MemoryOrder.FullFenceUnlessX86();
         return won;
     }
@@ -572,6 +594,11 @@ internal sealed unsafe class Arena
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool TryReleaseFragment(byte[] states, int arenaOffset, int generation) =>
         TryRelease(states, StateIndex(states, arenaOffset), LiveTag(generation, arenaOffset));
+
+    /// <summary><see cref="TryReleaseFragment"/> that waits out a release in progress (see <see cref="TrySwapSettled"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static bool TryReleaseFragmentSettled(byte[] states, int arenaOffset, int generation) =>
+        TrySwapSettled(states, StateIndex(states, arenaOffset), LiveTag(generation, arenaOffset), 0);
 
     /// <summary>
     /// True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) of an arena

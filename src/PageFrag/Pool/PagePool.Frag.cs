@@ -218,25 +218,27 @@ internal sealed partial class PagePoolCore
     /// <summary>
     /// The release of a fragment: one compare-and-swap of its state decides which of racing puts wins. The state's
     /// tag holds only 4 bits of the page's generation, so the swap goes through <see cref="Arena.Releasing"/> and
-    /// the generation of <paramref name="d"/> is checked again before the byte is cleared: a put whose handle check
-    /// came before the page was recycled 16 times would otherwise clear a later fragment's byte at the same start.
-    /// While the byte holds Releasing, a live fragment keeps its page's count above zero, so the page cannot be
-    /// recycled: a generation equal to the handle's after the swap means the byte was this fragment's.
+    /// the page is checked again before the byte is cleared: a put whose handle check came before the page was
+    /// recycled until the 4 bits came round (or went back to the allocator and came back under another head)
+    /// would otherwise clear a later fragment's byte at the same start. The check reads the page's pool, then its
+    /// generation: this pool at the first read and the handle's generation at the second mean the page stayed in
+    /// this pool all the while, unrecycled (admission and recycling raise the generation, a release clears the
+    /// pool), so the byte was this fragment's.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void MarkFragmentFreed(in PagePoolBuffer buffer, ref PageDescriptor d)
+    internal void MarkFragmentFreed(in PagePoolBuffer buffer, ref PageDescriptor d)
     {
         NetMemArea area = buffer.NetMem.Area!;
         int start = buffer.NetMem.AreaOffset + buffer.Offset;
         byte[] states = area.FragStates;
         int index = area.StateIndex(start);
         byte live = Arena.LiveTag(buffer.NetMem.Generation, start);
-        if (!Arena.TryBeginRelease(states, index, live))
+        if (!Arena.TryBeginRelease(states, index, live) && !Arena.TryBeginReleaseSettled(states, index, live))
         {
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }
 
-        if (Volatile.Read(ref d.Generation) != buffer.NetMem.Generation)
+        if (!ReferenceEquals(Volatile.Read(ref d.Pool), this) || Volatile.Read(ref d.Generation) != buffer.NetMem.Generation)
         {
             UndoStaleRelease(states, index, live);
         }

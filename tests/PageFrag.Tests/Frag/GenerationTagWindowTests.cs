@@ -213,6 +213,62 @@ public class GenerationTagWindowTests
         Leaks.AssertNone(allocator);
     }
 
+    [Fact]
+    public void A_free_whose_check_came_before_its_order3_block_went_back_and_its_second_4KiB_came_back_at_order0_is_refused()
+    {
+        // The free found the head of the start's page (the order-3 block's head) and checked its generation; then
+        // the block went back, and the start's page came back alone at order 0 with a generation whose 4 bits are
+        // the stale one's. The release must see that the head it checked is not that block any more.
+        using PageAllocator allocator = Leaks.NewAllocator(arenaSize: 64 * 1024, maxBytes: 64 * 1024);
+        var first = new PageFragCache(allocator);
+        Assert.True(first.TryAlloc(4096, out PageFragment a0));
+        Assert.True(first.TryAlloc(4096, out PageFragment stale));
+        Assert.Equal(3, stale.Page.Order);
+        Arena arena = stale.Arena!;
+        int staleHead = arena.Pages[stale.ArenaOffset >> PageConstants.PageShift].HeadIndex;
+        Assert.NotEqual(stale.ArenaOffset >> PageConstants.PageShift, staleHead);
+        PageFragCache.Free(stale);
+        PageFragCache.Free(a0);
+        first.Dispose();
+
+        // Every page but the stale start's held at order 0 (the old head among them), so a cache gets only that one.
+        var held = new List<Page>();
+        while (allocator.TryAllocPages(0, AllocFlags.None, out Page p))
+        {
+            held.Add(p);
+        }
+
+        Page target = held.Single(p => p.Address == stale.Address);
+        held.Remove(target);
+        allocator.FreePages(target);
+        bool met = false;
+        for (int round = 0; round < 64 && !met; round++)
+        {
+            var second = new PageFragCache(allocator);
+            Assert.True(second.TryAlloc(100, out PageFragment victim));
+            Assert.Equal(stale.ArenaOffset, victim.ArenaOffset);
+            if (Arena.LiveTag(victim.Generation, victim.ArenaOffset) == Arena.LiveTag(stale.Generation, stale.ArenaOffset))
+            {
+                met = true;
+                FragKit.Fill(victim, 5);
+                Assert.False(PageFragCache.ReleaseOnHeldPage(arena, staleHead, ref arena.Pages[staleHead], stale.ArenaOffset, stale.Generation));
+                Assert.False(PageFragCache.Release(arena, staleHead, ref arena.Pages[staleHead], stale.ArenaOffset, stale.Generation));
+                Assert.True(FragKit.IsIntact(victim, 5));
+            }
+
+            PageFragCache.Free(victim);
+            second.Dispose();
+        }
+
+        Assert.True(met, "the order-0 page's generation never reached the stale tag");
+        foreach (Page p in held)
+        {
+            allocator.FreePages(p);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
     /// <summary>
     /// Carves a page into fragments of <paramref name="size"/>, frees them all (the stale one among them), then
     /// reuses the page in place 16 times; the fragments of the 16th use stay live, each filled with its index.
@@ -326,7 +382,7 @@ public class PoolGenerationTagWindowTests
         }
 
         // The stale put resumes after its check of the generation: it must not clear the victim's state.
-        Assert.Throws<PageFragDoubleFreeException>(() => PagePoolCore.MarkFragmentFreed(stale, ref stale.NetMem.Descriptor));
+        Assert.Throws<PageFragDoubleFreeException>(() => pool.Core.MarkFragmentFreed(stale, ref stale.NetMem.Descriptor));
 
         // The victim's owner puts it once; a second put is refused; the bytes of the others are theirs.
         pool.PutBuffer(victim, allowDirect: true);
