@@ -756,6 +756,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             return free;
         }
 
+        /// <summary>The owner objects the slot keeps for its next rents (test hook; owning thread, or quiesced).</summary>
+        internal int IdleOwnerCount => _ownerCount;
+
         /// <summary>The pool is retired: the home thread's fast return stashes no more owners (they leave for good).</summary>
         public void StopStashing() => _stashLimit = 0;
 
