@@ -127,14 +127,32 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <exception cref="ObjectDisposedException">A racing <c>Dispose</c> on another thread gave the buffer back first (or its fragment was freed by address).</exception>
     public void Dispose()
     {
-        try
+        // No atomic here: the fragment's release decides (see the remarks). Reads the count, the fields, the count
+        // again. No exception handling and no struct on the stack: the common case (a fragment given back on the
+        // thread that rented it) is inlined, everything else takes one static cold call with the values.
+        int state = Volatile.Read(ref _state);
+        if ((state & 1) == 0)
         {
-            Release();
+            // Given back before this call started: nothing to do (IDisposable's contract).
+            return;
         }
-        catch (PageFragDoubleFreeException e)
+
+        Arena? arena = _arena;
+        PageFragMemoryPool.ThreadSlot home = _home;
+        int arenaOffset = _arenaOffset, generation = _generation, trueSize = _trueSize, length = _length;
+
+        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
+        MemoryOrder.FullFenceUnlessX86();
+
+        if (Volatile.Read(ref _state) != state)
         {
-            // The fragment's release lost: a racing Dispose gave it back first.
-            ThrowLostRace(e);
+            // A racing Dispose gave the buffer back meanwhile (the fields may already be the next rent's).
+            ThrowLostRace(null);
+        }
+
+        if (arena is null || !home.TryReturnOnHomeThread(this, arena, arenaOffset, generation, trueSize, state))
+        {
+            DisposeSlow(this, home, arena, arenaOffset, length, trueSize, generation, state);
         }
     }
 
@@ -200,37 +218,26 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         Activate(block.Length);
     }
 
-    // No atomic here: the fragment's release decides (see the remarks). Reads the count, the fields, the count again.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Release()
+    // Dispose off its common case (a block, another thread, a nested call, a trim under way, a fragment that is not on
+    // the cache's current page, a full stash): the values read under the sequence count, by value.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void DisposeSlow(
+        FragmentMemoryOwner owner, PageFragMemoryPool.ThreadSlot home, Arena? arena, int arenaOffset, int length, int trueSize, int generation, int state)
     {
-        int state = Volatile.Read(ref _state);
-        if ((state & 1) == 0)
+        if (arena is null)
         {
-            // Given back before this call started: nothing to do (IDisposable's contract).
+            owner.ReleaseBlock(state);
             return;
         }
 
-        Arena? arena = _arena;
-        PageFragMemoryPool.ThreadSlot home = _home;
-        int arenaOffset = _arenaOffset, length = _length, trueSize = _trueSize, generation = _generation;
-
-        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
-        MemoryOrder.FullFenceUnlessX86();
-
-        if (Volatile.Read(ref _state) != state)
+        try
         {
-            // A racing Dispose gave the buffer back meanwhile (the fields may already be the next rent's).
-            ThrowLostRace(null);
+            home.ReturnFragment(owner, new PageFragment(arena, arenaOffset, length, trueSize, generation), state);
         }
-
-        if (arena is not null)
+        catch (PageFragDoubleFreeException e)
         {
-            home.ReturnFragment(this, new PageFragment(arena, arenaOffset, length, trueSize, generation), state);
-        }
-        else
-        {
-            ReleaseBlock(state);
+            // The fragment's release lost: a racing Dispose gave it back first.
+            ThrowLostRace(e);
         }
     }
 
@@ -255,6 +262,12 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     internal static void ThrowLostRace(Exception? inner) =>
         throw new ObjectDisposedException(
             "A Dispose racing on another thread gave this " + nameof(PageFragMemoryPool) + " buffer back first; this call gave nothing back.", inner);
+
+    /// <summary>The home thread's fast return found the fragment already released: a racing <c>Dispose</c> (or a free by address) won.</summary>
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal static void ThrowLostFragmentRelease() =>
+        ThrowLostRace(new PageFragDoubleFreeException("The fragment was already freed: a racing Dispose, or a free by address, released it first."));
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ReleaseBlock(int state)

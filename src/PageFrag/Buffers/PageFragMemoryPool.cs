@@ -399,7 +399,14 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 Quiesce(slots);
                 foreach (ThreadSlot slot in slots)
                 {
-                    if (WaitIdle(slot))
+                    bool idle = WaitIdle(slot);
+                    if (retire)
+                    {
+                        // Quiesced, or on the slot's own thread (a nested call): either way no return is under way.
+                        slot.StopStashing();
+                    }
+
+                    if (idle)
                     {
                         long free = slot.TrimQuiesced(idleOnly);
                         drained += free;
@@ -523,6 +530,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         private readonly FragmentMemoryOwner?[] _owners = new FragmentMemoryOwner?[OwnerStashCapacity];
         private int _ownerCount;
+
+        // How many owners the home thread's fast return may stash: the capacity, 0 once the pool is retired (set
+        // quiesced, so the owning thread reads it after the flag is cleared), which sends returns to the slow path.
+        private int _stashLimit = OwnerStashCapacity;
         private long _seenPagesAllocated;
 
         // Owning thread, inside Enter/Exit.
@@ -664,6 +675,48 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
         }
 
+        /// <summary>
+        /// <see cref="ReturnFragment"/>'s common case, inlined into <c>Dispose</c>: on the slot's own thread, outside
+        /// any other call into the slot and any trim, a fragment of the cache's current page goes back to the cache
+        /// and the owner onto the stash, with no exception handling (nothing in between can throw). False when it is
+        /// not that case, with nothing changed: the caller then takes <see cref="ReturnFragment"/>. A lost release
+        /// (a racing <c>Dispose</c> won) leaves the slot as it was and throws <see cref="ObjectDisposedException"/>.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public bool TryReturnOnHomeThread(FragmentMemoryOwner owner, Arena arena, int arenaOffset, int generation, int trueSize, int state)
+        {
+            // The thread's last used slot is its own (a slot changes thread only when its thread has ended). Busy is
+            // then only ever written by this thread; a nested call (non-zero) is left to the slow path.
+            if (!ReferenceEquals(SlotRegistry.LastUsed, this) || Busy != 0)
+            {
+                return false;
+            }
+
+            // The busy mark before the flag's read, as Enter does (the trim's process-wide barrier orders the two).
+            Volatile.Write(ref Busy, 1);
+            int count = _ownerCount;
+            int freed = 0;
+            if (Volatile.Read(ref Quiesce) == 0 && count < _stashLimit)
+            {
+                freed = Cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation);
+                if (freed > 0)
+                {
+                    owner.Returned(state);
+                    Returns++;
+                    ReturnedBytes += trueSize;
+                    StashAt(owner, count);
+                }
+            }
+
+            Volatile.Write(ref Busy, 0);
+            if (freed < 0)
+            {
+                FragmentMemoryOwner.ThrowLostFragmentRelease();
+            }
+
+            return freed > 0;
+        }
+
         /// <summary>A dedicated block rented from this slot was freed (any thread): count it and keep the owner object.</summary>
         public void ReturnedBlock(FragmentMemoryOwner owner, int trueSize) => CountReturn(owner, trueSize, this);
 
@@ -702,6 +755,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             EvictedBytes += free;
             return free;
         }
+
+        /// <summary>The owner objects the slot keeps for its next rents (test hook; owning thread, or quiesced).</summary>
+        internal int IdleOwnerCount => _ownerCount;
+
+        /// <summary>The pool is retired: the home thread's fast return stashes no more owners (they leave for good).</summary>
+        public void StopStashing() => _stashLimit = 0;
 
         /// <summary>The pool is retired: its idle owner objects leave for good.</summary>
         public void DropOwnersQuiesced()
@@ -800,6 +859,14 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         {
             Interlocked.Increment(ref ContendedReturns);
             Interlocked.Add(ref ContendedReturnedBytes, trueSize);
+        }
+
+        // Below the stash limit, checked by the caller.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private void StashAt(FragmentMemoryOwner owner, int count)
+        {
+            _owners[count] = owner;
+            _ownerCount = count + 1;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -841,6 +841,33 @@ public sealed partial class PageFragCache : IDisposable
         Free(in fragment);
     }
 
+    /// <summary>
+    /// <see cref="FreeLocal"/>'s common case for a caller that decides what a lost release means (the memory pool's
+    /// owner): a fragment of the current page, freed by the same compare-and-swap, its reference given back to the
+    /// bias. Returns 1 when freed; 0 when this is not that case (another page, the detection mode), with nothing
+    /// changed, so the caller takes <see cref="FreeLocal"/> or <see cref="Free(in PageFragment)"/>; -1 when the
+    /// fragment is not live (a racing free won), with nothing changed. Owner thread only. No exception and no
+    /// struct on the caller's stack: the values come and go by value.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal int TryFreeLocalOnCurrentPage(Arena arena, int arenaOffset, int generation)
+    {
+        if (ReferenceEquals(arena, _arena) && generation == _generation && (uint)(arenaOffset - _pageStart) < (uint)_size && !_detectMisuse)
+        {
+            // As in FreeLocalCore: a failed swap is decided again after any release in progress on the byte.
+            if (!Arena.TryReleaseFragment(_states!, arenaOffset, generation) &&
+                !Arena.TryReleaseFragmentSettled(_states!, arenaOffset, generation))
+            {
+                return -1;
+            }
+
+            _bias++;
+            return 1;
+        }
+
+        return 0;
+    }
+
     // By value, for the same reason as AllocChecked.
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FreeLocalChecked(PageFragment fragment)
