@@ -178,6 +178,9 @@ public sealed partial class PageFragCache : IDisposable
     /// <summary>The current page, or an empty handle.</summary>
     public Page CurrentPage => _arena is null ? default : new Page(_arena, _pageIndex);
 
+    /// <summary>Refills served by a page that another thread's last free parked for this cache (a test hook).</summary>
+    internal long PagesRecycled => _recycler?.Taken ?? 0;
+
     /// <summary>References the cache still owns on its current page (pagecnt_bias).</summary>
     internal int Bias => _bias;
 

@@ -861,6 +861,7 @@ public sealed partial class PageAllocator : IDisposable
         d.CacheHeld = 0;
         Volatile.Write(ref d.RefCount, 1);
         Interlocked.Increment(ref _counters[CounterSlot()].Allocations);
+        recycler.Taken++;
         arena = owner;
         index = head;
         return true;

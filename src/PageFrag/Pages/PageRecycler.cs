@@ -52,6 +52,9 @@ internal sealed class PageRecycler
     /// <summary>Whether the slots are on the allocator's list (under its lock).</summary>
     internal bool Registered;
 
+    /// <summary>Blocks the cache's refills took from here (written by the cache's owner only; a test hook).</summary>
+    internal long Taken;
+
     /// <summary>True once the cache closed its slots (disposed or collected).</summary>
     public bool IsClosed => Volatile.Read(ref _closed) != 0;
 

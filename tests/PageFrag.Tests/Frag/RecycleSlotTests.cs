@@ -1,3 +1,6 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
 using PageFrag.Tests.Infrastructure;
@@ -70,6 +73,7 @@ public class RecycleSlotTests
 
         Assert.True(cache.TryAlloc(Frag, out PageFragment third));
         Assert.Equal(firstPage, third.Address);
+        Assert.Equal(1, cache.PagesRecycled);
         Assert.NotEqual(first[0].Generation, third.Generation);
         Assert.Equal(0, allocator.RecycledBlocks);
 
@@ -178,5 +182,141 @@ public class RecycleSlotTests
         FreeOnOtherThread(rest);
         cache.Dispose();
         Leaks.AssertNone(allocator);
+    }
+
+    [Theory]
+    [InlineData(2048, false)]
+    [InlineData(2048, true)]
+    [InlineData(1500, false)]
+    [InlineData(4096, true)]
+    public void Refills_last_frees_on_two_threads_Dispose_and_Trim_racing_lose_no_page_and_hand_no_bytes_out_twice(int size, bool limited)
+    {
+        // Small arenas, so that Trim can release one whenever the slots and lists are drained; with a limit, refills
+        // also fail now and then and take the fallback paths.
+        using PageAllocator allocator = Leaks.NewAllocator(128 * 1024, maxBytes: limited ? 512 * 1024 : long.MaxValue);
+        using var handOver = new BlockingCollection<PageFragment>(boundedCapacity: 96);
+        using var start = new Barrier(4);
+        var clock = Stopwatch.StartNew();
+        long carved = 0, freed = 0, caches = 0, trims = 0, recycled = 0;
+        int producerDone = 0;
+        Exception? failure = null;
+
+        void Record(Exception e) => Interlocked.CompareExchange(ref failure, e, null);
+
+        var producer = new Thread(() =>
+        {
+            try
+            {
+                start.SignalAndWait();
+                while (clock.ElapsedMilliseconds < 1500 && failure is null)
+                {
+                    // A cache lives for a few pages, then is disposed while the other threads still free its fragments.
+                    var cache = new PageFragCache(allocator);
+                    caches++;
+                    int count = 8 + (int)(caches % 5) * 16;
+                    for (int i = 0; i < count; i++)
+                    {
+                        if (!cache.TryAlloc(size, out PageFragment f))
+                        {
+                            Assert.True(limited, "an allocation failed without a memory limit");
+                            Thread.Yield();
+                            continue;
+                        }
+
+                        long stamp = Interlocked.Increment(ref carved);
+                        MemoryMarshal.Write(f.Span, in stamp);
+                        MemoryMarshal.Write(f.Span[^8..], in stamp);
+                        handOver.Add(f);
+                    }
+
+                    if (caches % 3 == 0)
+                    {
+                        cache.Drain();
+                    }
+
+                    recycled += cache.PagesRecycled;
+                    cache.Dispose();
+                }
+            }
+            catch (Exception e)
+            {
+                Record(e);
+            }
+            finally
+            {
+                Volatile.Write(ref producerDone, 1);
+                handOver.CompleteAdding();
+            }
+        });
+
+        Thread Consumer() => new(() =>
+        {
+            start.SignalAndWait();
+            foreach (PageFragment f in handOver.GetConsumingEnumerable())
+            {
+                try
+                {
+                    long head = MemoryMarshal.Read<long>(f.Span);
+                    long tail = MemoryMarshal.Read<long>(f.Span[^8..]);
+                    Assert.True(head == tail && head > 0, $"a fragment's bytes changed under it: {head} / {tail}");
+                    PageFragCache.Free(f);
+                    Interlocked.Increment(ref freed);
+                }
+                catch (Exception e)
+                {
+                    Record(e);
+                }
+            }
+        });
+
+        var trimmer = new Thread(() =>
+        {
+            try
+            {
+                start.SignalAndWait();
+                while (Volatile.Read(ref producerDone) == 0)
+                {
+                    if ((++trims & 1) == 0)
+                    {
+                        allocator.Trim();
+                    }
+                    else
+                    {
+                        allocator.DrainPerCpuLists();
+                    }
+
+                    Thread.Yield();
+                }
+            }
+            catch (Exception e)
+            {
+                Record(e);
+            }
+        });
+
+        Thread[] threads = [producer, Consumer(), Consumer(), trimmer];
+        foreach (Thread t in threads)
+        {
+            t.Start();
+        }
+
+        foreach (Thread t in threads)
+        {
+            t.Join();
+        }
+
+        Assert.Null(failure);
+        Assert.True(carved > 1000, $"only {carved} fragments carved");
+        Assert.Equal(carved, freed);
+        Assert.True(trims > 10, $"only {trims} trims ran");
+        Assert.True(recycled > 0, "no refill took a parked page: the race did not reach the recycle slots");
+
+        // Every cache was disposed: nothing may stay parked, and every page is free again.
+        Assert.Equal(0, allocator.RecycledBlocks);
+        Leaks.AssertNone(allocator);
+        allocator.Trim();
+        PageAllocatorStats stats = allocator.GetStats();
+        Assert.Equal(0, stats.Arenas);
+        Assert.True(stats.IsConsistent);
     }
 }
