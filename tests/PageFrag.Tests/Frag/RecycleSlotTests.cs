@@ -319,4 +319,49 @@ public class RecycleSlotTests
         Assert.Equal(0, stats.Arenas);
         Assert.True(stats.IsConsistent);
     }
+
+    [Fact]
+    public void Pages_cycling_through_the_recycle_slots_allocate_nothing_on_either_thread()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator(4 << 20);
+        var cache = new PageFragCache(allocator);
+        var batch = new PageFragment[PerPage * 3];
+        long consumerBytes = -1;
+        Action freeAll = () =>
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            foreach (PageFragment f in batch)
+            {
+                PageFragCache.Free(f);
+            }
+
+            consumerBytes = GC.GetAllocatedBytesForCurrentThread() - before;
+        };
+
+        // The hand-over to the other thread (a semaphore wait) may allocate on this thread, so each side measures only
+        // its own allocator calls: the refills (which take the parked pages) here, the frees (which park them) there.
+        var rounds = new List<(long Producer, long Consumer)>();
+        for (int round = 0; round < 100; round++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < batch.Length; i++)
+            {
+                Assert.True(cache.TryAlloc(Frag, out batch[i]));
+            }
+
+            long producerBytes = GC.GetAllocatedBytesForCurrentThread() - before;
+            OtherThread.Run(freeAll);
+            rounds.Add((producerBytes, consumerBytes));
+            if (round > 0 && producerBytes == 0 && consumerBytes == 0)
+            {
+                break;
+            }
+        }
+
+        Assert.True(rounds[^1] == (0, 0), $"every round allocated (producer, consumer): {string.Join(", ", rounds)}");
+        long recycledBefore = cache.PagesRecycled;
+        Assert.True(recycledBefore > 0, "the rounds never refilled from the recycle slots");
+        cache.Dispose();
+        Leaks.AssertNone(allocator);
+    }
 }
