@@ -850,7 +850,7 @@ public sealed partial class PageAllocator : IDisposable
             "a parked block is free, order 3 and flagged as parked");
         if (!TryCharge(1 << PageRecycler.Order, AllocFlags.Opportunistic, out _))
         {
-            Interlocked.Increment(ref _failures);
+            // The limit is reached: the page goes to the lists, and the refill's next try counts the failure.
             FreeUncharged(owner, head);
             return false;
         }
