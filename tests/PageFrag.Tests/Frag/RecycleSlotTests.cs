@@ -57,10 +57,10 @@ public class RecycleSlotTests
         Assert.Equal(8, parked.PagesInUse); // only the cache's current page is charged
 
         // Every free path refuses the parked page: it is free.
-        Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(first[0]));
-        Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(first[3].Address));
+        Assert.Contains("already returned to the allocator or reused", Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(first[0])).Message);
+        Assert.Contains("is not allocated", Assert.Throws<PageFragDoubleFreeException>(() => PageFragCache.Free(first[3].Address)).Message);
         Assert.True(PageAllocator.TryGetPage(firstPage, out Page page));
-        Assert.Throws<PageFragDoubleFreeException>(() => allocator.FreePages(page));
+        Assert.Contains("is not allocated", Assert.Throws<PageFragDoubleFreeException>(() => allocator.FreePages(page)).Message);
         Assert.Equal(1, allocator.RecycledBlocks);
 
         // The next refill takes it: the new page is the parked one, with a new generation.
