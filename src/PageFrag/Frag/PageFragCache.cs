@@ -79,6 +79,10 @@ public sealed partial class PageFragCache : IDisposable
 
     private Arena? _arena;
     private byte[]? _states;
+
+    // Where the allocator parks this cache's order-3 pages whose last fragment another thread freed, for the next
+    // refill (closed by Dispose and the finalizer; null only in a cache whose constructor threw).
+    private readonly PageRecycler? _recycler;
     private byte _tag;
 
     // The start granules (within the page) of the first StartsKept fragments carved from the current page, and
@@ -116,6 +120,7 @@ public sealed partial class PageFragCache : IDisposable
         _allocator = allocator ?? PageAllocator.Shared;
         _flags = flags;
         _detectMisuse = _allocator.DetectMisuse;
+        _recycler = _allocator.CreateRecycler();
     }
 
     private PageFragCache(int ownerThread)
@@ -136,6 +141,8 @@ public sealed partial class PageFragCache : IDisposable
         {
             PageFragEventSource.Log.LeakReclaimed(nameof(PageFragCache), 1, size, _pageStack ?? "");
         }
+
+        CloseRecycler();
     }
 
     /// <summary>
@@ -170,6 +177,9 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>The current page, or an empty handle.</summary>
     public Page CurrentPage => _arena is null ? default : new Page(_arena, _pageIndex);
+
+    /// <summary>Refills served by a page that another thread's last free parked for this cache (a test hook).</summary>
+    internal long PagesRecycled => _recycler?.Taken ?? 0;
 
     /// <summary>References the cache still owns on its current page (pagecnt_bias).</summary>
     internal int Bias => _bias;
@@ -526,11 +536,12 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>
     /// Gives the cache's remaining references on its page back and forgets the page
-    /// (page_frag_cache_drain). Fragments still out keep the page alive; the last one freed returns it.
+    /// (page_frag_cache_drain), and gives back the pages that other threads' frees parked for its next refill.
+    /// Fragments still out keep their page alive; the last one freed returns it.
     /// </summary>
     public void Drain()
     {
-        if (_arena is null)
+        if (_arena is null && _recycler!.Count == 0)
         {
             return;
         }
@@ -539,6 +550,7 @@ public sealed partial class PageFragCache : IDisposable
         try
         {
             DrainCore();
+            _allocator.DrainRecycler(_recycler!);
         }
         finally
         {
@@ -562,7 +574,20 @@ public sealed partial class PageFragCache : IDisposable
         if (_ownerThread == 0)
         {
             _disposed = true;
+            CloseRecycler();
             GC.SuppressFinalize(this);
+        }
+    }
+
+    /// <summary>
+    /// The cache will never refill again (disposed, collected, or its thread gone): its recycle slots are closed, so
+    /// that a later last free gives its page to the allocator, and emptied.
+    /// </summary>
+    private void CloseRecycler()
+    {
+        if (_recycler is PageRecycler recycler)
+        {
+            _allocator.CloseRecycler(recycler);
         }
     }
 
@@ -1081,11 +1106,15 @@ public sealed partial class PageFragCache : IDisposable
             Forget();
         }
 
-        // The second try is the kernel's order-0 fallback, unless the request is larger than a 4 KiB page: an order-0
-        // page could never hold it, so the cache asks for order 3 again, this time allowed to grow the arenas and to
-        // drain the per-CPU lists (the opportunistic try may do neither), rather than failing while memory is there.
+        // First a page of ours that another thread's last free parked for us (no lock, no descriptor but the head
+        // written; see PageRecycler). The second try is the kernel's order-0 fallback, unless the request is larger
+        // than a 4 KiB page: an order-0 page could never hold it, so the cache asks for order 3 again, this time
+        // allowed to grow the arenas and to drain the per-CPU lists (the opportunistic try may do neither), rather
+        // than failing while memory is there.
+        PageRecycler recycler = _recycler!;
         int fallbackOrder = size > PageConstants.PageSize ? PageConstants.FragCacheMaxOrder : 0;
-        if (!_allocator.TryAllocBlock(PageConstants.FragCacheMaxOrder, AllocFlags.Opportunistic, out Arena? arena, out int index) &&
+        if (!_allocator.TryTakeRecycled(recycler, out Arena? arena, out int index) &&
+            !_allocator.TryAllocBlock(PageConstants.FragCacheMaxOrder, AllocFlags.Opportunistic, out arena, out index) &&
             !_allocator.TryAllocBlock(fallbackOrder, _flags, out arena, out index))
         {
             return false;
@@ -1097,6 +1126,7 @@ public sealed partial class PageFragCache : IDisposable
         // a concurrent speculative reference taker (get_page_unless_zero) can never be overwritten.
         Interlocked.Add(ref nd.RefCount, RefBias);
         nd.FragmentCachePage = true;
+        nd.Recycler = recycler;
         _states = arena.FragStates;
         _arena = arena;
         _pageIndex = index;
@@ -1344,6 +1374,10 @@ public sealed partial class PageFragCache : IDisposable
             GC.SuppressFinalize(Cache);
         }
 
-        ~ThreadCacheHolder() => Cache.DrainCore();
+        ~ThreadCacheHolder()
+        {
+            Cache.DrainCore();
+            Cache.CloseRecycler();
+        }
     }
 }

@@ -15,8 +15,8 @@ namespace PageFrag.Pages;
 ///  ├─ up to min(ArenaSize, 32 KiB) of slack so that page 0 starts on a BlockAlignment address
 ///  ├─ page 0 │ page 1 │ … │ page N-1            BaseAddress + i * 4096
 ///  Pages[i]   descriptor of page i (refcount, order, head index, …)
-///  FragStates one byte per 8 bytes: 0, or the live tag of the fragment that starts there; the byte of
-///             each page's first granule in a dense table at the end (StateIndex)
+///  FragStates one byte per 8 bytes: 0, or the live tag of the fragment that starts there; the bytes of
+///             granules at multiples of 2 KiB in a dense table at the end, 16 per 32 KiB block (StateIndex)
 ///  FreeHeads  per order, the first free block (-1 for none); blocks are linked through Next/Prev
 /// </code>
 /// A free block of order k starts at a page index that is a multiple of 2^k, and its buddy is the
@@ -36,6 +36,21 @@ internal sealed unsafe class Arena
 
     /// <summary>log2 of the granules per page (512).</summary>
     public const int PageGranuleShift = PageConstants.PageShift - MarkShift;
+
+    /// <summary>
+    /// log2 of the granules between two granules whose state byte is in the dense table (256: every 2 KiB of an
+    /// arena, where the fragments of 2 KiB and 4 KiB start).
+    /// </summary>
+    public const int DenseGranuleShift = 11 - MarkShift;
+
+    /// <summary>log2 of the granules per 32 KiB block (4096), the unit of the dense table.</summary>
+    private const int BlockGranuleShift = PageConstants.PageShift + PageConstants.FragCacheMaxOrder - MarkShift;
+
+    /// <summary>
+    /// log2 of the dense table's bytes per 32 KiB block (128): the block's 16 bytes, then 112 unused, so that no
+    /// cache line ever holds the bytes of two blocks, whatever the array's alignment.
+    /// </summary>
+    public const int DenseStrideShift = 7;
 
     /// <summary>
     /// The highest order whose blocks are guaranteed to be naturally aligned in the address space: 3
@@ -284,11 +299,12 @@ internal sealed unsafe class Arena
 
     /// <summary>The length of the fragment-state array of an arena of <paramref name="byteLength"/> bytes: one byte per granule, laid out by <see cref="StateIndex"/>.</summary>
     /// <remarks>
-    /// Rounded up to a multiple of 4: the .NET 8 swap (<see cref="TrySwap"/>) works on the aligned 4-byte word around a
-    /// byte, and the dense table's last byte must not put that word past the array's end. Arena sizes are powers of
-    /// two of at least 32 KiB, so the sum is a multiple of 8 already; the rounding keeps it so for any size.
+    /// A whole number of 4-byte words: the .NET 8 swap (<see cref="TrySwap"/>) works on the aligned 4-byte word around a
+    /// byte, and the dense table's last byte must not put that word past the array's end. The main table has one byte
+    /// per granule (a multiple of 4 for any whole number of pages) and the dense table 128 bytes per started 32 KiB.
     /// </remarks>
-    public static int StatesLength(int byteLength) => ((byteLength >> MarkShift) + (byteLength >> PageConstants.PageShift) + 3) & ~3;
+    public static int StatesLength(int byteLength) =>
+        (((byteLength >> MarkShift) + 3) & ~3) + (((byteLength + (1 << (BlockGranuleShift + MarkShift)) - 1) >> (BlockGranuleShift + MarkShift)) << DenseStrideShift);
 
     /// <summary>
     /// The index in <paramref name="states"/> (an arena's <see cref="FragStates"/>) of the state byte of the
@@ -296,8 +312,12 @@ internal sealed unsafe class Arena
     /// writer of a state byte goes through it (or <see cref="GranuleStateIndex"/>).
     /// </summary>
     /// <remarks>
-    /// The byte of the first granule of page p sits in a dense table at the end, at <c>Length - 1 - p</c>; every
-    /// other granule g at index g (so the bytes at <c>p * 512</c> are never used and stay 0). Fragments of 4 KiB
+    /// The bytes of the granules at multiples of 2 KiB (every 256th) sit in a dense table at the end: those of 32 KiB
+    /// block b in the 16 bytes from <c>Length - 128 * (b + 1)</c>, in page order; every other granule g at index g (so
+    /// the main table's bytes at multiples of 256 are never used and stay 0). A fragment cache's page is such a block,
+    /// so the states of its 2 KiB and 4 KiB fragments share one line that no other block's share: the thread that frees
+    /// them waits for that line once per page instead of once per fragment (issue 14, aim 4; bench/README.md,
+    /// "Session 7"), and a small fragment at such a granule costs what a page start cost before. Fragments of 4 KiB
     /// and more start at page starts, so their bytes share a few state pages (one per 4,096 arena pages) instead
     /// of making one state page resident per 8 arena pages (12.5 % of the arena's bytes; bench/README.md,
     /// "Session 6"). Small fragments still walk the main table, one cache line per 512 bytes of the page.
@@ -308,7 +328,9 @@ internal sealed unsafe class Arena
     /// <summary><see cref="StateIndex"/> for a granule number (arena offset / 8).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static int GranuleStateIndex(byte[] states, int granule) =>
-        (granule & ((1 << PageGranuleShift) - 1)) == 0 ? states.Length - 1 - (granule >> PageGranuleShift) : granule;
+        (granule & ((1 << DenseGranuleShift) - 1)) == 0
+            ? states.Length - (((granule >> BlockGranuleShift) + 1) << DenseStrideShift) + ((granule >> DenseGranuleShift) & ((1 << (BlockGranuleShift - DenseGranuleShift)) - 1))
+            : granule;
 
     /// <summary>
     /// How many of the states of the <paramref name="count"/> granules from <paramref name="first"/> on equal
@@ -318,7 +340,7 @@ internal sealed unsafe class Arena
     {
         Debug.Assert(value != 0);
         int n = states.AsSpan(first, count).Count(value);
-        for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
+        for (int g = FirstDenseGranule(first); g < first + count; g += 1 << DenseGranuleShift)
         {
             if (states[GranuleStateIndex(states, g)] == value)
             {
@@ -329,9 +351,9 @@ internal sealed unsafe class Arena
         return n;
     }
 
-    // The first page-start granule at or after granule.
-    private static int FirstPageGranule(int granule) =>
-        (granule + (1 << PageGranuleShift) - 1) & ~((1 << PageGranuleShift) - 1);
+    // The first granule at or after granule whose byte is in the dense table.
+    private static int FirstDenseGranule(int granule) =>
+        (granule + (1 << DenseGranuleShift) - 1) & ~((1 << DenseGranuleShift) - 1);
 
     /// <summary>The address of <see cref="FragStates"/>' first byte (the array is pinned).</summary>
     public nint FragStatesAddress => (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(FragStates));
@@ -550,8 +572,8 @@ internal sealed unsafe class Arena
             claimed += ClaimMark(states, first + i, mark);
         }
 
-        // The page starts' bytes in the dense table (their main-table bytes above are always 0).
-        for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
+        // The dense table's bytes (their main-table bytes above are always 0).
+        for (int g = FirstDenseGranule(first); g < first + count; g += 1 << DenseGranuleShift)
         {
             claimed += ClaimMark(states, GranuleStateIndex(states, g), mark);
         }
@@ -613,7 +635,7 @@ internal sealed unsafe class Arena
             return false;
         }
 
-        for (int g = FirstPageGranule(first); g < first + count; g += 1 << PageGranuleShift)
+        for (int g = FirstDenseGranule(first); g < first + count; g += 1 << DenseGranuleShift)
         {
             if (states[GranuleStateIndex(states, g)] != 0)
             {

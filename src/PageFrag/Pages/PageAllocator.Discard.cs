@@ -145,10 +145,14 @@ public sealed partial class PageAllocator
             long offset = (long)first << PageConstants.PageShift;
             long length = (long)(end - first) << PageConstants.PageShift;
             total += PhysicalMemory.Discard(arena.BaseAddress + (nint)offset, length);
-            // The main table's bytes of the run, and its page starts' bytes in the dense table (Arena.StateIndex):
-            // pages first..end-1 at Length - end .. Length - 1 - first. Only whole system pages go.
+            // The main table's bytes of the run, and its 32 KiB blocks' bytes in the dense table (Arena.StateIndex): blocks
+            // first/8..end/8-1 (the run is whole blocks: order 3 or more) at Length - 128 * end/8 .. Length - 128 * first/8.
+            // Only whole system pages go.
             PhysicalMemory.Discard(states + (nint)(offset >> Arena.MarkShift), length >> Arena.MarkShift);
-            PhysicalMemory.Discard(states + arena.FragStates.Length - end, end - first);
+            int blocks = PageConstants.FragCacheMaxOrder;
+            PhysicalMemory.Discard(
+                states + arena.FragStates.Length - ((end >> blocks) << Arena.DenseStrideShift),
+                ((end - first) >> blocks) << Arena.DenseStrideShift);
         }
 
         foreach (int index in indexes)

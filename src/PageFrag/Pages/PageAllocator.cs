@@ -26,6 +26,11 @@ public sealed partial class PageAllocator : IDisposable
     private readonly Lock _buddyLock = new();
     private readonly PerCpuPages[] _perCpu;
     private readonly TransferStack _transfer = new();
+    private readonly Lock _recyclersLock = new();
+
+    // The fragment caches' recycle slots, a list linked through them under _recyclersLock (a cache registers once and
+    // leaves once, in constant time): drained with the per-CPU lists and counted in CachedPages.
+    private PageRecycler? _recyclers;
     private readonly long _maxPages;
     private readonly long _reservePages;
     private readonly int _maxArenas;
@@ -448,10 +453,21 @@ public sealed partial class PageAllocator : IDisposable
     }
 
     /// <summary>
-    /// Moves every page parked on the per-CPU lists back to the buddy lists (drain_all_pages).
+    /// Moves every page parked on the per-CPU lists, and in the fragment caches' recycle slots, back to the buddy
+    /// lists (drain_all_pages).
     /// </summary>
     public void DrainPerCpuLists()
     {
+        // First the fragment caches' recycle slots: what they hold goes to the per-CPU lists, drained next. Under the
+        // list's lock (then a per-CPU list's lock and the buddy lock, the only order these locks are taken in).
+        lock (_recyclersLock)
+        {
+            for (PageRecycler? r = _recyclers; r is not null; r = r.NextRegistered)
+            {
+                DrainRecycler(r);
+            }
+        }
+
         foreach (PerCpuPages pcp in _perCpu)
         {
             lock (pcp.Lock)
@@ -474,7 +490,7 @@ public sealed partial class PageAllocator : IDisposable
     /// <summary>A snapshot of the allocator's counters.</summary>
     public PageAllocatorStats GetStats()
     {
-        long cached = (long)_transfer.Count << TransferStack.Order;
+        long cached = ((long)_transfer.Count << TransferStack.Order) + ((long)RecycledBlocks << PageRecycler.Order);
         foreach (PerCpuPages pcp in _perCpu)
         {
             lock (pcp.Lock)
@@ -687,6 +703,7 @@ public sealed partial class PageAllocator : IDisposable
         d.HeadIndex = index;
         d.FragmentCachePage = false;
         d.Pool = null;
+        d.Recycler = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;
         d.CallerRefs = 0;
@@ -752,14 +769,192 @@ public sealed partial class PageAllocator : IDisposable
         }
     }
 
-    /// <summary>Returns a block whose reference count reached zero to the per-CPU list or the buddy lists.</summary>
+    /// <summary>
+    /// Returns a block whose reference count reached zero: a fragment cache's order-3 block to the recycle slots of
+    /// the cache that carved it when there is room (see <see cref="PageRecycler"/>), else to the per-CPU list or the
+    /// buddy lists.
+    /// </summary>
     internal void ReleaseBlock(Arena arena, int head)
     {
         ref PageDescriptor d = ref arena.Pages[head];
         Debug.Assert(Volatile.Read(ref d.RefCount) == 0, "only a block without references is released");
+        Uncharge(1L << d.Order);
+        if (d.Recycler is PageRecycler recycler && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
+            !_disposed && TryPark(recycler, arena, head, ref d))
+        {
+            return;
+        }
+
+        FreeUncharged(arena, head);
+    }
+
+    /// <summary>
+    /// Parks a block whose last reference the caller dropped in its cache's recycle slots. Writes only the head
+    /// descriptor (the caller's last decrement brought its line here): a generation one up, so that every handle of
+    /// the block's last use is stale, and <see cref="PageFlags.PerCpu"/>, so that every free path refuses it as a free
+    /// block; the slot's swap publishes both. False when the slots are full or closed: the caller frees the block.
+    /// </summary>
+    private static bool TryPark(PageRecycler recycler, Arena arena, int head, ref PageDescriptor d)
+    {
+        int slot = recycler.FindEmpty();
+        if (slot < 0 || recycler.IsClosed)
+        {
+            return false;
+        }
+
+        d.Generation++;
+        d.Flags = PageFlags.PerCpu;
+        nint address = arena.BaseAddress + ((nint)head << PageConstants.PageShift);
+        if (!recycler.TryPut(slot, address))
+        {
+            return false;
+        }
+
+        // Read after the swap (a full fence): a close that came before it is seen here, or the closer's emptying,
+        // which starts after its own fence, sees the block. Whoever takes the block out frees it.
+        return !recycler.IsClosed || !recycler.TryTakeBack(address);
+    }
+
+    /// <summary>
+    /// Takes a block parked in <paramref name="recycler"/> for its cache's refill: charged like an allocation and set
+    /// up as a head with one reference, its tails untouched (they still name it and hold no higher generation).
+    /// False when none is parked, the charge fails, faults are injected (every refill then goes through
+    /// <see cref="TryAllocBlock(int, AllocFlags, out Arena?, out int)"/> and its fault rules) or the allocator is
+    /// disposed.
+    /// </summary>
+    internal bool TryTakeRecycled(PageRecycler recycler, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Arena? arena, out int index)
+    {
+        arena = null;
+        index = -1;
+        if (_disposed || _faultInjection is not null)
+        {
+            return false;
+        }
+
+        nint address = recycler.TryTake();
+        if (address == 0)
+        {
+            return false;
+        }
+
+        Arena? owner = ArenaRegistry.Find(address);
+        if (owner is null)
+        {
+            // Only a disposed allocator unregisters an arena with a block that is not on its buddy lists.
+            return false;
+        }
+
+        int head = (int)((address - owner.BaseAddress) >> PageConstants.PageShift);
+        ref PageDescriptor d = ref owner.Pages[head];
+        Debug.Assert(d.Flags == PageFlags.PerCpu && d.Order == PageRecycler.Order && Volatile.Read(ref d.RefCount) == 0,
+            "a parked block is free, order 3 and flagged as parked");
+        if (!TryCharge(1 << PageRecycler.Order, AllocFlags.Opportunistic, out _))
+        {
+            // The limit is reached: the page goes to the lists, and the refill's next try counts the failure.
+            FreeUncharged(owner, head);
+            return false;
+        }
+
+        d.Flags = PageFlags.Head;
+        d.FragmentCachePage = false;
+        d.CallerRefs = 0;
+        d.CacheHeld = 0;
+        Volatile.Write(ref d.RefCount, 1);
+        Interlocked.Increment(ref _counters[CounterSlot()].Allocations);
+        recycler.Taken++;
+        arena = owner;
+        index = head;
+        return true;
+    }
+
+    /// <summary>Creates recycle slots for a fragment cache, drained and counted with the per-CPU lists until closed.</summary>
+    internal PageRecycler CreateRecycler()
+    {
+        var recycler = new PageRecycler();
+        lock (_recyclersLock)
+        {
+            recycler.NextRegistered = _recyclers;
+            if (_recyclers is not null)
+            {
+                _recyclers.PrevRegistered = recycler;
+            }
+
+            _recyclers = recycler;
+            recycler.Registered = true;
+        }
+
+        return recycler;
+    }
+
+    /// <summary>Frees every block parked in <paramref name="recycler"/> (any thread; a refill may take blocks at the same time).</summary>
+    internal void DrainRecycler(PageRecycler recycler)
+    {
+        nint address;
+        while ((address = recycler.TryTake()) != 0)
+        {
+            if (ArenaRegistry.Find(address) is Arena arena)
+            {
+                FreeUncharged(arena, (int)((address - arena.BaseAddress) >> PageConstants.PageShift));
+            }
+        }
+    }
+
+    /// <summary>The cache is gone (disposed or collected): close its slots, free what they hold, forget them.</summary>
+    internal void CloseRecycler(PageRecycler recycler)
+    {
+        recycler.Close();
+        DrainRecycler(recycler);
+        lock (_recyclersLock)
+        {
+            if (recycler.Registered)
+            {
+                if (recycler.PrevRegistered is PageRecycler prev)
+                {
+                    prev.NextRegistered = recycler.NextRegistered;
+                }
+                else
+                {
+                    _recyclers = recycler.NextRegistered;
+                }
+
+                if (recycler.NextRegistered is PageRecycler next)
+                {
+                    next.PrevRegistered = recycler.PrevRegistered;
+                }
+
+                recycler.NextRegistered = null;
+                recycler.PrevRegistered = null;
+                recycler.Registered = false;
+            }
+        }
+    }
+
+    /// <summary>Blocks parked in recycle slots (a test hook).</summary>
+    internal int RecycledBlocks
+    {
+        get
+        {
+            int n = 0;
+            lock (_recyclersLock)
+            {
+                for (PageRecycler? r = _recyclers; r is not null; r = r.NextRegistered)
+                {
+                    n += r.Count;
+                }
+            }
+
+            return n;
+        }
+    }
+
+    /// <summary>Returns an uncharged block without references to the per-CPU list or the buddy lists.</summary>
+    private void FreeUncharged(Arena arena, int head)
+    {
+        ref PageDescriptor d = ref arena.Pages[head];
         int order = d.Order;
         d.Flags = PageFlags.None;
         d.Pool = null;
+        d.Recycler = null;
 
         // Every page of the block keeps the block's last generation, so that a block later taken over any of them
         // gets a higher one (see TryAllocBlock): no stale handle of this block matches a later head.
@@ -775,7 +970,6 @@ public sealed partial class PageAllocator : IDisposable
             }
         }
 
-        Uncharge(1L << order);
         if (_disposed)
         {
             return;

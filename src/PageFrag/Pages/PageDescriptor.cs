@@ -97,6 +97,14 @@ internal struct PageDescriptor
     /// <summary>The page pool that owns the page (page-&gt;pp), or null.</summary>
     public object? Pool;
 
+    /// <summary>
+    /// On a fragment cache's order-3 block, the recycle slots of the cache that carved it (set by the cache at each
+    /// refill, reset by the allocator at every hand-out): when a free drops the block's last reference,
+    /// <see cref="PageAllocator.ReleaseBlock"/> parks the block there for that cache's next refill instead of on a
+    /// per-CPU list. Null on every other block.
+    /// </summary>
+    public PageRecycler? Recycler;
+
     /// <summary>The page pool's fragment reference count (pp_ref_count).</summary>
     public long PpRefCount;
 

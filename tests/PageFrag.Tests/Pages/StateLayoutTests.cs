@@ -21,17 +21,17 @@ public class StateLayoutTests
         int length = Arena.StatesLength(arenaBytes);
         Assert.Equal(0, length % 4);
         int granules = arenaBytes >> Arena.MarkShift;
-        int pages = arenaBytes >> PageConstants.PageShift;
-        Assert.InRange(length, granules + pages, granules + pages + 3);
+        int blocks = (arenaBytes + 32767) / 32768;
+        Assert.Equal(granules + (blocks << Arena.DenseStrideShift), length);
 
-        // The last page's start (the lowest dense index) and the first page's start (the array's last byte) lie in
-        // words that end inside the array.
+        // The dense bytes of the first and the last 2 KiB of the arena lie in words that end inside the array, past
+        // the main table.
         byte[] states = new byte[length];
-        foreach (int g in (int[])[0, (pages - 1) << Arena.PageGranuleShift])
+        foreach (int g in (int[])[0, granules - (1 << Arena.DenseGranuleShift)])
         {
             int index = Arena.GranuleStateIndex(states, g);
             Assert.True((index & ~3) + 3 < length, $"granule {g}: state byte {index} of {length}");
-            Assert.True(index >= granules, "a page start's byte is past the main table");
+            Assert.True(index >= granules, "a dense granule's byte is past the main table");
         }
     }
 
@@ -39,11 +39,11 @@ public class StateLayoutTests
     [InlineData(32 * 1024)]
     [InlineData(256 * 1024)]
     [InlineData(4 * 1024 * 1024)]
-    public void Every_granule_has_its_own_state_byte_and_page_starts_are_dense_at_the_end(int arenaBytes)
+    public void Every_granule_has_its_own_state_byte_and_each_block_s_2_KiB_starts_share_one_line_of_their_own(int arenaBytes)
     {
         byte[] states = new byte[Arena.StatesLength(arenaBytes)];
         int granules = arenaBytes >> Arena.MarkShift;
-        int pages = arenaBytes >> PageConstants.PageShift;
+        int dense = 1 << Arena.DenseGranuleShift;
         var seen = new bool[states.Length];
         for (int g = 0; g < granules; g++)
         {
@@ -53,19 +53,48 @@ public class StateLayoutTests
             seen[index] = true;
             Assert.Equal(index, Arena.StateIndex(states, g << Arena.MarkShift));
             Assert.Equal(index, Arena.StateIndex(states, (g << Arena.MarkShift) + 7));
-            if (g % (PageConstants.PageSize >> Arena.MarkShift) == 0)
+            if (g % dense == 0)
             {
-                Assert.Equal(states.Length - 1 - g / (PageConstants.PageSize >> Arena.MarkShift), index);
+                // Block b's 16 bytes from Length - 128 (b + 1), in order: 112 bytes apart from the next block's, so
+                // no 64-byte line holds two blocks' bytes.
+                int block = g / 4096;
+                Assert.Equal(states.Length - 128 * (block + 1) + (g / dense) % 16, index);
             }
         }
 
-        // Unused: exactly the main table's bytes of page starts.
+        // Unused: exactly the main table's bytes of dense granules, and 112 of every 128 dense bytes.
         for (int i = 0; i < states.Length; i++)
         {
-            Assert.Equal(i >= granules || i % (PageConstants.PageSize >> Arena.MarkShift) != 0, seen[i]);
+            bool used = i < granules ? i % dense != 0 : (states.Length - 1 - i) % 128 >= 112;
+            Assert.True(used == seen[i], $"byte {i}: used {seen[i]}, expected {used}");
+        }
+    }
+
+    [Fact]
+    public void The_states_of_a_page_of_2_KiB_fragments_are_16_bytes_of_one_line()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator(256 * 1024);
+        using var cache = new PageFragCache(allocator);
+        var fragments = new List<PageFragment>();
+        for (int i = 0; i < 16; i++)
+        {
+            Assert.True(cache.TryAlloc(2048, out PageFragment f));
+            fragments.Add(f);
         }
 
-        Assert.Equal(granules + pages, states.Length);
+        byte[] states = fragments[0].NonEmpty.FragStates;
+        var indexes = fragments.Select(f => Arena.StateIndex(states, f.ArenaOffset)).ToArray();
+        Assert.Equal(15, indexes.Max() - indexes.Min());
+        Assert.All(indexes, i => Assert.NotEqual(0, states[i]));
+        foreach (PageFragment f in fragments)
+        {
+            PageFragCache.Free(f);
+        }
+
+        // Freed while the cache still holds the page (marks, counted when it leaves), then the page is left.
+        cache.Drain();
+        Assert.All(indexes, i => Assert.Equal(0, states[i]));
+        Leaks.AssertNone(allocator);
     }
 
     [Fact]
@@ -83,7 +112,7 @@ public class StateLayoutTests
 
             Assert.Equal(128, fragments.Count);
             Arena arena = fragments[0].NonEmpty;
-            int main = ArenaBytes >> Arena.MarkShift;
+            int main = Arena.StatesLength(ArenaBytes) - (ArenaBytes >> 15 << Arena.DenseStrideShift);
             Assert.True(arena.FragStates.AsSpan(0, main).IndexOfAnyExcept((byte)0) < 0, "no main-table byte written");
             Assert.Equal(128, arena.FragStates.AsSpan(main).Length - arena.FragStates.AsSpan(main).Count((byte)0));
 
