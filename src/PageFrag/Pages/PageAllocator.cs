@@ -862,6 +862,14 @@ public sealed partial class PageAllocator : IDisposable
         Volatile.Write(ref d.RefCount, 1);
         Interlocked.Increment(ref _counters[CounterSlot()].Allocations);
         recycler.Taken++;
+
+        // The arena served a block, as if from its free lists: an idle-only trim keeps it (a page that cycles
+        // through the slots all interval long must not let its arena look idle). Written only when it changes: the
+        // arena's other fields are read by every thread.
+        if (!owner.UsedSinceTrim)
+        {
+            owner.UsedSinceTrim = true;
+        }
         arena = owner;
         index = head;
         return true;

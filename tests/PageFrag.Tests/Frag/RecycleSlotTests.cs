@@ -114,6 +114,34 @@ public class RecycleSlotTests
     }
 
     [Fact]
+    public void An_arena_whose_pages_cycled_only_through_the_slots_since_the_last_trim_is_kept_by_an_idle_only_trim()
+    {
+        // The Kestrel factory's timer trims with idleOnly: an arena that served blocks in the interval stays for the
+        // next burst. A block taken from the slots is served by its arena as much as one from the free lists.
+        using PageAllocator allocator = Leaks.NewAllocator(64 * 1024);
+        var cache = new PageFragCache(allocator);
+        List<PageFragment> first = FillAndLeavePage(cache, out PageFragment next);
+        Assert.Equal(0, allocator.Trim(idleOnly: true)); // the interval's mark is reset; the arena is in use
+        FreeOnOtherThread(first);
+        Assert.Equal(1, allocator.RecycledBlocks);
+
+        // The cache leaves its page; its refill takes the parked one (no block from the free lists since the trim).
+        List<PageFragment> second = FillAndLeavePage(cache, out PageFragment third);
+        Assert.Equal(0, allocator.RecycledBlocks);
+        Assert.Equal(first[0].Address & ~(nint)32767, third.Address & ~(nint)32767);
+        FreeOnOtherThread([next, .. second, third]);
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+
+        // Entirely free now, but it served a block in this interval: kept; the next idle-only trim releases it.
+        Assert.Equal(0, allocator.Trim(idleOnly: true));
+        Assert.Equal(1, allocator.GetStats().Arenas);
+        Assert.Equal(1, allocator.Trim(idleOnly: true));
+        Assert.Equal(0, allocator.GetStats().Arenas);
+        cache.Dispose();
+    }
+
+    [Fact]
     public void A_disposed_cache_parks_nothing_and_its_late_frees_go_to_the_allocator()
     {
         using PageAllocator allocator = Leaks.NewAllocator(4 << 20);
