@@ -221,7 +221,11 @@ internal sealed partial class PagePoolCore
     /// the generation of <paramref name="d"/> is checked again before the byte is cleared: a put whose handle check
     /// came before the page was recycled 16 times would otherwise clear a later fragment's byte at the same start.
     /// While the byte holds Releasing, a live fragment keeps its page's count above zero, so the page cannot be
-    /// recycled: a generation equal to the handle's after the swap means the byte was this fragment's.
+    /// recycled: a generation equal to the handle's after the swap means the byte was this fragment's, provided
+    /// <paramref name="d"/> is still the head of the block that holds the start. A pool page of order 1 or more
+    /// has fragments on pages other than its head; once the page went back to the allocator, such a page can be
+    /// carved by another block while the old head stays free at the handle's generation, so the head of the
+    /// start's page is checked too (<see cref="NetMemArea.HeadOf"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void MarkFragmentFreed(in PagePoolBuffer buffer, ref PageDescriptor d)
@@ -236,7 +240,7 @@ internal sealed partial class PagePoolCore
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }
 
-        if (Volatile.Read(ref d.Generation) != buffer.NetMem.Generation)
+        if (Volatile.Read(ref d.Generation) != buffer.NetMem.Generation || area.HeadOf(start) != buffer.NetMem.Index)
         {
             UndoStaleRelease(states, index, live);
         }
