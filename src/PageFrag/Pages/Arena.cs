@@ -502,14 +502,30 @@ internal sealed unsafe class Arena
         return state != Releasing ? state : WaitSettled(states, granule);
     }
 
+    // SpinWait sleeps after a few spins, and a sleep is where Thread.Interrupt strikes: thrown out of the cache's
+    // leaving scan, it would leave the page claimed but uncounted (leaked) and MarksCounted unset, so that a free
+    // settling its mark would wait for ever. The interrupt is kept for the thread's next blocking call instead.
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static byte WaitSettled(byte[] states, int granule)
     {
         SpinWait spin = default;
+        bool interrupted = false;
         byte state;
         while ((state = Volatile.Read(ref states[granule])) == Releasing)
         {
-            spin.SpinOnce();
+            try
+            {
+                spin.SpinOnce();
+            }
+            catch (ThreadInterruptedException)
+            {
+                interrupted = true;
+            }
+        }
+
+        if (interrupted)
+        {
+            Thread.CurrentThread.Interrupt();
         }
 
         return state;

@@ -69,6 +69,15 @@ public abstract class NetMemArea
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     internal int StateIndex(int start) => _arenaStates ? Arena.StateIndex(FragStates, start) : start >> FragStateShift;
 
+    /// <summary>
+    /// The index of the chunk whose block holds the area offset <paramref name="start"/> now: for host pages the
+    /// head of the start's page (the allocator splits and merges blocks, so a page that was part of one pool page
+    /// can be part of another block later), for provider areas the start's own chunk. Meaningful only while a
+    /// live fragment starting there keeps that block allocated.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    internal int HeadOf(int start) => _arenaStates ? Volatile.Read(ref Descriptors[start >> ChunkShift].HeadIndex) : start >> ChunkShift;
+
     /// <summary>True when no fragment starts in [<paramref name="byteOffset"/>, +<paramref name="length"/>) of the area.</summary>
     internal bool NoLiveFragments(int byteOffset, int length) => _arenaStates
         ? Arena.NoLiveFragments(FragStates, byteOffset, length)

@@ -224,6 +224,10 @@ internal sealed partial class PagePoolCore
     /// generation: this pool at the first read and the handle's generation at the second mean the page stayed in
     /// this pool all the while, unrecycled (admission and recycling raise the generation, a release clears the
     /// pool), so the byte was this fragment's.
+    /// The head of the start's page is checked too (<see cref="NetMemArea.HeadOf"/>): a pool page of order 1 or
+    /// more has fragments on pages other than its head, and once it went back to the allocator such a page can be
+    /// carved by another block while the old head stays free (review7's case; the pool check alone refuses it as
+    /// well, the head check keeps the argument local to the start).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void MarkFragmentFreed(in PagePoolBuffer buffer, ref PageDescriptor d)
@@ -238,7 +242,8 @@ internal sealed partial class PagePoolCore
             ThrowHelper.DoubleFree("The fragment was already freed.");
         }
 
-        if (!ReferenceEquals(Volatile.Read(ref d.Pool), this) || Volatile.Read(ref d.Generation) != buffer.NetMem.Generation)
+        if (!ReferenceEquals(Volatile.Read(ref d.Pool), this) || Volatile.Read(ref d.Generation) != buffer.NetMem.Generation ||
+            area.HeadOf(start) != buffer.NetMem.Index)
         {
             UndoStaleRelease(states, index, live);
         }
