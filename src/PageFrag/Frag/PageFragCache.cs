@@ -801,17 +801,22 @@ public sealed partial class PageFragCache : IDisposable
     {
         ref PageDescriptor d = ref arena.Pages[head];
         SpinWait spin = default;
+
+        // An interrupt here would leave the mark for no one to count (the page leaked): kept for later instead.
+        bool interrupted = false;
         while (Volatile.Read(ref d.MarksCounted) != generation)
         {
             if (Volatile.Read(ref d.Generation) != generation)
             {
                 // The page was reused or returned: its count reached zero, so the cache counted our mark.
+                Arena.KeepInterrupt(interrupted);
                 return;
             }
 
-            spin.SpinOnce();
+            Arena.SpinOnceKeepingInterrupt(ref spin, ref interrupted);
         }
 
+        Arena.KeepInterrupt(interrupted);
         if (Arena.TrySwap(arena.FragStates, granule, mark, 0))
         {
             PageAllocator.PutBlockRef(arena, head);

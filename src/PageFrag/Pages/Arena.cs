@@ -513,22 +513,37 @@ internal sealed unsafe class Arena
         byte state;
         while ((state = Volatile.Read(ref states[granule])) == Releasing)
         {
-            try
-            {
-                spin.SpinOnce();
-            }
-            catch (ThreadInterruptedException)
-            {
-                interrupted = true;
-            }
+            SpinOnceKeepingInterrupt(ref spin, ref interrupted);
         }
 
+        KeepInterrupt(interrupted);
+        return state;
+    }
+
+    /// <summary>
+    /// One step of a wait that must not end in the middle (the leaving scan, a free settling its mark): a
+    /// <see cref="ThreadInterruptedException"/> thrown by the step's sleep is noted in <paramref name="interrupted"/>
+    /// instead of thrown; <see cref="KeepInterrupt"/> raises it again for the thread's next blocking call.
+    /// </summary>
+    internal static void SpinOnceKeepingInterrupt(ref SpinWait spin, ref bool interrupted)
+    {
+        try
+        {
+            spin.SpinOnce();
+        }
+        catch (ThreadInterruptedException)
+        {
+            interrupted = true;
+        }
+    }
+
+    /// <summary>Interrupts the current thread again if a wait noted an interrupt (see <see cref="SpinOnceKeepingInterrupt"/>).</summary>
+    internal static void KeepInterrupt(bool interrupted)
+    {
         if (interrupted)
         {
             Thread.CurrentThread.Interrupt();
         }
-
-        return state;
     }
 
     /// <summary>

@@ -269,6 +269,76 @@ public class GenerationTagWindowTests
         Leaks.AssertNone(allocator);
     }
 
+    [Fact]
+    public void Interrupting_a_free_that_waits_for_the_cache_to_end_its_count_of_marks_leaks_nothing()
+    {
+        // A free that saw the page held before its swap and left after it waits for the cache's scan to end, then
+        // gives its reference back itself if the scan missed its mark. An interrupt during that wait must neither
+        // leave the mark for no one to count nor throw out of the free: it is kept for the next blocking call.
+        using PageAllocator allocator = FragKit.NewAllocator();
+        var cache = new PageFragCache(allocator);
+        PageFragment[] live = Carve(cache, 1024, 8);
+        Arena arena = live[0].Arena!;
+        int head = live[0].Page.Index;
+        byte[] states = arena.FragStates;
+
+        // A mark (so that the scan runs), and a release in progress on fragment 1 that holds the scan there.
+        Assert.True(PageFragCache.ReleaseOnHeldPage(arena, head, ref arena.Pages[head], live[5].ArenaOffset, live[5].Generation));
+        int blocking = Arena.StateIndex(states, live[1].ArenaOffset);
+        byte blockingTag = Arena.LiveTag(live[1].Generation, live[1].ArenaOffset);
+        Assert.True(Arena.TryBeginRelease(states, blocking, blockingTag));
+        var owner = new Thread(cache.Drain);
+        owner.Start();
+        Assert.False(owner.Join(100)); // the scan passed fragment 0 and waits at fragment 1
+
+        // Fragment 0's free: its look at the flag came before the cache left, so it marks and then settles.
+        bool? released = null;
+        Exception? failure = null;
+        bool interruptKept = false;
+        var freer = new Thread(() =>
+        {
+            try
+            {
+                released = PageFragCache.ReleaseOnHeldPage(arena, head, ref arena.Pages[head], live[0].ArenaOffset, live[0].Generation);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+                return;
+            }
+
+            try
+            {
+                Thread.Sleep(1);
+            }
+            catch (ThreadInterruptedException)
+            {
+                interruptKept = true;
+            }
+        });
+        freer.Start();
+        Assert.False(freer.Join(200)); // waits for the scan's end
+        freer.Interrupt();
+        Assert.False(freer.Join(200)); // still waits
+
+        Arena.EndRelease(states, blocking, blockingTag);
+        Assert.True(owner.Join(TimeSpan.FromSeconds(10)));
+        Assert.True(freer.Join(TimeSpan.FromSeconds(10)));
+        Assert.Null(failure);
+        Assert.True(released);
+        Assert.True(interruptKept);
+        Assert.Equal(live.Length - 2, live[1].Page.RefCount);
+        for (int i = 1; i < live.Length; i++)
+        {
+            if (i != 5)
+            {
+                PageFragCache.Free(live[i]);
+            }
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
     /// <summary>
     /// Carves a page into fragments of <paramref name="size"/>, frees them all (the stale one among them), then
     /// reuses the page in place 16 times; the fragments of the 16th use stay live, each filled with its index.
