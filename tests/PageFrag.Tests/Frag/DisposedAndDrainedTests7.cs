@@ -259,7 +259,7 @@ public class DisposedAndDrainedTests7
                     PageFragCache.Free(frags[i].Address);
                 }
 
-                freedBySecond++;
+                Volatile.Write(ref freedBySecond, i + 1);
             }
         });
 
@@ -290,12 +290,19 @@ public class DisposedAndDrainedTests7
 
             seeds = roundSeeds;
             Volatile.Write(ref current, frags);
-            int delay = random.Next(200);
+            // The Dispose waits until the other thread has freed `before` fragments (it is then freeing the next one): the
+            // frees before it leave marks on the page the cache still holds, those after it find the page left.
+            int before = random.Next(count + 1);
             bool dispose = (rounds & 1) == 0;
-            freedBySecond = 0;
+            Volatile.Write(ref freedBySecond, 0);
             gate.Race(() =>
             {
-                Thread.SpinWait(delay);
+                var spin = default(SpinWait);
+                while (Volatile.Read(ref freedBySecond) < before && gate.Failure is null)
+                {
+                    spin.SpinOnce(-1);
+                }
+
                 if (dispose)
                 {
                     cache.Dispose();
