@@ -328,6 +328,104 @@ public class DisposedAndDrainedTests7
     }
 
     [Fact]
+    public void A_memory_pool_disposed_while_another_thread_returns_and_rents_gives_every_page_back_and_each_rent_works_or_throws_ObjectDisposedException()
+    {
+        using PageAllocator allocator = FragKit.NewAllocator(arenaSize: 1 << 20);
+        int[] sizes = [1, 100, 4096, 20000, PageFragCache.MaxFragmentSize, 300];
+        IMemoryOwner<byte>[] owners = [];
+        PageFragMemoryPool? currentPool = null;
+        int racingRentsServed = 0;
+        int returned = 0;
+        int rentsRefused = 0;
+        int rentsServed = 0;
+
+        // The other thread gives the round's buffers back (each checked first), then rents once more, racing the Dispose:
+        // the rent either works (and is returned) or meets the disposed pool; it never refills a cache the Dispose has
+        // already drained (the round's leak check would find that page).
+        using var gate = new RaceGate(() =>
+        {
+            IMemoryOwner<byte>[] mine = Volatile.Read(ref owners);
+            for (int i = 0; i < mine.Length; i++)
+            {
+                if (mine[i].Memory.Span.ContainsAnyExcept((byte)(i + 1)))
+                {
+                    throw new InvalidOperationException($"rented buffer {i} was damaged");
+                }
+
+                mine[i].Dispose();
+                Volatile.Write(ref returned, i + 1);
+            }
+
+            try
+            {
+                IMemoryOwner<byte> late = Volatile.Read(ref currentPool)!.Rent(200);
+                late.Memory.Span.Fill(0x7E);
+                late.Dispose();
+                Interlocked.Increment(ref racingRentsServed);
+            }
+            catch (ObjectDisposedException e) when (e.ObjectName == nameof(PageFragMemoryPool))
+            {
+            }
+        });
+
+        var random = new Random(17);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        int rounds = 0;
+        while (watch.ElapsedMilliseconds < 1000 && gate.Failure is null)
+        {
+            var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator });
+            int count = 1 + random.Next(12);
+            var rented = new IMemoryOwner<byte>[count];
+            for (int i = 0; i < count; i++)
+            {
+                rented[i] = pool.Rent(sizes[random.Next(sizes.Length)]);
+                rented[i].Memory.Span.Fill((byte)(i + 1));
+            }
+
+            Volatile.Write(ref owners, rented);
+            Volatile.Write(ref currentPool, pool);
+            Volatile.Write(ref returned, 0);
+            int before = random.Next(count + 1);
+            gate.Race(() =>
+            {
+                var spin = default(SpinWait);
+                while (Volatile.Read(ref returned) < before && gate.Failure is null)
+                {
+                    spin.SpinOnce(-1);
+                }
+
+                pool.Dispose();
+            });
+
+            Assert.Null(gate.Failure);
+            Assert.Equal(count, returned);
+
+            // A rent on another thread after the Dispose: refused, and no page taken.
+            var other = new Thread(() =>
+            {
+                try
+                {
+                    pool.Rent(100).Dispose();
+                    Interlocked.Increment(ref rentsServed);
+                }
+                catch (ObjectDisposedException)
+                {
+                    Interlocked.Increment(ref rentsRefused);
+                }
+            });
+            other.Start();
+            other.Join();
+            Leaks.AssertNone(allocator);
+            rounds++;
+        }
+
+        Assert.Null(gate.Failure);
+        Assert.Equal(0, rentsServed);
+        Assert.Equal(rounds, rentsRefused);
+        Assert.True(rounds > 20, $"only {rounds} rounds");
+    }
+
+    [Fact]
     public void Fragments_outliving_their_disposed_cache_survive_trim_per_CPU_drain_and_discard_and_free_once_after_them()
     {
         using PageAllocator allocator = FragKit.NewAllocator(arenaSize: 256 * 1024);
