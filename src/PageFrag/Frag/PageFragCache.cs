@@ -834,7 +834,8 @@ public sealed partial class PageFragCache : IDisposable
     /// member it must only be called by the cache's owner; fragments freed by other threads use the static
     /// <see cref="Free(in PageFragment)"/>. The release is decided by the same compare-and-swap of the
     /// fragment's state as the static free's (a copy of the handle may be freed elsewhere at the same time);
-    /// only the page's count is settled without an atomic.
+    /// only the page's count is settled without an atomic. After <see cref="Dispose"/> it does not throw
+    /// <see cref="ObjectDisposedException"/>: the cache holds no page then, and it frees as the static free does.
     /// </remarks>
     /// <exception cref="ArgumentException">The fragment is empty.</exception>
     /// <exception cref="PageFragDoubleFreeException">The fragment was already freed, or its page was returned or reused since.</exception>

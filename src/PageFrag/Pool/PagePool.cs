@@ -217,6 +217,7 @@ internal sealed partial class PagePoolCore
     /// <summary>Changes the preferred node (page_pool_nid_changed): pages of other nodes found in the ring
     /// from now on are released (waive). Owner thread.</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="node"/> is below -1.</exception>
+    /// <exception cref="ObjectDisposedException">The pool was disposed.</exception>
     public void SetNode(int node)
     {
         CheckOwner();
