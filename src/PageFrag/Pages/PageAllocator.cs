@@ -782,7 +782,14 @@ public sealed partial class PageAllocator : IDisposable
         if (d.Recycler is PageRecycler recycler && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
             !_disposed && TryPark(recycler, arena, head, ref d))
         {
-            return;
+            // Read after the slot's swap (a full fence), as the close is in TryPark: a Dispose that came before the
+            // swap is seen here (its drain may have run already: take the block back), or its drain, which takes a
+            // lock after setting the flag, sees the block. No address outlives the arenas Dispose drops (it could
+            // name another allocator's block once their memory is reused).
+            if (!_disposed || !recycler.TryTakeBack(arena.BaseAddress + ((nint)head << PageConstants.PageShift)))
+            {
+                return;
+            }
         }
 
         FreeUncharged(arena, head);
@@ -900,7 +907,9 @@ public sealed partial class PageAllocator : IDisposable
         nint address;
         while ((address = recycler.TryTake()) != 0)
         {
-            if (ArenaRegistry.Find(address) is Arena arena)
+            // Only a block of this allocator's arenas: an address whose arena is gone (a disposed allocator) may
+            // name another allocator's block once the memory is reused.
+            if (ArenaRegistry.Find(address) is Arena arena && arena.TryGetOwner(out PageAllocator? owner) && ReferenceEquals(owner, this))
             {
                 FreeUncharged(arena, (int)((address - arena.BaseAddress) >> PageConstants.PageShift));
             }
