@@ -824,7 +824,7 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>
     /// Takes a block parked in <paramref name="recycler"/> for its cache's refill: charged like an allocation and set
-    /// up as a head with one reference, its tails untouched (they still name it and hold no higher generation).
+    /// up as a head with one reference in a generation one above the parked one, its tails untouched (they still name it and hold no higher generation).
     /// False when none is parked, the charge fails, faults are injected (every refill then goes through
     /// <see cref="TryAllocBlock(int, AllocFlags, out Arena?, out int)"/> and its fault rules) or the allocator is
     /// disposed.
@@ -866,6 +866,11 @@ public sealed partial class PageAllocator : IDisposable
         d.FragmentCachePage = false;
         d.CallerRefs = 0;
         d.CacheHeld = 0;
+
+        // A generation above the parked one, as every hand-out raises it (flags first, then the generation, then the
+        // count): a page handle taken by address while the block sat parked is stale for this use, as one taken while
+        // a block is free on the buddy lists is once it is handed out again.
+        d.Generation++;
         Volatile.Write(ref d.RefCount, 1);
         Interlocked.Increment(ref _counters[CounterSlot()].Allocations);
         recycler.Taken++;

@@ -103,4 +103,53 @@ public class RecycleSlotReviewTests
 
         Assert.True(rounds > 10, $"only {rounds} rounds");
     }
+    /// <summary>
+    /// A page handle taken by address while the page sat parked (free) is stale once a refill takes the page again, as
+    /// a handle taken while a block is free on the buddy lists is once the block is handed out again: its AddRef
+    /// must not take a reference on the new use's page.
+    /// </summary>
+    [Fact]
+    public void A_page_handle_taken_while_the_page_was_parked_is_stale_after_the_refill_takes_it()
+    {
+        using PageAllocator allocator = Leaks.NewAllocator(4 << 20);
+        var cache = new PageFragCache(allocator);
+        var first = new List<PageFragment>();
+        for (int i = 0; i < PerPage; i++)
+        {
+            Assert.True(cache.TryAlloc(Frag, out PageFragment f));
+            first.Add(f);
+        }
+
+        Assert.True(cache.TryAlloc(Frag, out PageFragment next));
+        OtherThread.Run(() =>
+        {
+            foreach (PageFragment f in first)
+            {
+                PageFragCache.Free(f);
+            }
+        });
+        Assert.Equal(1, allocator.RecycledBlocks);
+        Assert.True(PageAllocator.TryGetPage(first[0].Address, out Page parked));
+        Assert.Contains("has none: it was already freed", Assert.Throws<InvalidOperationException>(parked.AddRef).Message);
+
+        var second = new List<PageFragment> { next };
+        for (int i = 1; i <= PerPage; i++)
+        {
+            Assert.True(cache.TryAlloc(Frag, out PageFragment f));
+            second.Add(f);
+        }
+
+        Assert.Equal(1, cache.PagesRecycled);
+        Assert.Equal(first[0].Address, second[PerPage].Address);
+        Assert.Contains("stale handle", Assert.Throws<InvalidOperationException>(parked.AddRef).Message);
+        Assert.Equal(0, parked.Descriptor.CallerRefs);
+
+        foreach (PageFragment f in second)
+        {
+            PageFragCache.Free(f);
+        }
+
+        cache.Dispose();
+        Leaks.AssertNone(allocator);
+    }
 }
