@@ -98,6 +98,8 @@ public class RecycleSlotReviewTests
             Assert.Equal(0, slots.Count);
             PageFragCache.Free(next);
             cache.Dispose();
+            Assert.Equal(0, current.RecycledBlocks);
+            Assert.Equal(0, current.GetStats().PagesInUse); // every page given back, though its arena was dropped
             rounds++;
         }
 
