@@ -782,7 +782,14 @@ public sealed partial class PageAllocator : IDisposable
         if (d.Recycler is PageRecycler recycler && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
             !_disposed && TryPark(recycler, arena, head, ref d))
         {
-            return;
+            // Read after the slot's swap (a full fence), as the close is in TryPark: a Dispose that came before the
+            // swap is seen here (its drain may have run already: take the block back), or its drain, which takes a
+            // lock after setting the flag, sees the block. No address outlives the arenas Dispose drops (it could
+            // name another allocator's block once their memory is reused).
+            if (!_disposed || !recycler.TryTakeBack(arena.BaseAddress + ((nint)head << PageConstants.PageShift)))
+            {
+                return;
+            }
         }
 
         FreeUncharged(arena, head);
@@ -817,7 +824,7 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>
     /// Takes a block parked in <paramref name="recycler"/> for its cache's refill: charged like an allocation and set
-    /// up as a head with one reference, its tails untouched (they still name it and hold no higher generation).
+    /// up as a head with one reference in a generation one above the parked one, its tails untouched (they still name it and hold no higher generation).
     /// False when none is parked, the charge fails, faults are injected (every refill then goes through
     /// <see cref="TryAllocBlock(int, AllocFlags, out Arena?, out int)"/> and its fault rules) or the allocator is
     /// disposed.
@@ -859,6 +866,11 @@ public sealed partial class PageAllocator : IDisposable
         d.FragmentCachePage = false;
         d.CallerRefs = 0;
         d.CacheHeld = 0;
+
+        // A generation above the parked one, as every hand-out raises it (flags first, then the generation, then the
+        // count): a page handle taken by address while the block sat parked is stale for this use, as one taken while
+        // a block is free on the buddy lists is once it is handed out again.
+        d.Generation++;
         Volatile.Write(ref d.RefCount, 1);
         Interlocked.Increment(ref _counters[CounterSlot()].Allocations);
         recycler.Taken++;
@@ -900,7 +912,9 @@ public sealed partial class PageAllocator : IDisposable
         nint address;
         while ((address = recycler.TryTake()) != 0)
         {
-            if (ArenaRegistry.Find(address) is Arena arena)
+            // Only a block of this allocator's arenas: an address whose arena is gone (a disposed allocator) may
+            // name another allocator's block once the memory is reused.
+            if (ArenaRegistry.Find(address) is Arena arena && arena.TryGetOwner(out PageAllocator? owner) && ReferenceEquals(owner, this))
             {
                 FreeUncharged(arena, (int)((address - arena.BaseAddress) >> PageConstants.PageShift));
             }
