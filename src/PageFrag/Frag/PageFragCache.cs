@@ -854,18 +854,13 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void FreeLocalCore(in PageFragment fragment)
     {
-        // An empty fragment never matches: its arena is null only when ours is too, and then _size is 0.
-        if (ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
-            (uint)(fragment.ArenaOffset - _pageStart) < (uint)_size)
+        if (IsOnCurrentPage(fragment.Arena, fragment.ArenaOffset, fragment.Generation))
         {
-            // A failed swap is decided again after any release in progress on the byte (a stale one, to be undone).
-            if (!Arena.TryReleaseFragment(_states!, fragment.ArenaOffset, _generation) &&
-                !Arena.TryReleaseFragmentSettled(_states!, fragment.ArenaOffset, _generation))
+            if (!TryReleaseOnCurrentPage(fragment.ArenaOffset))
             {
                 ThrowDoubleFree();
             }
 
-            _bias++;
             return;
         }
 
@@ -883,20 +878,34 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal int TryFreeLocalOnCurrentPage(Arena arena, int arenaOffset, int generation)
     {
-        if (ReferenceEquals(arena, _arena) && generation == _generation && (uint)(arenaOffset - _pageStart) < (uint)_size && !_detectMisuse)
+        if (_detectMisuse || !IsOnCurrentPage(arena, arenaOffset, generation))
         {
-            // As in FreeLocalCore: a failed swap is decided again after any release in progress on the byte.
-            if (!Arena.TryReleaseFragment(_states!, arenaOffset, generation) &&
-                !Arena.TryReleaseFragmentSettled(_states!, arenaOffset, generation))
-            {
-                return -1;
-            }
-
-            _bias++;
-            return 1;
+            return 0;
         }
 
-        return 0;
+        return TryReleaseOnCurrentPage(arenaOffset) ? 1 : -1;
+    }
+
+    // A fragment of the page this cache carves now. An empty fragment never matches: its arena is null only when ours
+    // is too, and then _size is 0.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool IsOnCurrentPage(Arena? arena, int arenaOffset, int generation) =>
+        ReferenceEquals(arena, _arena) && generation == _generation && (uint)(arenaOffset - _pageStart) < (uint)_size;
+
+    // The owner's release of a fragment of its current page (FreeLocal, TryFreeLocalOnCurrentPage): the state's swap,
+    // then its reference back to the bias, no atomic on the page's count. False, with nothing changed, when not live.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool TryReleaseOnCurrentPage(int arenaOffset)
+    {
+        // A failed swap is decided again after any release in progress on the byte (a stale one, to be undone).
+        if (!Arena.TryReleaseFragment(_states!, arenaOffset, _generation) &&
+            !Arena.TryReleaseFragmentSettled(_states!, arenaOffset, _generation))
+        {
+            return false;
+        }
+
+        _bias++;
+        return true;
     }
 
     // By value, for the same reason as AllocChecked.
