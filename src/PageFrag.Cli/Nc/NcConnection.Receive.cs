@@ -24,6 +24,7 @@ internal sealed partial class NcConnection
             // Room in the ring for every page the budget can hold, so that pages freed by the writer come back.
             PoolSize = Math.Clamp(_options.ReceiveBudget / 4096 * 2, PagePoolOptions.DefaultPoolSize, PagePoolOptions.MaxPoolSize),
         });
+        _receivePool = pool;
         var batch = new ReceivedBuffer[NcOptions.MaxSkbFrags];
         long iterations = 0;
         long allocStart = 0;

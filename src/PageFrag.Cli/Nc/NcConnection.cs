@@ -32,6 +32,9 @@ internal sealed partial class NcConnection
     private readonly NcStdout _stdout;
     private readonly SocketIO _io;
     private readonly PageAllocator _allocator;
+
+    // The receive path's page pool, disposed by the reader when it stops; the tear-down drives its release.
+    private PagePool? _receivePool;
     private readonly bool _hasSendSide;
     private readonly ReceivedBuffer[] _ring;
     private readonly ReceivedBuffer[] _writeBatch = new ReceivedBuffer[NcStdout.MaxBatch];
@@ -400,6 +403,14 @@ internal sealed partial class NcConnection
             }
 
             _ringCount = 0;
+        }
+
+        // Every receive buffer is back now, but a put that raced the reader's Dispose went into the pool's ring,
+        // which the pool's release timer scrubs up to a second later (page_pool_release_retry): the command would
+        // end with a page still out. One release attempt now gives the pool's pages back before the command ends.
+        if (_receivePool is PagePool pool && pool.IsDisposed)
+        {
+            pool.RetryRelease();
         }
 
         _io.Socket.Dispose();
