@@ -64,8 +64,9 @@ public class FreeByAddressRaceTests7
                     PageFragCache.Free(h.Fragment.Address);
                     Interlocked.Increment(ref released);
                 }
-                else if (Volatile.Read(ref stop) != 0)
+                else if (Volatile.Read(ref stop) != 0 && queue.IsEmpty)
                 {
+                    // The owner sets stop after its last enqueue: an empty queue read after stop is empty for good.
                     return;
                 }
                 else
@@ -215,8 +216,9 @@ public class FreeByAddressRaceTests7
                         staleRefused++;
                     }
                 }
-                else if (Volatile.Read(ref stop) != 0)
+                else if (Volatile.Read(ref stop) != 0 && queue.IsEmpty)
                 {
+                    // The owner sets stop after its last enqueue: an empty queue read after stop is empty for good.
                     return;
                 }
                 else
