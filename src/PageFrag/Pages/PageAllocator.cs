@@ -709,7 +709,6 @@ public sealed partial class PageAllocator : IDisposable
         d.HeadIndex = index;
         d.FragmentCachePage = false;
         d.Pool = null;
-        d.Recycler = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;
         d.CallerRefs = 0;
@@ -785,8 +784,9 @@ public sealed partial class PageAllocator : IDisposable
         ref PageDescriptor d = ref arena.Pages[head];
         Debug.Assert(Volatile.Read(ref d.RefCount) == 0, "only a block without references is released");
         Uncharge(1L << d.Order);
-        if (d.Recycler is PageRecycler recycler && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
-            !_disposed && TryPark(recycler, _recycleLimit, arena, head, ref d))
+        if (d.FragmentCachePage && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
+            arena.Recyclers[head >> PageRecycler.Order] is PageRecycler recycler && !_disposed &&
+            TryPark(recycler, _recycleLimit, arena, head, ref d))
         {
             // Read after the slot's swap (a full fence), as the close is in TryPark: a Dispose that came before the
             // swap is seen here (its drain may have run already: take the block back), or its drain, which takes a
@@ -1000,7 +1000,6 @@ public sealed partial class PageAllocator : IDisposable
         int order = d.Order;
         d.Flags = PageFlags.None;
         d.Pool = null;
-        d.Recycler = null;
 
         // Every page of the block keeps the block's last generation, so that a block later taken over any of them
         // gets a higher one (see TryAllocBlock): no stale handle of this block matches a later head.
