@@ -43,6 +43,11 @@ internal static class KestrelExample
             throw new ArgumentException("An arena size applies to the pagefrag pool only.", nameof(arenaSize));
         }
 
+        if (Environment.GetEnvironmentVariable("PAGEFRAG_STATS") == "1")
+        {
+            DiagStats.Start();
+        }
+
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
         builder.Logging.ClearProviders();
         builder.WebHost.UseUrls(urls);

@@ -1141,7 +1141,16 @@ public sealed partial class PageFragCache : IDisposable
         // a concurrent speculative reference taker (get_page_unless_zero) can never be overwritten.
         Interlocked.Add(ref nd.RefCount, RefBias);
         nd.FragmentCachePage = true;
-        nd.Recycler = recycler;
+        if (nd.Order == PageRecycler.Order)
+        {
+            // Written only when it changes: while the block cycles between this cache and another thread's frees,
+            // the releasing thread reads the entry's line and nobody writes it (Arena.Recyclers).
+            ref PageRecycler? entry = ref arena.Recyclers[index >> PageRecycler.Order];
+            if (!ReferenceEquals(entry, recycler))
+            {
+                entry = recycler;
+            }
+        }
         _states = arena.FragStates;
         _arena = arena;
         _pageIndex = index;

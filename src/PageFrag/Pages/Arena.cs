@@ -88,6 +88,16 @@ internal sealed unsafe class Arena
     public readonly PageDescriptor[] Pages;
     public readonly int Id;
 
+    /// <summary>
+    /// Per 32 KiB block (index = head page / 8): the recycle slots of the fragment cache that last took the block as
+    /// an order-3 page, read by <see cref="PageAllocator.ReleaseBlock"/> only while the head carries
+    /// <see cref="PageDescriptor.FragmentCachePage"/> (which every hand-out resets, so a stale entry is never used).
+    /// Here rather than in the descriptor, which stays 64 bytes: one reference per eight pages instead of one per
+    /// page, and the cache writes its entry only when it changes, so while a page cycles between one cache and
+    /// another thread's frees the line is only read (session 8).
+    /// </summary>
+    public readonly PageRecycler?[] Recyclers;
+
     /// <summary>Whether the owner runs in the detection mode (<see cref="PageAllocator.DetectMisuse"/>), read by handles.</summary>
     public readonly bool DetectMisuse;
 
@@ -129,6 +139,7 @@ internal sealed unsafe class Arena
         BaseAddress = aligned;
 
         Pages = new PageDescriptor[PageCount];
+        Recyclers = new PageRecycler?[(PageCount + (1 << PageRecycler.Order) - 1) >> PageRecycler.Order];
         DetectMisuse = owner.DetectMisuse;
         // Pinned (on the POH) so that the states of free blocks can be given back to the operating system
         // with the blocks (PageAllocator.DiscardFreeMemory): an address taken under the lock stays valid.

@@ -31,6 +31,12 @@ public sealed partial class PageAllocator : IDisposable
     // The fragment caches' recycle slots, a list linked through them under _recyclersLock (a cache registers once and
     // leaves once, in constant time): drained with the per-CPU lists and counted in CachedPages.
     private PageRecycler? _recyclers;
+    private int _recyclerCount;
+
+    // How many of its slots each cache may park in: RecycleBudget shared out among the registered caches (written under
+    // _recyclersLock when one registers or leaves, read with a plain load by every park: a hint, not a count).
+    private int _recycleLimit = PageRecycler.Capacity;
+    private readonly int _recycleBudget = PageRecycler.Capacity * Math.Max(1, Environment.ProcessorCount);
     private readonly long _maxPages;
     private readonly long _reservePages;
     private readonly int _maxArenas;
@@ -703,7 +709,6 @@ public sealed partial class PageAllocator : IDisposable
         d.HeadIndex = index;
         d.FragmentCachePage = false;
         d.Pool = null;
-        d.Recycler = null;
         d.PpRefCount = 0;
         d.DmaAddress = 0;
         d.CallerRefs = 0;
@@ -779,8 +784,9 @@ public sealed partial class PageAllocator : IDisposable
         ref PageDescriptor d = ref arena.Pages[head];
         Debug.Assert(Volatile.Read(ref d.RefCount) == 0, "only a block without references is released");
         Uncharge(1L << d.Order);
-        if (d.Recycler is PageRecycler recycler && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
-            !_disposed && TryPark(recycler, arena, head, ref d))
+        if (d.FragmentCachePage && d.Order == PageRecycler.Order && (d.Flags & PageFlags.PfMemalloc) == 0 &&
+            arena.Recyclers[head >> PageRecycler.Order] is PageRecycler recycler && !_disposed &&
+            TryPark(recycler, _recycleLimit, arena, head, ref d))
         {
             // Read after the slot's swap (a full fence), as the close is in TryPark: a Dispose that came before the
             // swap is seen here (its drain may have run already: take the block back), or its drain, which takes a
@@ -801,9 +807,9 @@ public sealed partial class PageAllocator : IDisposable
     /// the block's last use is stale, and <see cref="PageFlags.PerCpu"/>, so that every free path refuses it as a free
     /// block; the slot's swap publishes both. False when the slots are full or closed: the caller frees the block.
     /// </summary>
-    private static bool TryPark(PageRecycler recycler, Arena arena, int head, ref PageDescriptor d)
+    private static bool TryPark(PageRecycler recycler, int limit, Arena arena, int head, ref PageDescriptor d)
     {
-        int slot = recycler.FindEmpty();
+        int slot = recycler.FindEmpty(limit);
         if (slot < 0 || recycler.IsClosed)
         {
             return false;
@@ -812,7 +818,7 @@ public sealed partial class PageAllocator : IDisposable
         d.Generation++;
         d.Flags = PageFlags.PerCpu;
         nint address = arena.BaseAddress + ((nint)head << PageConstants.PageShift);
-        if (!recycler.TryPut(slot, address))
+        if (!recycler.TryPut(slot, address, limit))
         {
             return false;
         }
@@ -887,6 +893,15 @@ public sealed partial class PageAllocator : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Blocks the recycle slots of all this allocator's caches may keep parked, shared out among them (at least one
+    /// slot each): eight per CPU, 256 KiB of order-3 blocks per CPU.
+    /// </summary>
+    internal int RecycleBudget => _recycleBudget;
+
+    /// <summary>How many of its slots each cache parks in now: <see cref="RecycleBudget"/> over the open caches, 1 to <see cref="PageRecycler.Capacity"/>.</summary>
+    internal int RecycleLimit => Volatile.Read(ref _recycleLimit);
+
     /// <summary>Creates recycle slots for a fragment cache, drained and counted with the per-CPU lists until closed.</summary>
     internal PageRecycler CreateRecycler()
     {
@@ -901,9 +916,17 @@ public sealed partial class PageAllocator : IDisposable
 
             _recyclers = recycler;
             recycler.Registered = true;
+            SetRecycleLimitLocked(_recyclerCount + 1);
         }
 
         return recycler;
+    }
+
+    /// <summary>Counts the open caches and shares the budget out again (caller holds <c>_recyclersLock</c>).</summary>
+    private void SetRecycleLimitLocked(int caches)
+    {
+        _recyclerCount = caches;
+        Volatile.Write(ref _recycleLimit, Math.Clamp(_recycleBudget / Math.Max(1, caches), 1, PageRecycler.Capacity));
     }
 
     /// <summary>Frees every block parked in <paramref name="recycler"/> (any thread; a refill may take blocks at the same time).</summary>
@@ -947,6 +970,7 @@ public sealed partial class PageAllocator : IDisposable
                 recycler.NextRegistered = null;
                 recycler.PrevRegistered = null;
                 recycler.Registered = false;
+                SetRecycleLimitLocked(_recyclerCount - 1);
             }
         }
     }
@@ -976,7 +1000,6 @@ public sealed partial class PageAllocator : IDisposable
         int order = d.Order;
         d.Flags = PageFlags.None;
         d.Pool = null;
-        d.Recycler = null;
 
         // Every page of the block keeps the block's last generation, so that a block later taken over any of them
         // gets a higher one (see TryAllocBlock): no stale handle of this block matches a later head.

@@ -57,6 +57,9 @@ internal struct PageDescriptor
     // them together with one 64-bit compare-and-swap (see RefAndGeneration). The struct holds a reference, so
     // the runtime lays it out automatically (references, then 8-byte, then 4-byte fields in declaration
     // order); PageAllocator checks the two are adjacent and 8-aligned once, and a test pins it.
+    // 64 bytes: one reference (Pool), two 8-byte fields, nine ints, four bytes. A fragment cache's recycle slots are
+    // found through Arena.Recyclers, not here (a second reference made it 72 bytes in session 7: 1.75 % of every
+    // arena, and descriptors no longer a whole number per cache line); a test pins the size.
 
     /// <summary>References held on the block (page-&gt;_refcount). 0 while the block is free.</summary>
     public int RefCount;
@@ -96,14 +99,6 @@ internal struct PageDescriptor
 
     /// <summary>The page pool that owns the page (page-&gt;pp), or null.</summary>
     public object? Pool;
-
-    /// <summary>
-    /// On a fragment cache's order-3 block, the recycle slots of the cache that carved it (set by the cache at each
-    /// refill, reset by the allocator at every hand-out): when a free drops the block's last reference,
-    /// <see cref="PageAllocator.ReleaseBlock"/> parks the block there for that cache's next refill instead of on a
-    /// per-CPU list. Null on every other block.
-    /// </summary>
-    public PageRecycler? Recycler;
 
     /// <summary>The page pool's fragment reference count (pp_ref_count).</summary>
     public long PpRefCount;

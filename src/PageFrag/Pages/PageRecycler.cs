@@ -28,6 +28,12 @@ namespace PageFrag.Pages;
 /// <para><b>Closing.</b> A disposed or collected cache closes its slots (a flag, then it empties them). A put
 /// re-reads the flag after its swap (both are full fences): if the slots were closed meanwhile it takes its block
 /// back when it still can, else the closer took it. So no block stays parked for a cache that will never refill.</para>
+/// <para><b>How many.</b> A cache has <see cref="Capacity"/> slots but parks in only the first
+/// <see cref="PageAllocator.RecycleLimit"/>: the allocator's budget (<see cref="PageAllocator.RecycleBudget"/>, eight
+/// blocks per CPU) shared out among its caches, at least one each. A benchmark's two or four caches get all eight; a
+/// Kestrel server's fourteen thread caches get one each, so its slots keep at most 448 KiB instead of 3.5 MiB of
+/// free pages resident under load (bench/README.md, session 8). A page that finds no room goes to the per-CPU lists
+/// as it would without the slots.</para>
 /// <para>Addresses, not references, go in the slots (a slot is one 64-bit word, changed atomically on every
 /// platform); the arena is found again through the process's arena registry, which holds every arena with a block
 /// that is not free on its buddy lists.</para>
@@ -76,11 +82,14 @@ internal sealed class PageRecycler
         }
     }
 
-    /// <summary>A slot that looked empty, or -1 when all were taken (a hint: <see cref="TryPut"/> decides).</summary>
+    /// <summary>
+    /// A slot among the first <paramref name="limit"/> that looked empty, or -1 when all were taken (a hint:
+    /// <see cref="TryPut"/> decides).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public int FindEmpty()
+    public int FindEmpty(int limit = Capacity)
     {
-        for (int i = 0; i < Capacity; i++)
+        for (int i = 0; i < limit; i++)
         {
             if (Volatile.Read(ref _slots[i]) == 0)
             {
@@ -92,18 +101,18 @@ internal sealed class PageRecycler
     }
 
     /// <summary>
-    /// Parks <paramref name="address"/> in an empty slot, trying <paramref name="hint"/> first: one compare-and-swap
-    /// (a full fence, so the caller's writes to the block's descriptor are visible to whoever takes it). False when
-    /// every slot is taken.
+    /// Parks <paramref name="address"/> in an empty slot among the first <paramref name="limit"/>, trying
+    /// <paramref name="hint"/> first: one compare-and-swap (a full fence, so the caller's writes to the block's
+    /// descriptor are visible to whoever takes it). False when every such slot is taken.
     /// </summary>
-    public bool TryPut(int hint, nint address)
+    public bool TryPut(int hint, nint address, int limit = Capacity)
     {
         if (Interlocked.CompareExchange(ref _slots[hint], address, 0) == 0)
         {
             return true;
         }
 
-        for (int i = 0; i < Capacity; i++)
+        for (int i = 0; i < limit; i++)
         {
             if (Interlocked.CompareExchange(ref _slots[i], address, 0) == 0)
             {
@@ -114,7 +123,10 @@ internal sealed class PageRecycler
         return false;
     }
 
-    /// <summary>Takes one parked block's address (the taker owns the block), or 0 when none is parked.</summary>
+    /// <summary>
+    /// Takes one parked block's address (the taker owns the block), or 0 when none is parked. Looks at every slot,
+    /// not only those of the current limit: a limit that shrank leaves blocks above it until they are taken.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public nint TryTake()
     {

@@ -17,7 +17,7 @@ public class RecycleSlotReviewTests
     {
         Arena arena = ArenaRegistry.Find(fragment.Address)!;
         int page = (int)((fragment.Address - arena.BaseAddress) >> PageConstants.PageShift);
-        return arena.Pages[arena.Pages[page].HeadIndex].Recycler!;
+        return arena.Recyclers[arena.Pages[page].HeadIndex >> PageRecycler.Order]!;
     }
 
     /// <summary>
