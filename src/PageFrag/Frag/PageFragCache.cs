@@ -734,21 +734,31 @@ public sealed partial class PageFragCache : IDisposable
             d.MarksLeft = 1;
         }
 
-        if (!TryBeginRelease(ref d, states, granule, Arena.LiveTag(generation, arenaOffset), generation))
+        byte live = Arena.LiveTag(generation, arenaOffset);
+        if (!Arena.TryBeginRelease(states, granule, live))
         {
             return false;
         }
 
-        // A plain store: the cache's leaving scan waits for a Releasing byte to settle, so whether this store or
-        // the loads below come first, either the scan counts the mark or this free sees the page left (the swap
-        // in TryBeginRelease, a full fence, came before those loads; see LeavePage).
+        // After the swap (a full fence), one load each: the head's flags, whether the cache holds the page, the
+        // generation. Head and the checked generation make the re-check of TryBeginRelease(ref PageDescriptor, ...);
+        // the flag read before a generation still ours means the cache held the page in our generation when this
+        // free's swap was already in, so its leaving scan, which starts after it clears the flag, meets the byte
+        // as Releasing or as the mark and counts it (a later generation's flag is set only after its generation).
+        byte flags = Volatile.Read(ref Unsafe.As<PageFlags, byte>(ref d.Flags));
+        int held = Volatile.Read(ref d.CacheHeld);
+        if ((flags & (byte)PageFlags.Head) == 0 || Volatile.Read(ref d.Generation) != generation)
+        {
+            Arena.EndRelease(states, granule, live);
+            return false;
+        }
+
+        // A plain store: nobody else writes a byte that holds Releasing, and the scan waits for it to settle.
         byte mark = Arena.FreedMark(generation);
         Arena.EndRelease(states, granule, mark);
-
-        // Still held in our generation means the cache's leaving scan, which starts after it clears the flag, will
-        // count the mark.
-        if (Volatile.Read(ref d.CacheHeld) == 0 || Volatile.Read(ref d.Generation) != generation)
+        if (held == 0)
         {
+            // The cache left the page before this free's swap, or its scan may have passed the byte before it.
             SettleMark(arena, head, granule, generation, mark);
         }
 
