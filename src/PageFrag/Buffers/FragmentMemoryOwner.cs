@@ -20,14 +20,15 @@ namespace PageFrag.Buffers;
 /// a segment of the arena's pinned array: <see cref="TryGetArray"/> gives it (as
 /// <c>MemoryMarshal.TryGetArray</c> asks), <see cref="Pin"/> needs no handle, and <see cref="Unpin"/> does
 /// nothing.</para>
-/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread. The owner takes no atomic
-/// operation of its own: racing calls are decided by the fragment's release compare-and-swap (a block's by one
-/// compare-and-swap of the state), so exactly one gives the memory back and the others throw
-/// <see cref="ObjectDisposedException"/>; a call that starts after the buffer was given back does nothing. The
-/// state is a sequence count, odd while rented, that every rent and every return advances: a <c>Dispose</c>
-/// reads it, then the fragment's fields, then the count again, so a call that read the fields of one rent
-/// never frees the fragment of the next one (the owner may be given back and rented again in between).
-/// <see cref="IDisposable"/>
+/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread. The state is a sequence
+/// count, odd while rented, that every rent and every return advances, and one compare-and-swap of it decides
+/// every return: of racing calls exactly one advances it and gives the memory back, the others throw
+/// <see cref="ObjectDisposedException"/>; a call that starts after the buffer was given back does nothing. A
+/// <c>Dispose</c> reads the count, then the fragment's fields, and swaps from the count it read: a count only
+/// grows, so a call that read the fields of one rent never frees the fragment of the next one (the owner may be
+/// given back and rented again in between, even with the same fragment: see parking in the pool's remarks). The
+/// fragment's own release follows the decision; nothing else can release it, because the pool's pages refuse a
+/// free by address. <see cref="IDisposable"/>
 /// is re-implemented: <see cref="MemoryManager{T}"/>'s own <c>Dispose</c> would suppress the finalizer of
 /// an object that is rented again.</para>
 /// <para>An owner that becomes unreachable while rented is reclaimed by its finalizer, which frees the
@@ -127,9 +128,10 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <exception cref="ObjectDisposedException">A racing <c>Dispose</c> on another thread gave the buffer back first (or its fragment was freed by address).</exception>
     public void Dispose()
     {
-        // No atomic here: the fragment's release decides (see the remarks). Reads the count, the fields, the count
-        // again. No exception handling and no struct on the stack: the common case (a fragment given back on the
-        // thread that rented it) is inlined, everything else takes one static cold call with the values.
+        // Reads the count, then the fields; every path then decides with one compare-and-swap from that count (see
+        // the remarks), which fails if anything happened to the owner since. No exception handling and no struct on
+        // the stack: the common case (a fragment given back on the thread that rented it) is inlined, everything
+        // else takes one static cold call with the values.
         int state = Volatile.Read(ref _state);
         if ((state & 1) == 0)
         {
@@ -140,19 +142,31 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         Arena? arena = _arena;
         PageFragMemoryPool.ThreadSlot home = _home;
         int arenaOffset = _arenaOffset, generation = _generation, trueSize = _trueSize, length = _length;
-
-        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
-        MemoryOrder.FullFenceUnlessX86();
-
-        if (Volatile.Read(ref _state) != state)
-        {
-            // A racing Dispose gave the buffer back meanwhile (the fields may already be the next rent's).
-            ThrowLostRace(null);
-        }
-
         if (arena is null || !home.TryReturnOnHomeThread(this, arena, arenaOffset, generation, trueSize, state))
         {
             DisposeSlow(this, home, arena, arenaOffset, length, trueSize, generation, state);
+        }
+    }
+
+    /// <summary>Test hook: what a <c>Dispose</c> reads before it decides (the count, then the fragment's fields).</summary>
+    internal (int State, Arena? Arena, int ArenaOffset, int Length, int TrueSize, int Generation) ReadForDispose() =>
+        (Volatile.Read(ref _state), _arena, _arenaOffset, _length, _trueSize, _generation);
+
+    /// <summary>
+    /// Test hook: the rest of a <c>Dispose</c> that read <paramref name="read"/> and then stalled, on the calling thread
+    /// (the renting thread's fast path, or the slow path, exactly as <see cref="Dispose()"/> chooses).
+    /// </summary>
+    internal void DisposeAfterStall((int State, Arena? Arena, int ArenaOffset, int Length, int TrueSize, int Generation) read)
+    {
+        if ((read.State & 1) == 0)
+        {
+            return;
+        }
+
+        PageFragMemoryPool.ThreadSlot home = _home;
+        if (read.Arena is null || !home.TryReturnOnHomeThread(this, read.Arena, read.ArenaOffset, read.Generation, read.TrueSize, read.State))
+        {
+            DisposeSlow(this, home, read.Arena, read.ArenaOffset, read.Length, read.TrueSize, read.Generation, read.State);
         }
     }
 
@@ -230,44 +244,71 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             return;
         }
 
-        try
+        // The count decides (the fields were read while it was this rent's, and it only grows).
+        if (!owner.TryDecide(state))
         {
-            home.ReturnFragment(owner, new PageFragment(arena, arenaOffset, length, trueSize, generation), state);
+            ThrowLostRace(null);
         }
-        catch (PageFragDoubleFreeException e)
-        {
-            // The fragment's release lost: a racing Dispose gave it back first.
-            ThrowLostRace(e);
-        }
+
+        home.ReturnFragment(owner, new PageFragment(arena, arenaOffset, length, trueSize, generation));
     }
 
     /// <summary>
-    /// The fragment's release succeeded for the rent whose count is <paramref name="state"/> (the call that won):
-    /// the owner is given back and may be rented again once this returns.
+    /// The one decision of a return: advances the count from the rent's odd <paramref name="state"/> with one
+    /// compare-and-swap. True for the call that wins; the owner is then given back (even) and its fragment is this
+    /// call's to release. False, with nothing changed, when a racing return (or a rent since) moved the count on.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void Returned(int state)
+    internal bool TryDecide(int state)
     {
+        if (Interlocked.CompareExchange(ref _state, state + 1, state) != state)
+        {
+            return false;
+        }
+
         if (_rentedAt is not null)
         {
             _rentedAt = null;
         }
 
-        Volatile.Write(ref _state, state + 1);
+        return true;
     }
 
-    /// <summary>A racing <c>Dispose</c> won (or the fragment was freed by address): this one gives nothing back.</summary>
+    /// <summary>The rented length (parked owners: the size a rent must ask for to take it back; its slot only).</summary>
+    internal int Length => _length;
+
+    /// <summary>The true size of the last rent (parked owners; its slot only).</summary>
+    internal int LastTrueSize => _trueSize;
+
+    /// <summary>The fragment a parked owner keeps (its slot only, or quiesced).</summary>
+    internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _length, _trueSize, _generation);
+
+    /// <summary>
+    /// Rents a parked owner again with the fragment it kept (its slot only): the fragment stayed live and its fields
+    /// are unchanged, so only the count advances.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Unpark()
+    {
+        OrderAfterReturn();
+        Activate(_trueSize);
+    }
+
+    /// <summary>A racing <c>Dispose</c> won: this one gives nothing back.</summary>
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal static void ThrowLostRace(Exception? inner) =>
         throw new ObjectDisposedException(
             "A Dispose racing on another thread gave this " + nameof(PageFragMemoryPool) + " buffer back first; this call gave nothing back.", inner);
 
-    /// <summary>The home thread's fast return found the fragment already released: a racing <c>Dispose</c> (or a free by address) won.</summary>
+    /// <summary>
+    /// The call that won the count's decision found the fragment already released. Nothing but the owner can release a
+    /// pool fragment, so this is a broken invariant, reported rather than ignored.
+    /// </summary>
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal static void ThrowLostFragmentRelease() =>
-        ThrowLostRace(new PageFragDoubleFreeException("The fragment was already freed: a racing Dispose, or a free by address, released it first."));
+        throw new PageFragDoubleFreeException("The fragment of a PageFragMemoryPool buffer was already released when its owner gave it back.");
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ReleaseBlock(int state)

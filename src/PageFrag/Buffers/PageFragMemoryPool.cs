@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using PageFrag.Frag;
@@ -87,6 +88,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
     // Owner objects shared between slots: what a thread that only disposes hands to a thread that only rents.
     private const int SpareOwners = 32;
+
+    // Owners a thread slot keeps parked with their fragments for the next rent of the same size (see ThreadSlot.Park).
+    private const int ParkedOwners = 8;
 
     private static readonly Lazy<PageFragMemoryPool> s_shared = new(() => new PageFragMemoryPool(new PageFragMemoryPoolOptions { Name = "shared" }, isShared: true));
 
@@ -440,7 +444,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     blocks += slot.DedicatedBlocks;
                     allocated += slot.AllocatedBytes;
                     evicted += slot.EvictedBytes;
-                    pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset;
+                    pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset + slot.ParkedBytes;
                     reused += slot.Cache.PagesReused;
                     returns += slot.Returns;
                     returned += slot.ReturnedBytes;
@@ -534,6 +538,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         // How many owners the home thread's fast return may stash: the capacity, 0 once the pool is retired (set
         // quiesced, so the owning thread reads it after the flag is cleared), which sends returns to the slow path.
         private int _stashLimit = OwnerStashCapacity;
+
+        // Owners parked with their fragments, newest last (see TryReturnOnHomeThread). How many may be: ParkedOwners, 0 in
+        // the detection mode (every rent takes a fresh fragment, whose misuse the cache checks) and once the pool is
+        // retired (set quiesced, as _stashLimit).
+        private readonly FragmentMemoryOwner?[] _parked = new FragmentMemoryOwner?[ParkedOwners];
+        private int _parkedCount;
+        private int _parkLimit;
         private long _seenPagesAllocated;
 
         // Owning thread, inside Enter/Exit.
@@ -559,7 +570,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             Thread = thread;
             ThreadId = thread.ManagedThreadId;
             CaptureStacks = registry.Allocator.DetectMisuse;
+            _parkLimit = CaptureStacks ? 0 : ParkedOwners;
             Cache = new PageFragCache(registry.Allocator);
+
+            // The owner objects are the only way back for the cache's fragments: no free by address can release a
+            // parked fragment or decide a return (see FragmentMemoryOwner's remarks).
+            Cache.RefuseFreeByAddress();
 
             // The pool's finalizer drains this cache and reports the pool's leak; without this the cache's own
             // safety net could run first (finalization order is not defined) and report it as a cache's.
@@ -602,6 +618,32 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         public FragmentMemoryOwner? RentLocked(int size, bool useCache)
         {
             FragmentMemoryOwner? owner;
+            int parked = _parkedCount;
+            if (parked > 0 && useCache)
+            {
+                // The newest parked owner when it has this size (else an older one that has): rented again with its
+                // fragment as it is, no alloc and no field to write but the count.
+                owner = _parked[parked - 1]!;
+                if (owner.Length == size)
+                {
+                    _parked[parked - 1] = null;
+                    _parkedCount = parked - 1;
+                }
+                else
+                {
+                    owner = TakeParked(size);
+                }
+
+                if (owner is not null)
+                {
+                    owner.Unpark();
+                    Rents++;
+                    RentedBytes += owner.LastTrueSize;
+                    Active = true;
+                    return owner;
+                }
+            }
+
             int count = _ownerCount;
             if (count > 0)
             {
@@ -625,6 +667,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 {
                     _seenPagesAllocated = pages;
                     AllocatedBytes += Cache.CurrentPageSize;
+                    if (_parkedCount > 0)
+                    {
+                        // Parked fragments are on the page the cache just left: they would keep it from the allocator.
+                        ReleaseParked();
+                    }
                 }
 
                 return owner;
@@ -634,14 +681,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
 
         /// <summary>
-        /// A fragment rented from this slot came back (any thread), from the rent whose sequence count is
-        /// <paramref name="state"/>. On the slot's own thread the return is the cache owner's
-        /// (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread. Either way the
-        /// fragment's release compare-and-swap decides between racing returns of one owner.
+        /// A fragment rented from this slot came back (any thread), after its owner's count decided that this call
+        /// gives it back (<see cref="FragmentMemoryOwner.TryDecide"/>). On the slot's own thread the return is the
+        /// cache owner's (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread.
         /// </summary>
-        /// <exception cref="PageFragDoubleFreeException">A racing return won, or the fragment was already freed (for example by address).</exception>
+        /// <exception cref="PageFragDoubleFreeException">The fragment was already released (a broken invariant: only its owner releases it).</exception>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment, int state)
+        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment)
         {
             // The thread's last used slot is its own (a slot changes thread only when its thread has ended); a
             // thread that alternates between pools is recognised by its id.
@@ -659,7 +705,6 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                         PageFragCache.Free(in fragment);
                     }
 
-                    owner.Returned(state);
                     Returns++;
                     ReturnedBytes += fragment.TrueSize;
                     StashLocked(owner);
@@ -671,17 +716,26 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else
             {
-                ReturnFragmentElsewhere(owner, fragment, this, state);
+                ReturnFragmentElsewhere(owner, fragment, this);
             }
         }
 
         /// <summary>
-        /// <see cref="ReturnFragment"/>'s common case, inlined into <c>Dispose</c>: on the slot's own thread, outside
-        /// any other call into the slot and any trim, a fragment of the cache's current page goes back to the cache
-        /// and the owner onto the stash, with no exception handling (nothing in between can throw). False when it is
-        /// not that case, with nothing changed: the caller then takes <see cref="ReturnFragment"/>. A lost release
-        /// (a racing <c>Dispose</c> won) leaves the slot as it was and throws <see cref="ObjectDisposedException"/>.
+        /// <c>Dispose</c>'s common case, inlined into it: on the slot's own thread, outside any other call into the slot
+        /// and any trim, a fragment of the cache's current page. The owner's count decides (one compare-and-swap); the
+        /// owner is then parked with its fragment for the next rent of the same size (the fragment stays live: no
+        /// release now and no carve then), or, when the parked list is full, its fragment goes back to the cache and the
+        /// owner onto the stash. No exception handling (nothing in between can throw). False when it is not that case,
+        /// with nothing changed: the caller then takes the slow path, which decides the same way. A lost decision (a
+        /// racing <c>Dispose</c> won) leaves the slot as it was and throws <see cref="ObjectDisposedException"/>.
         /// </summary>
+        /// <remarks>
+        /// Parking is safe because nothing but the owner can reach a pool fragment: the cache's pages refuse a free by
+        /// address, the pool hands out no fragment handle, and a <c>Dispose</c> that read an earlier rent's count loses
+        /// the count's swap even when the owner came back with the same fragment. A parked fragment is always on the
+        /// cache's current page (a rent that moves the cache to a new page releases the parked ones, and so does every
+        /// trim), so parking keeps no page that the cache would not hold anyway.
+        /// </remarks>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public bool TryReturnOnHomeThread(FragmentMemoryOwner owner, Arena arena, int arenaOffset, int generation, int trueSize, int state)
         {
@@ -694,27 +748,115 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             // The busy mark before the flag's read, as Enter does (the trim's process-wide barrier orders the two).
             Volatile.Write(ref Busy, 1);
-            int count = _ownerCount;
-            int freed = 0;
-            if (Volatile.Read(ref Quiesce) == 0 && count < _stashLimit)
+            int done = 0;
+            if (Volatile.Read(ref Quiesce) == 0 && Cache.IsOnCurrentPage(arena, arenaOffset, generation))
             {
-                freed = Cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation);
-                if (freed > 0)
+                int parked = _parkedCount;
+                int count = _ownerCount;
+                if (parked < _parkLimit)
                 {
-                    owner.Returned(state);
-                    Returns++;
-                    ReturnedBytes += trueSize;
-                    StashAt(owner, count);
+                    done = owner.TryDecide(state) ? 1 : -1;
+                    if (done > 0)
+                    {
+                        _parked[parked] = owner;
+                        _parkedCount = parked + 1;
+                        Returns++;
+                        ReturnedBytes += trueSize;
+                    }
+                }
+                else if (count < _stashLimit && !CaptureStacks)
+                {
+                    done = owner.TryDecide(state) ? 1 : -1;
+                    if (done > 0)
+                    {
+                        // Decided: the fragment is this call's, and only its owner can release it (-2: it could not).
+                        done = Cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation) > 0 ? 1 : -2;
+                        if (done > 0)
+                        {
+                            Returns++;
+                            ReturnedBytes += trueSize;
+                            StashAt(owner, count);
+                        }
+                    }
                 }
             }
 
             Volatile.Write(ref Busy, 0);
-            if (freed < 0)
+            if (done < 0)
+            {
+                ThrowLostReturn(done);
+            }
+
+            return done > 0;
+        }
+
+        [DoesNotReturn]
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void ThrowLostReturn(int done)
+        {
+            if (done == -2)
             {
                 FragmentMemoryOwner.ThrowLostFragmentRelease();
             }
 
-            return freed > 0;
+            FragmentMemoryOwner.ThrowLostRace(null);
+        }
+
+        // A parked owner of this size below the newest (rents of mixed sizes); it leaves the parked list.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private FragmentMemoryOwner? TakeParked(int size)
+        {
+            int last = _parkedCount - 1;
+            for (int i = last - 1; i >= 0; i--)
+            {
+                FragmentMemoryOwner candidate = _parked[i]!;
+                if (candidate.Length == size)
+                {
+                    _parked[i] = _parked[last];
+                    _parked[last] = null;
+                    _parkedCount = last;
+                    return candidate;
+                }
+            }
+
+            return null;
+        }
+
+        /// <summary>The owners parked with their fragments (test hook; owning thread, or quiesced).</summary>
+        internal int ParkedCount => _parkedCount;
+
+        /// <summary>The memory the parked owners keep for the next rents (owning thread, or quiesced).</summary>
+        public long ParkedBytes
+        {
+            get
+            {
+                long bytes = 0;
+                for (int i = 0; i < _parkedCount; i++)
+                {
+                    bytes += _parked[i]!.LastTrueSize;
+                }
+
+                return bytes;
+            }
+        }
+
+        // Owning thread inside Enter/Exit, or quiesced: every parked fragment goes back to its page (the cache's
+        // current one, or the one it just left) and its owner to the stash (or to the collector when the stash is
+        // full or the pool retired). Returns the bytes the parked owners kept.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private long ReleaseParked()
+        {
+            long bytes = 0;
+            while (_parkedCount > 0)
+            {
+                FragmentMemoryOwner owner = _parked[--_parkedCount]!;
+                _parked[_parkedCount] = null;
+                bytes += owner.LastTrueSize;
+                Cache.FreeLocal(owner.ParkedFragment);
+                StashLocked(owner);
+            }
+
+            return bytes;
         }
 
         /// <summary>A dedicated block rented from this slot was freed (any thread): count it and keep the owner object.</summary>
@@ -750,7 +892,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
 
             Active = false;
-            long free = Cache.CurrentPageSize - Cache.Offset;
+            long free = ReleaseParked() + Cache.CurrentPageSize - Cache.Offset;
             Cache.Drain();
             EvictedBytes += free;
             return free;
@@ -759,8 +901,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         /// <summary>The owner objects the slot keeps for its next rents (test hook; owning thread, or quiesced).</summary>
         internal int IdleOwnerCount => _ownerCount;
 
-        /// <summary>The pool is retired: the home thread's fast return stashes no more owners (they leave for good).</summary>
-        public void StopStashing() => _stashLimit = 0;
+        /// <summary>The pool is retired: the home thread's fast return parks and stashes no more owners (they leave for good).</summary>
+        public void StopStashing()
+        {
+            _stashLimit = 0;
+            _parkLimit = 0;
+        }
 
         /// <summary>The pool is retired: its idle owner objects leave for good.</summary>
         public void DropOwnersQuiesced()
@@ -776,10 +922,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         // A fragment disposed on another thread than its slot's: freed as from any thread (one more atomic, on the
         // page count), counted and stashed by the disposing thread's own slot. Static with values: see Free.
         [MethodImpl(MethodImplOptions.NoInlining)]
-        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home, int state)
+        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home)
         {
             PageFragCache.Free(in fragment);
-            owner.Returned(state);
             CountReturn(owner, fragment.TrueSize, home);
         }
 

@@ -85,6 +85,10 @@ public sealed partial class PageFragCache : IDisposable
     private readonly PageRecycler? _recycler;
     private byte _tag;
 
+    // Set once, before the first refill, by the memory pool's thread caches: their pages refuse a free by address
+    // (see RefuseFreeByAddress).
+    private bool _refuseFreeByAddress;
+
     // The start granules (within the page) of the first StartsKept fragments carved from the current page, and
     // how many fragments were carved, up to StartsKept + 1 (which means "more"): a cache that leaves a page with few
     // fragments checks just their states for freed marks instead of scanning the page's.
@@ -162,6 +166,15 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>The allocator the cache takes pages from.</summary>
     public PageAllocator Allocator => _allocator;
+
+    /// <summary>
+    /// Makes the pages this cache carves from now on refuse <see cref="Free(nint)"/> (their descriptor's
+    /// <see cref="PageDescriptor.FragmentCachePage"/> stays false, so a free by address throws
+    /// <see cref="ArgumentException"/>): the memory pool's thread caches, whose fragments go back only through their
+    /// owner object, so that the owner's count alone decides who gives a buffer back. Call before the first
+    /// allocation; owner thread.
+    /// </summary>
+    internal void RefuseFreeByAddress() => _refuseFreeByAddress = true;
 
     /// <summary>Pages taken from the allocator by refills.</summary>
     public long PagesAllocated => _pagesAllocated;
@@ -889,7 +902,7 @@ public sealed partial class PageFragCache : IDisposable
     // A fragment of the page this cache carves now. An empty fragment never matches: its arena is null only when ours
     // is too, and then _size is 0.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool IsOnCurrentPage(Arena? arena, int arenaOffset, int generation) =>
+    internal bool IsOnCurrentPage(Arena? arena, int arenaOffset, int generation) =>
         ReferenceEquals(arena, _arena) && generation == _generation && (uint)(arenaOffset - _pageStart) < (uint)_size;
 
     // The owner's release of a fragment of its current page (FreeLocal, TryFreeLocalOnCurrentPage): the state's swap,
@@ -994,6 +1007,13 @@ public sealed partial class PageFragCache : IDisposable
 
             if (!d.FragmentCachePage)
             {
+                // A fragment cache's page without the mark is a memory pool's (the allocator resets the recycler
+                // on every other hand-out): its buffers go back only through their owner.
+                if (d.Recycler is not null)
+                {
+                    ThrowMemoryPoolPage(address);
+                }
+
                 ThrowNotFragmentPage(address);
             }
 
@@ -1140,7 +1160,7 @@ public sealed partial class PageFragCache : IDisposable
         // The page came with a count of 1; add the bias with an atomic add rather than a plain store, so that
         // a concurrent speculative reference taker (get_page_unless_zero) can never be overwritten.
         Interlocked.Add(ref nd.RefCount, RefBias);
-        nd.FragmentCachePage = true;
+        nd.FragmentCachePage = !_refuseFreeByAddress;
         nd.Recycler = recycler;
         _states = arena.FragStates;
         _arena = arena;
@@ -1255,6 +1275,11 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowNotFragmentPage(nint address) =>
         ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is on a page that no fragment cache carves (for example a page from TryAllocPages): it is not a fragment.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowMemoryPoolPage(nint address) =>
+        ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is on a PageFragMemoryPool's page, which refuses a free by address: give the buffer back with its owner's Dispose.");
 
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
