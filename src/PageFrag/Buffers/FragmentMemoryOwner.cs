@@ -48,6 +48,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private Arena? _arena;
     private int _arenaOffset;
     private int _generation;
+    private int _epoch;
 
     // A block rent (empty for a fragment rent).
     private Page _block;
@@ -128,10 +129,10 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <exception cref="ObjectDisposedException">A racing <c>Dispose</c> on another thread gave the buffer back first (or its fragment was freed by address).</exception>
     public void Dispose()
     {
-        // Reads the count, then the fields; every path then decides with one compare-and-swap from that count (see
-        // the remarks), which fails if anything happened to the owner since. No exception handling and no struct on
-        // the stack: the common case (a fragment given back on the thread that rented it) is inlined, everything
-        // else takes one static cold call with the values.
+        // Reads the count; every path then decides with one compare-and-swap from that count (see the remarks), which
+        // fails if anything happened to the owner since, so fields read in between are this rent's when it succeeds. No
+        // exception handling and no struct on the stack: the common case (a fragment given back on the thread that
+        // rented it) is inlined, everything else takes one static cold call.
         int state = Volatile.Read(ref _state);
         if ((state & 1) == 0)
         {
@@ -139,12 +140,10 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             return;
         }
 
-        Arena? arena = _arena;
         PageFragMemoryPool.ThreadSlot home = _home;
-        int arenaOffset = _arenaOffset, generation = _generation, trueSize = _trueSize, length = _length;
-        if (arena is null || !home.TryReturnOnHomeThread(this, arena, arenaOffset, generation, trueSize, state))
+        if (!home.TryReturnOnHomeThread(this, state))
         {
-            DisposeSlow(this, home, arena, arenaOffset, length, trueSize, generation, state);
+            DisposeSlow(this, home, state);
         }
     }
 
@@ -164,9 +163,9 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         }
 
         PageFragMemoryPool.ThreadSlot home = _home;
-        if (read.Arena is null || !home.TryReturnOnHomeThread(this, read.Arena, read.ArenaOffset, read.Generation, read.TrueSize, read.State))
+        if (!home.TryReturnOnHomeThread(this, read.State))
         {
-            DisposeSlow(this, home, read.Arena, read.ArenaOffset, read.Length, read.TrueSize, read.Generation, read.State);
+            DisposeSlow(this, home, read.State);
         }
     }
 
@@ -191,7 +190,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
 
     /// <summary>Makes the object a live rent of <paramref name="fragment"/> from <paramref name="home"/> (inside the slot).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void SetFragment(PageFragMemoryPool.ThreadSlot home, PageFragment fragment)
+    internal void SetFragment(PageFragMemoryPool.ThreadSlot home, PageFragment fragment, int epoch)
     {
         OrderAfterReturn();
         if (!ReferenceEquals(_home, home))
@@ -212,6 +211,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         _offset = bytes.Offset;
         _length = bytes.Count;
         _address = arena.BaseAddress + fragment.ArenaOffset;
+        _epoch = epoch;
         Activate(fragment.TrueSize);
     }
 
@@ -221,6 +221,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         OrderAfterReturn();
         _home = home;
         _arena = null;
+        _epoch = 0;
         _block = block;
         MemoryMarshal.TryGetArray(block.Memory, out ArraySegment<byte> bytes);
         _array = bytes.Array;
@@ -233,24 +234,24 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     }
 
     // Dispose off its common case (a block, another thread, a nested call, a trim under way, a fragment that is not on
-    // the cache's current page, a full stash): the values read under the sequence count, by value.
+    // the cache's current page, a full stash). Static with values (see the comment in Dispose).
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void DisposeSlow(
-        FragmentMemoryOwner owner, PageFragMemoryPool.ThreadSlot home, Arena? arena, int arenaOffset, int length, int trueSize, int generation, int state)
+    private static void DisposeSlow(FragmentMemoryOwner owner, PageFragMemoryPool.ThreadSlot home, int state)
     {
-        if (arena is null)
+        if (owner._arena is null)
         {
+            // Read after the count: if it is a later rent's, the block's swap from the count fails.
             owner.ReleaseBlock(state);
             return;
         }
 
-        // The count decides (the fields were read while it was this rent's, and it only grows).
+        // The count decides; once it did, the owner is this call's alone (no stash holds it), so its fields are stable.
         if (!owner.TryDecide(state))
         {
             ThrowLostRace(null);
         }
 
-        home.ReturnFragment(owner, new PageFragment(arena, arenaOffset, length, trueSize, generation));
+        home.ReturnFragment(owner, owner.ParkedFragment);
     }
 
     /// <summary>
@@ -280,7 +281,17 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <summary>The true size of the last rent (parked owners; its slot only).</summary>
     internal int LastTrueSize => _trueSize;
 
-    /// <summary>The fragment a parked owner keeps (its slot only, or quiesced).</summary>
+    /// <summary>The slot's page epoch at the fragment's rent (0 for a block): see <c>ThreadSlot</c>'s page epoch.</summary>
+    internal int Epoch => _epoch;
+
+    /// <summary>
+    /// Gives the fragment of a return that was decided back to the cache's current page (its slot, inside it, when
+    /// <see cref="Epoch"/> says it is on that page). False if it was not live: a broken invariant.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool FreeOnCurrentPage(PageFragCache cache) => cache.TryFreeLocalOnCurrentPage(_arena!, _arenaOffset, _generation) > 0;
+
+    /// <summary>The fragment a decided or parked owner keeps (its slot only, or quiesced, or the call that decided).</summary>
     internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _length, _trueSize, _generation);
 
     /// <summary>
@@ -291,7 +302,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     internal void Unpark()
     {
         OrderAfterReturn();
-        Activate(_trueSize);
+        Advance();
     }
 
     /// <summary>A racing <c>Dispose</c> won: this one gives nothing back.</summary>
@@ -341,6 +352,13 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private void Activate(int trueSize)
     {
         _trueSize = trueSize;
+        Advance();
+    }
+
+    // Idle to rented: the finalizer armed again if it ran while idle, then the count made odd.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Advance()
+    {
         if (_finalized)
         {
             // Finalized while idle and then reached again through a stash: arm the safety net anew.

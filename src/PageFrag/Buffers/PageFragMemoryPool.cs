@@ -547,6 +547,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         private int _parkLimit;
         private long _seenPagesAllocated;
 
+        // Advanced whenever the cache may have left its page (a new page, a failed refill, a drain); never 0. A fragment
+        // rent records it (FragmentMemoryOwner.Epoch): while the two are equal, the fragment is on the cache's current
+        // page, which spares the fast return the page comparison (owning thread, or quiesced).
+        private int _pageEpoch = 1;
+
         // Owning thread, inside Enter/Exit.
         public long Rents;
         public long RentedBytes;
@@ -656,25 +661,27 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 owner = TakeSpareOwner();
             }
 
-            if (useCache && size <= PageFragCache.MaxFragmentSize && Cache.TryAlloc(size, out PageFragment fragment))
+            if (useCache && size <= PageFragCache.MaxFragmentSize)
             {
-                owner.SetFragment(this, fragment);
-                Rents++;
-                RentedBytes += fragment.TrueSize;
-                Active = true;
-                long pages = Cache.PagesAllocated;
-                if (pages != _seenPagesAllocated)
+                if (Cache.TryAlloc(size, out PageFragment fragment))
                 {
-                    _seenPagesAllocated = pages;
-                    AllocatedBytes += Cache.CurrentPageSize;
-                    if (_parkedCount > 0)
+                    long pages = Cache.PagesAllocated;
+                    if (pages != _seenPagesAllocated)
                     {
-                        // Parked fragments are on the page the cache just left: they would keep it from the allocator.
-                        ReleaseParked();
+                        _seenPagesAllocated = pages;
+                        AllocatedBytes += Cache.CurrentPageSize;
+                        PageChanged();
                     }
+
+                    owner.SetFragment(this, fragment, _pageEpoch);
+                    Rents++;
+                    RentedBytes += fragment.TrueSize;
+                    Active = true;
+                    return owner;
                 }
 
-                return owner;
+                // The refill failed after the cache let its page go.
+                PageChanged();
             }
 
             return RentBlock(owner, size);
@@ -737,7 +744,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         /// trim), so parking keeps no page that the cache would not hold anyway.
         /// </remarks>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public bool TryReturnOnHomeThread(FragmentMemoryOwner owner, Arena arena, int arenaOffset, int generation, int trueSize, int state)
+        public bool TryReturnOnHomeThread(FragmentMemoryOwner owner, int state)
         {
             // The thread's last used slot is its own (a slot changes thread only when its thread has ended). Busy is
             // then only ever written by this thread; a nested call (non-zero) is left to the slow path.
@@ -749,12 +756,16 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             // The busy mark before the flag's read, as Enter does (the trim's process-wide barrier orders the two).
             Volatile.Write(ref Busy, 1);
             int done = 0;
-            if (Volatile.Read(ref Quiesce) == 0 && Cache.IsOnCurrentPage(arena, arenaOffset, generation))
+
+            // The owner's fields are read after the count (they may be a later rent's: then the swap below fails). A block
+            // rent's epoch is 0, which no page has.
+            if (Volatile.Read(ref Quiesce) == 0 && owner.Epoch == _pageEpoch)
             {
                 int parked = _parkedCount;
                 int count = _ownerCount;
                 if (parked < _parkLimit)
                 {
+                    int trueSize = owner.LastTrueSize;
                     done = owner.TryDecide(state) ? 1 : -1;
                     if (done > 0)
                     {
@@ -769,12 +780,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     done = owner.TryDecide(state) ? 1 : -1;
                     if (done > 0)
                     {
-                        // Decided: the fragment is this call's, and only its owner can release it (-2: it could not).
-                        done = Cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation) > 0 ? 1 : -2;
+                        // Decided: the owner and its fragment are this call's, and only the owner can release the
+                        // fragment (-2: it could not).
+                        done = owner.FreeOnCurrentPage(Cache) ? 1 : -2;
                         if (done > 0)
                         {
                             Returns++;
-                            ReturnedBytes += trueSize;
+                            ReturnedBytes += owner.LastTrueSize;
                             StashAt(owner, count);
                         }
                     }
@@ -801,6 +813,17 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             FragmentMemoryOwner.ThrowLostRace(null);
         }
+
+        // The cache has (or may have) left its page: a fragment rented before is no longer known to be on the current
+        // page, and parked fragments there would keep the old page from the allocator.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void PageChanged()
+        {
+            AdvanceEpoch();
+            ReleaseParked();
+        }
+
+        private void AdvanceEpoch() => _pageEpoch = _pageEpoch == int.MaxValue ? 1 : _pageEpoch + 1;
 
         // A parked owner of this size below the newest (rents of mixed sizes); it leaves the parked list.
         [MethodImpl(MethodImplOptions.NoInlining)]
@@ -846,6 +869,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         [MethodImpl(MethodImplOptions.NoInlining)]
         private long ReleaseParked()
         {
+            if (_parkedCount == 0)
+            {
+                return 0;
+            }
+
             long bytes = 0;
             while (_parkedCount > 0)
             {
@@ -894,6 +922,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             Active = false;
             long free = ReleaseParked() + Cache.CurrentPageSize - Cache.Offset;
             Cache.Drain();
+            AdvanceEpoch();
             EvictedBytes += free;
             return free;
         }
