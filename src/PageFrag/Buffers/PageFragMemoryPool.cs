@@ -39,8 +39,8 @@ namespace PageFrag.Buffers;
 /// back does nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/> also
 /// ignores a second <c>Dispose</c>; Kestrel's pool throws only in its diagnostic mode). Of calls racing on
 /// several threads, exactly one gives the memory back and the others throw <see cref="ObjectDisposedException"/>:
-/// the owner takes no atomic operation of its own, the fragment's release compare-and-swap decides, and a
-/// sequence count in the owner keeps a call that read one rent's fragment from freeing the next rent's.
+/// one compare-and-swap of a sequence count in the owner decides, so a call that read one rent never frees the
+/// next rent's memory.
 /// <c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, and so do the
 /// <c>Span</c>, <c>Pin</c> and <c>MemoryMarshal.TryGetArray</c> of a <see cref="Memory{T}"/> taken before
 /// it, but only until the owner object is rented again: after that a stale reference, a stale
@@ -51,6 +51,16 @@ namespace PageFrag.Buffers;
 /// would make a stale <c>Dispose</c> harmless, costs a finalizable allocation on every rent (measured in
 /// <c>docs/owner-lifetime.md</c>). Wrap the pool in a <c>DiagnosticMemoryPool</c> (an owner per rent) to
 /// catch double disposal and use after disposal reliably.</para>
+/// <para><b>Parking.</b> A buffer disposed on the thread that rented it, while its fragment is on that thread's
+/// current cache page, is parked with its fragment (up to 8 per thread) and handed to the thread's next
+/// <c>Rent</c> of the same rounded size, which then neither carves nor writes more than the owner's count: the
+/// same owner object and the same bytes come back. A stale <see cref="Memory{T}"/> or owner reference of the
+/// previous renter is then the ABA case above, as with any recycled owner. Nothing else can reach a parked buffer:
+/// the pool's pages refuse <see cref="PageFragCache.Free(nint)"/> (<see cref="ArgumentException"/>), and a stale
+/// <c>Dispose</c> loses the count's swap. Parked buffers count as returned and as <see cref="PageFragMemoryPoolStats.PooledBytes"/>;
+/// they leave with their page (a rent that moves the cache to a new page releases them) and with every
+/// <see cref="Trim"/> and <c>Dispose</c> of the pool, so they never keep a page the cache would not hold anyway.
+/// The detection mode (<see cref="PageAllocatorOptions.DetectMisuse"/>) parks nothing.</para>
 /// <para><b>The garbage collector is the last owner.</b> A rented buffer that becomes unreachable without
 /// <c>Dispose</c> is given back by its finalizer and reported as a <c>LeakReclaimed</c> event of the
 /// <c>PageFrag</c> event source (kind <c>MemoryOwner</c>; with the rent's stack when the allocator's

@@ -167,6 +167,45 @@ public class PoolParkingTests
     }
 
     [Fact]
+    public void A_refill_that_fails_releases_the_parked_buffers_and_the_pool_works_again_once_memory_is_back()
+    {
+        using PageAllocator allocator = WarmAllocator(arenaSize: 256 * 1024);
+        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
+        {
+            var held = new List<IMemoryOwner<byte>>();
+            for (int i = 0; i < 7; i++)
+            {
+                held.Add(pool.Rent(4096));
+            }
+
+            IMemoryOwner<byte> parked = pool.Rent(2048);
+            parked.Dispose();
+            var slot = ((FragmentMemoryOwner)parked).Home;
+            Assert.Equal(1, slot.ParkedCount);
+
+            // The next 4 KiB rent needs a new page and the allocator refuses every page: the cache let its page go, so
+            // the parked fragment leaves too, and the rent fails with nothing else changed.
+            allocator.FaultInjection = new FaultInjection { FailEveryNth = 1 };
+            Assert.Throws<InsufficientMemoryException>(() => pool.Rent(4096));
+            Assert.Equal(0, slot.ParkedCount);
+            allocator.FaultInjection = null;
+
+            held.ForEach(o => o.Dispose());
+            Assert.Equal(0, allocator.PagesInUse);
+            IMemoryOwner<byte> after = pool.Rent(4096);
+            after.Memory.Span.Fill(2);
+            after.Dispose();
+            PageFragMemoryPoolStats stats = pool.GetStats();
+            Assert.Equal(stats.Rents, stats.Returns);
+            Assert.Equal(0, stats.OutstandingBytes);
+            pool.Trim();
+            Assert.Equal(0, allocator.PagesInUse);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void A_buffer_given_back_off_the_current_page_is_not_parked()
     {
         using PageAllocator allocator = WarmAllocator(arenaSize: 256 * 1024);
