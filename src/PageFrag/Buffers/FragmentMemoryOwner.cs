@@ -21,14 +21,15 @@ namespace PageFrag.Buffers;
 /// <c>MemoryMarshal.TryGetArray</c> asks), <see cref="Pin"/> needs no handle, and <see cref="Unpin"/> does
 /// nothing.</para>
 /// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread. The state is a sequence
-/// count, odd while rented, that every rent and every return advances, and one compare-and-swap of it decides
-/// every return: of racing calls exactly one advances it and gives the memory back, the others throw
-/// <see cref="ObjectDisposedException"/>; a call that starts after the buffer was given back does nothing. A
-/// <c>Dispose</c> reads the count, then the fragment's fields, and swaps from the count it read: a count only
-/// grows, so a call that read the fields of one rent never frees the fragment of the next one (the owner may be
-/// given back and rented again in between, even with the same fragment: see parking in the pool's remarks). The
-/// fragment's own release follows the decision; nothing else can release it, because the pool's pages refuse a
-/// free by address. <see cref="IDisposable"/>
+/// count, odd while rented, that every rent and every return advances. Of racing calls exactly one gives the
+/// memory back, the others throw <see cref="ObjectDisposedException"/>; a call that starts after the buffer was
+/// given back does nothing. Every path but one decides with one compare-and-swap of the count from the value it
+/// read first: a count only grows, so a call that read one rent never frees the next one's fragment, even when
+/// the owner came back with the same fragment (parking, see the pool's remarks). The exception, the renting
+/// thread's return when its parked list is full, reads the fragment's fields, re-reads the count and lets the
+/// fragment's release compare-and-swap decide (a call elsewhere swaps the count and then releases the fragment, so
+/// the two cannot both release it). Nothing else can release a pool fragment: the pool's pages refuse a free by
+/// address. <see cref="IDisposable"/>
 /// is re-implemented: <see cref="MemoryManager{T}"/>'s own <c>Dispose</c> would suppress the finalizer of
 /// an object that is rented again.</para>
 /// <para>An owner that becomes unreachable while rented is reclaimed by its finalizer, which frees the
@@ -245,13 +246,22 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             return;
         }
 
-        // The count decides; once it did, the owner is this call's alone (no stash holds it), so its fields are stable.
+        // The count decides against every other path but the renting thread's stash path, which decides on the fragment
+        // (see TryFreeOnCurrentPage); once it did, no stash holds the owner, so its fields are stable.
         if (!owner.TryDecide(state))
         {
             ThrowLostRace(null);
         }
 
-        home.ReturnFragment(owner, owner.ParkedFragment);
+        try
+        {
+            home.ReturnFragment(owner, owner.ParkedFragment);
+        }
+        catch (PageFragDoubleFreeException e)
+        {
+            // The renting thread's stash path released the fragment first: that call gave the buffer back.
+            ThrowLostRace(e);
+        }
     }
 
     /// <summary>
@@ -285,11 +295,44 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     internal int Epoch => _epoch;
 
     /// <summary>
-    /// Gives the fragment of a return that was decided back to the cache's current page (its slot, inside it, when
-    /// <see cref="Epoch"/> says it is on that page). False if it was not live: a broken invariant.
+    /// The renting thread's return when the parked list is full (its slot, inside it, when <see cref="Epoch"/> says the
+    /// fragment is on the cache's current page): the fragment's fields are read, then the count again, so they are rent
+    /// <paramref name="state"/>'s; the fragment's release compare-and-swap then decides, and the count advances with a
+    /// plain store. 1: given back; 0: not that case, nothing changed; -1: lost (a racing <c>Dispose</c> advanced the
+    /// count or released the fragment), nothing changed.
     /// </summary>
+    /// <remarks>
+    /// Safe beside the paths that decide on the count: a <c>Dispose</c> on another thread swaps the count first and then
+    /// releases the fragment, so of it and this call exactly one releases the fragment, and the one whose release fails
+    /// throws. A fragment with this one's tag cannot come back between the count's re-read and the release: only this
+    /// thread parks and rents this slot's fragments, and a re-carve at the same offset has a newer page generation.
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool FreeOnCurrentPage(PageFragCache cache) => cache.TryFreeLocalOnCurrentPage(_arena!, _arenaOffset, _generation) > 0;
+    internal int TryFreeOnCurrentPage(PageFragCache cache, int state)
+    {
+        Arena? arena = _arena;
+        int arenaOffset = _arenaOffset, generation = _generation;
+
+        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
+        MemoryOrder.FullFenceUnlessX86();
+        if (arena is null || Volatile.Read(ref _state) != state)
+        {
+            return -1;
+        }
+
+        int freed = cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation);
+        if (freed > 0)
+        {
+            if (_rentedAt is not null)
+            {
+                _rentedAt = null;
+            }
+
+            Volatile.Write(ref _state, state + 1);
+        }
+
+        return freed;
+    }
 
     /// <summary>The fragment a decided or parked owner keeps (its slot only, or quiesced, or the call that decided).</summary>
     internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _length, _trueSize, _generation);
@@ -311,15 +354,6 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     internal static void ThrowLostRace(Exception? inner) =>
         throw new ObjectDisposedException(
             "A Dispose racing on another thread gave this " + nameof(PageFragMemoryPool) + " buffer back first; this call gave nothing back.", inner);
-
-    /// <summary>
-    /// The call that won the count's decision found the fragment already released. Nothing but the owner can release a
-    /// pool fragment, so this is a broken invariant, reported rather than ignored.
-    /// </summary>
-    [DoesNotReturn]
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    internal static void ThrowLostFragmentRelease() =>
-        throw new PageFragDoubleFreeException("The fragment of a PageFragMemoryPool buffer was already released when its owner gave it back.");
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ReleaseBlock(int state)

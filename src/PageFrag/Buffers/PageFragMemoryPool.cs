@@ -99,8 +99,14 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
     // Owner objects shared between slots: what a thread that only disposes hands to a thread that only rents.
     private const int SpareOwners = 32;
 
-    // Owners a thread slot keeps parked with their fragments for the next rent of the same size (see ThreadSlot.Park).
+    // Owners a thread slot keeps parked with their fragments for the next rent of the same size (see
+    // ThreadSlot.TryReturnOnHomeThread).
     private const int ParkedOwners = 8;
+
+    // Rents in a row that find parked owners but none of their size before a slot stops parking (the sizes do not repeat:
+    // parking would only take page space and scans), and the returns it then lets pass before it tries again.
+    private const int ParkMissesToBackOff = 16;
+    private const int ParkBackOffReturns = 256;
 
     private static readonly Lazy<PageFragMemoryPool> s_shared = new(() => new PageFragMemoryPool(new PageFragMemoryPoolOptions { Name = "shared" }, isShared: true));
 
@@ -555,6 +561,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         private readonly FragmentMemoryOwner?[] _parked = new FragmentMemoryOwner?[ParkedOwners];
         private int _parkedCount;
         private int _parkLimit;
+
+        // The parking limit when not backing off (ParkedOwners, or 0 as above); rents that missed in a row; returns left
+        // before parking is tried again after a back-off (owning thread, or quiesced).
+        private int _parkMax;
+        private int _parkMisses;
+        private int _parkBackOff;
         private long _seenPagesAllocated;
 
         // Advanced whenever the cache may have left its page (a new page, a failed refill, a drain); never 0. A fragment
@@ -585,7 +597,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             Thread = thread;
             ThreadId = thread.ManagedThreadId;
             CaptureStacks = registry.Allocator.DetectMisuse;
-            _parkLimit = CaptureStacks ? 0 : ParkedOwners;
+            _parkLimit = _parkMax = CaptureStacks ? 0 : ParkedOwners;
             Cache = new PageFragCache(registry.Allocator);
 
             // The owner objects are the only way back for the cache's fragments: no free by address can release a
@@ -643,6 +655,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 {
                     _parked[parked - 1] = null;
                     _parkedCount = parked - 1;
+                    _parkMisses = 0;
                 }
                 else
                 {
@@ -673,6 +686,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             if (useCache && size <= PageFragCache.MaxFragmentSize)
             {
+                if (_parkedCount > 0 && Cache.Offset + size > Cache.CurrentPageSize)
+                {
+                    // The page is full: parked fragments go back to it first, so that it can be reused in place when
+                    // nothing else is out (parking must not turn an in-place reuse into a new page).
+                    ReleaseParked();
+                }
+
                 if (Cache.TryAlloc(size, out PageFragment fragment))
                 {
                     long pages = Cache.PagesAllocated;
@@ -739,10 +759,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         /// <summary>
         /// <c>Dispose</c>'s common case, inlined into it: on the slot's own thread, outside any other call into the slot
-        /// and any trim, a fragment of the cache's current page. The owner's count decides (one compare-and-swap); the
-        /// owner is then parked with its fragment for the next rent of the same size (the fragment stays live: no
-        /// release now and no carve then), or, when the parked list is full, its fragment goes back to the cache and the
-        /// owner onto the stash. No exception handling (nothing in between can throw). False when it is not that case,
+        /// and any trim, a fragment of the cache's current page. The owner's count decides (one compare-and-swap) and the
+        /// owner is parked with its fragment for the next rent of the same size (the fragment stays live: no release now
+        /// and no carve then); or, when the parked list is full, the fragment's release compare-and-swap decides under
+        /// the count (as before parking), its fragment goes back to the cache and the owner onto the stash. No exception
+        /// handling (nothing in between can throw). False when it is not that case,
         /// with nothing changed: the caller then takes the slow path, which decides the same way. A lost decision (a
         /// racing <c>Dispose</c> won) leaves the slot as it was and throws <see cref="ObjectDisposedException"/>.
         /// </summary>
@@ -787,17 +808,17 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 }
                 else if (count < _stashLimit && !CaptureStacks)
                 {
-                    done = owner.TryDecide(state) ? 1 : -1;
+                    // The parked list is full: the fragment's release decides instead, under the count (one atomic, not
+                    // two; see FragmentMemoryOwner.TryFreeOnCurrentPage).
+                    done = owner.TryFreeOnCurrentPage(Cache, state);
                     if (done > 0)
                     {
-                        // Decided: the owner and its fragment are this call's, and only the owner can release the
-                        // fragment (-2: it could not).
-                        done = owner.FreeOnCurrentPage(Cache) ? 1 : -2;
-                        if (done > 0)
+                        Returns++;
+                        ReturnedBytes += owner.LastTrueSize;
+                        StashAt(owner, count);
+                        if (_parkBackOff != 0)
                         {
-                            Returns++;
-                            ReturnedBytes += owner.LastTrueSize;
-                            StashAt(owner, count);
+                            CountBackOff();
                         }
                     }
                 }
@@ -806,22 +827,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             Volatile.Write(ref Busy, 0);
             if (done < 0)
             {
-                ThrowLostReturn(done);
+                FragmentMemoryOwner.ThrowLostRace(null);
             }
 
             return done > 0;
-        }
-
-        [DoesNotReturn]
-        [MethodImpl(MethodImplOptions.NoInlining)]
-        private static void ThrowLostReturn(int done)
-        {
-            if (done == -2)
-            {
-                FragmentMemoryOwner.ThrowLostFragmentRelease();
-            }
-
-            FragmentMemoryOwner.ThrowLostRace(null);
         }
 
         // The cache has (or may have) left its page: a fragment rented before is no longer known to be on the current
@@ -848,11 +857,32 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     _parked[i] = _parked[last];
                     _parked[last] = null;
                     _parkedCount = last;
+                    _parkMisses = 0;
                     return candidate;
                 }
             }
 
+            if (++_parkMisses >= ParkMissesToBackOff)
+            {
+                // The sizes do not repeat: give the parked fragments back and return buffers to the cache for a while.
+                _parkMisses = 0;
+                _parkLimit = 0;
+                _parkBackOff = ParkBackOffReturns;
+                ReleaseParked();
+            }
+
             return null;
+        }
+
+        // A return on the fast path that could not park: counts a back-off down, then lets parking be tried again.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void CountBackOff()
+        {
+            if (--_parkBackOff <= 0)
+            {
+                _parkBackOff = 0;
+                _parkLimit = _parkMax;
+            }
         }
 
         /// <summary>The owners parked with their fragments (test hook; owning thread, or quiesced).</summary>
@@ -945,6 +975,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         {
             _stashLimit = 0;
             _parkLimit = 0;
+            _parkMax = 0;
         }
 
         /// <summary>The pool is retired: its idle owner objects leave for good.</summary>
@@ -963,6 +994,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         [MethodImpl(MethodImplOptions.NoInlining)]
         private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home)
         {
+            // Throws PageFragDoubleFreeException when the renting thread's stash path released the fragment first.
             PageFragCache.Free(in fragment);
             CountReturn(owner, fragment.TrueSize, home);
         }

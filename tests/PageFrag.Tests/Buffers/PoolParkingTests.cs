@@ -206,6 +206,45 @@ public class PoolParkingTests
     }
 
     [Fact]
+    public void A_slot_whose_rents_never_find_their_size_stops_parking_for_256_returns_then_tries_again()
+    {
+        using PageAllocator allocator = WarmAllocator();
+        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
+        {
+            IMemoryOwner<byte> first = pool.Rent(64);
+            var slot = ((FragmentMemoryOwner)first).Home;
+            first.Dispose();
+            Assert.Equal(1, slot.ParkedCount);
+
+            // Sixteen rents in a row of sizes nothing parked has: the slot gives its parked buffers back and stops parking.
+            for (int i = 0; i < 16; i++)
+            {
+                Assert.NotEqual(0, slot.ParkedCount);
+                pool.Rent(64 * (i + 2)).Dispose();
+            }
+
+            Assert.Equal(0, slot.ParkedCount);
+
+            // For 256 returns (this one and 255 more) nothing is parked; then the next return parks again.
+            for (int i = 0; i < 255; i++)
+            {
+                pool.Rent(64).Dispose();
+                Assert.Equal(0, slot.ParkedCount);
+            }
+
+            pool.Rent(64).Dispose();
+            Assert.Equal(1, slot.ParkedCount);
+            PageFragMemoryPoolStats stats = pool.GetStats();
+            Assert.Equal(stats.Rents, stats.Returns);
+            Assert.Equal(0, stats.OutstandingBytes);
+            pool.Trim();
+            Assert.Equal(0, allocator.PagesInUse);
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void A_buffer_given_back_off_the_current_page_is_not_parked()
     {
         using PageAllocator allocator = WarmAllocator(arenaSize: 256 * 1024);
