@@ -426,8 +426,10 @@ public class PoolParkingTests
         Leaks.AssertNone(allocator);
     }
 
-    [Fact]
-    public void Racing_Dispose_of_a_buffer_on_its_renting_thread_and_another_never_hands_one_fragment_to_two_renters()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Racing_Dispose_of_a_buffer_on_its_renting_thread_and_another_never_hands_one_fragment_to_two_renters(bool otherSizesParked)
     {
         using PageAllocator allocator = WarmAllocator(arenaSize: 256 * 1024);
         using var barrier = new Barrier(2);
@@ -469,6 +471,23 @@ public class PoolParkingTests
             var held = new IMemoryOwner<byte>[4];
             while (true)
             {
+                if (otherSizesParked && races % 64 == 0)
+                {
+                    // Eight buffers of another size fill the parked list: the renting thread's Dispose then takes the
+                    // full-list path (the fragment's release under the count), and the rents that miss make the slot
+                    // back off and come back, so every return path meets the other thread's.
+                    var others = new IMemoryOwner<byte>[8];
+                    for (int i = 0; i < others.Length; i++)
+                    {
+                        others[i] = pool.Rent(64);
+                    }
+
+                    foreach (IMemoryOwner<byte> other8 in others)
+                    {
+                        other8.Dispose();
+                    }
+                }
+
                 // Four rents held at once (the raced buffer, parked or not, among the candidates) must have four
                 // different addresses and keep their bytes.
                 for (int i = 0; i < held.Length; i++)
