@@ -902,7 +902,7 @@ public sealed partial class PageFragCache : IDisposable
     // A fragment of the page this cache carves now. An empty fragment never matches: its arena is null only when ours
     // is too, and then _size is 0.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool IsOnCurrentPage(Arena? arena, int arenaOffset, int generation) =>
+    private bool IsOnCurrentPage(Arena? arena, int arenaOffset, int generation) =>
         ReferenceEquals(arena, _arena) && generation == _generation && (uint)(arenaOffset - _pageStart) < (uint)_size;
 
     // The owner's release of a fragment of its current page (FreeLocal, TryFreeLocalOnCurrentPage): the state's swap,
