@@ -20,14 +20,16 @@ namespace PageFrag.Buffers;
 /// a segment of the arena's pinned array: <see cref="TryGetArray"/> gives it (as
 /// <c>MemoryMarshal.TryGetArray</c> asks), <see cref="Pin"/> needs no handle, and <see cref="Unpin"/> does
 /// nothing.</para>
-/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread. The owner takes no atomic
-/// operation of its own: racing calls are decided by the fragment's release compare-and-swap (a block's by one
-/// compare-and-swap of the state), so exactly one gives the memory back and the others throw
-/// <see cref="ObjectDisposedException"/>; a call that starts after the buffer was given back does nothing. The
-/// state is a sequence count, odd while rented, that every rent and every return advances: a <c>Dispose</c>
-/// reads it, then the fragment's fields, then the count again, so a call that read the fields of one rent
-/// never frees the fragment of the next one (the owner may be given back and rented again in between).
-/// <see cref="IDisposable"/>
+/// <para>Used by one renter at a time; <see cref="Dispose()"/> may run on any thread. The state is a sequence
+/// count, odd while rented, that every rent and every return advances. Of racing calls exactly one gives the
+/// memory back, the others throw <see cref="ObjectDisposedException"/>; a call that starts after the buffer was
+/// given back does nothing. Every path but one decides with one compare-and-swap of the count from the value it
+/// read first: a count only grows, so a call that read one rent never frees the next one's fragment, even when
+/// the owner came back with the same fragment (parking, see the pool's remarks). The exception, the renting
+/// thread's return when its parked list is full, reads the fragment's fields, re-reads the count and lets the
+/// fragment's release compare-and-swap decide (a call elsewhere swaps the count and then releases the fragment, so
+/// the two cannot both release it). Nothing else can release a pool fragment: the pool's pages refuse a free by
+/// address. <see cref="IDisposable"/>
 /// is re-implemented: <see cref="MemoryManager{T}"/>'s own <c>Dispose</c> would suppress the finalizer of
 /// an object that is rented again.</para>
 /// <para>An owner that becomes unreachable while rented is reclaimed by its finalizer, which frees the
@@ -47,6 +49,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private Arena? _arena;
     private int _arenaOffset;
     private int _generation;
+    private int _epoch;
 
     // A block rent (empty for a fragment rent).
     private Page _block;
@@ -127,9 +130,10 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     /// <exception cref="ObjectDisposedException">A racing <c>Dispose</c> on another thread gave the buffer back first (or its fragment was freed by address).</exception>
     public void Dispose()
     {
-        // No atomic here: the fragment's release decides (see the remarks). Reads the count, the fields, the count
-        // again. No exception handling and no struct on the stack: the common case (a fragment given back on the
-        // thread that rented it) is inlined, everything else takes one static cold call with the values.
+        // Reads the count; every path then decides with one compare-and-swap from that count (see the remarks), which
+        // fails if anything happened to the owner since, so fields read in between are this rent's when it succeeds. No
+        // exception handling and no struct on the stack: the common case (a fragment given back on the thread that
+        // rented it) is inlined, everything else takes one static cold call.
         int state = Volatile.Read(ref _state);
         if ((state & 1) == 0)
         {
@@ -137,22 +141,32 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             return;
         }
 
-        Arena? arena = _arena;
         PageFragMemoryPool.ThreadSlot home = _home;
-        int arenaOffset = _arenaOffset, generation = _generation, trueSize = _trueSize, length = _length;
-
-        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
-        MemoryOrder.FullFenceUnlessX86();
-
-        if (Volatile.Read(ref _state) != state)
+        if (!home.TryReturnOnHomeThread(this, state))
         {
-            // A racing Dispose gave the buffer back meanwhile (the fields may already be the next rent's).
-            ThrowLostRace(null);
+            DisposeSlow(this, home, state);
+        }
+    }
+
+    /// <summary>Test hook: what a <c>Dispose</c> reads before it decides (the count, then the fragment's fields).</summary>
+    internal (int State, Arena? Arena, int ArenaOffset, int Length, int TrueSize, int Generation) ReadForDispose() =>
+        (Volatile.Read(ref _state), _arena, _arenaOffset, _length, _trueSize, _generation);
+
+    /// <summary>
+    /// Test hook: the rest of a <c>Dispose</c> that read <paramref name="read"/> and then stalled, on the calling thread
+    /// (the renting thread's fast path, or the slow path, exactly as <see cref="Dispose()"/> chooses).
+    /// </summary>
+    internal void DisposeAfterStall((int State, Arena? Arena, int ArenaOffset, int Length, int TrueSize, int Generation) read)
+    {
+        if ((read.State & 1) == 0)
+        {
+            return;
         }
 
-        if (arena is null || !home.TryReturnOnHomeThread(this, arena, arenaOffset, generation, trueSize, state))
+        PageFragMemoryPool.ThreadSlot home = _home;
+        if (!home.TryReturnOnHomeThread(this, read.State))
         {
-            DisposeSlow(this, home, arena, arenaOffset, length, trueSize, generation, state);
+            DisposeSlow(this, home, read.State);
         }
     }
 
@@ -177,7 +191,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
 
     /// <summary>Makes the object a live rent of <paramref name="fragment"/> from <paramref name="home"/> (inside the slot).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void SetFragment(PageFragMemoryPool.ThreadSlot home, PageFragment fragment)
+    internal void SetFragment(PageFragMemoryPool.ThreadSlot home, PageFragment fragment, int epoch)
     {
         OrderAfterReturn();
         if (!ReferenceEquals(_home, home))
@@ -198,6 +212,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         _offset = bytes.Offset;
         _length = bytes.Count;
         _address = arena.BaseAddress + fragment.ArenaOffset;
+        _epoch = epoch;
         Activate(fragment.TrueSize);
     }
 
@@ -207,6 +222,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         OrderAfterReturn();
         _home = home;
         _arena = null;
+        _epoch = 0;
         _block = block;
         MemoryMarshal.TryGetArray(block.Memory, out ArraySegment<byte> bytes);
         _array = bytes.Array;
@@ -219,55 +235,125 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     }
 
     // Dispose off its common case (a block, another thread, a nested call, a trim under way, a fragment that is not on
-    // the cache's current page, a full stash): the values read under the sequence count, by value.
+    // the cache's current page, a full stash). Static with values (see the comment in Dispose).
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void DisposeSlow(
-        FragmentMemoryOwner owner, PageFragMemoryPool.ThreadSlot home, Arena? arena, int arenaOffset, int length, int trueSize, int generation, int state)
+    private static void DisposeSlow(FragmentMemoryOwner owner, PageFragMemoryPool.ThreadSlot home, int state)
     {
-        if (arena is null)
+        if (owner._arena is null)
         {
+            // Read after the count: if it is a later rent's, the block's swap from the count fails.
             owner.ReleaseBlock(state);
             return;
         }
 
+        // The count decides against every other path but the renting thread's stash path, which decides on the fragment
+        // (see TryFreeOnCurrentPage); once it did, no stash holds the owner, so its fields are stable.
+        if (!owner.TryDecide(state))
+        {
+            ThrowLostRace(null);
+        }
+
         try
         {
-            home.ReturnFragment(owner, new PageFragment(arena, arenaOffset, length, trueSize, generation), state);
+            home.ReturnFragment(owner, owner.ParkedFragment);
         }
         catch (PageFragDoubleFreeException e)
         {
-            // The fragment's release lost: a racing Dispose gave it back first.
+            // The renting thread's stash path released the fragment first: that call gave the buffer back.
             ThrowLostRace(e);
         }
     }
 
     /// <summary>
-    /// The fragment's release succeeded for the rent whose count is <paramref name="state"/> (the call that won):
-    /// the owner is given back and may be rented again once this returns.
+    /// The one decision of a return: advances the count from the rent's odd <paramref name="state"/> with one
+    /// compare-and-swap. True for the call that wins; the owner is then given back (even) and its fragment is this
+    /// call's to release. False, with nothing changed, when a racing return (or a rent since) moved the count on.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void Returned(int state)
+    internal bool TryDecide(int state)
     {
+        if (Interlocked.CompareExchange(ref _state, state + 1, state) != state)
+        {
+            return false;
+        }
+
         if (_rentedAt is not null)
         {
             _rentedAt = null;
         }
 
-        Volatile.Write(ref _state, state + 1);
+        return true;
     }
 
-    /// <summary>A racing <c>Dispose</c> won (or the fragment was freed by address): this one gives nothing back.</summary>
+    /// <summary>The rented length (parked owners: the size a rent must ask for to take it back; its slot only).</summary>
+    internal int Length => _length;
+
+    /// <summary>The true size of the last rent (parked owners; its slot only).</summary>
+    internal int LastTrueSize => _trueSize;
+
+    /// <summary>The slot's page epoch at the fragment's rent (0 for a block): see <c>ThreadSlot</c>'s page epoch.</summary>
+    internal int Epoch => _epoch;
+
+    /// <summary>
+    /// The renting thread's return when the parked list is full (its slot, inside it, when <see cref="Epoch"/> says the
+    /// fragment is on the cache's current page): the fragment's fields are read, then the count again, so they are rent
+    /// <paramref name="state"/>'s; the fragment's release compare-and-swap then decides, and the count advances with a
+    /// plain store. 1: given back; 0: not that case, nothing changed; -1: lost (a racing <c>Dispose</c> advanced the
+    /// count or released the fragment), nothing changed.
+    /// </summary>
+    /// <remarks>
+    /// Safe beside the paths that decide on the count: a <c>Dispose</c> on another thread swaps the count first and then
+    /// releases the fragment, so of it and this call exactly one releases the fragment, and the one whose release fails
+    /// throws. A fragment with this one's tag cannot come back between the count's re-read and the release: only this
+    /// thread parks and rents this slot's fragments, and a re-carve at the same offset has a newer page generation.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal int TryFreeOnCurrentPage(PageFragCache cache, int state)
+    {
+        Arena? arena = _arena;
+        int arenaOffset = _arenaOffset, generation = _generation;
+
+        // The field reads above before the count's re-read (x86 keeps loads in order; Arm64 needs the fence).
+        MemoryOrder.FullFenceUnlessX86();
+        if (arena is null || Volatile.Read(ref _state) != state)
+        {
+            return -1;
+        }
+
+        int freed = cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation);
+        if (freed > 0)
+        {
+            if (_rentedAt is not null)
+            {
+                _rentedAt = null;
+            }
+
+            Volatile.Write(ref _state, state + 1);
+        }
+
+        return freed;
+    }
+
+    /// <summary>The fragment a decided or parked owner keeps (its slot only, or quiesced, or the call that decided).</summary>
+    internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _length, _trueSize, _generation);
+
+    /// <summary>
+    /// Rents a parked owner again with the fragment it kept (its slot only): the fragment stayed live and its fields
+    /// are unchanged, so only the count advances.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Unpark()
+    {
+        OrderAfterReturn();
+        Advance();
+    }
+
+    /// <summary>A racing <c>Dispose</c> won: this one gives nothing back.</summary>
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal static void ThrowLostRace(Exception? inner) =>
         throw new ObjectDisposedException(
             "A Dispose racing on another thread gave this " + nameof(PageFragMemoryPool) + " buffer back first; this call gave nothing back.", inner);
-
-    /// <summary>The home thread's fast return found the fragment already released: a racing <c>Dispose</c> (or a free by address) won.</summary>
-    [DoesNotReturn]
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    internal static void ThrowLostFragmentRelease() =>
-        ThrowLostRace(new PageFragDoubleFreeException("The fragment was already freed: a racing Dispose, or a free by address, released it first."));
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ReleaseBlock(int state)
@@ -300,6 +386,13 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private void Activate(int trueSize)
     {
         _trueSize = trueSize;
+        Advance();
+    }
+
+    // Idle to rented: the finalizer armed again if it ran while idle, then the count made odd.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Advance()
+    {
         if (_finalized)
         {
             // Finalized while idle and then reached again through a stash: arm the safety net anew.

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using PageFrag.Frag;
@@ -38,8 +39,8 @@ namespace PageFrag.Buffers;
 /// back does nothing, as <see cref="IDisposable"/> asks (the BCL's <see cref="MemoryPool{T}.Shared"/> also
 /// ignores a second <c>Dispose</c>; Kestrel's pool throws only in its diagnostic mode). Of calls racing on
 /// several threads, exactly one gives the memory back and the others throw <see cref="ObjectDisposedException"/>:
-/// the owner takes no atomic operation of its own, the fragment's release compare-and-swap decides, and a
-/// sequence count in the owner keeps a call that read one rent's fragment from freeing the next rent's.
+/// one compare-and-swap of a sequence count in the owner decides, so a call that read one rent never frees the
+/// next rent's memory.
 /// <c>Memory</c> after <c>Dispose</c> throws <see cref="ObjectDisposedException"/>, and so do the
 /// <c>Span</c>, <c>Pin</c> and <c>MemoryMarshal.TryGetArray</c> of a <see cref="Memory{T}"/> taken before
 /// it, but only until the owner object is rented again: after that a stale reference, a stale
@@ -50,6 +51,16 @@ namespace PageFrag.Buffers;
 /// would make a stale <c>Dispose</c> harmless, costs a finalizable allocation on every rent (measured in
 /// <c>docs/owner-lifetime.md</c>). Wrap the pool in a <c>DiagnosticMemoryPool</c> (an owner per rent) to
 /// catch double disposal and use after disposal reliably.</para>
+/// <para><b>Parking.</b> A buffer disposed on the thread that rented it, while its fragment is on that thread's
+/// current cache page, is parked with its fragment (up to 8 per thread) and handed to the thread's next
+/// <c>Rent</c> of the same rounded size, which then neither carves nor writes more than the owner's count: the
+/// same owner object and the same bytes come back. A stale <see cref="Memory{T}"/> or owner reference of the
+/// previous renter is then the ABA case above, as with any recycled owner. Nothing else can reach a parked buffer:
+/// the pool's pages refuse <see cref="PageFragCache.Free(nint)"/> (<see cref="ArgumentException"/>), and a stale
+/// <c>Dispose</c> loses the count's swap. Parked buffers count as returned and as <see cref="PageFragMemoryPoolStats.PooledBytes"/>;
+/// they leave with their page (a rent that moves the cache to a new page releases them) and with every
+/// <see cref="Trim"/> and <c>Dispose</c> of the pool, so they never keep a page the cache would not hold anyway.
+/// The detection mode (<see cref="PageAllocatorOptions.DetectMisuse"/>) parks nothing.</para>
 /// <para><b>The garbage collector is the last owner.</b> A rented buffer that becomes unreachable without
 /// <c>Dispose</c> is given back by its finalizer and reported as a <c>LeakReclaimed</c> event of the
 /// <c>PageFrag</c> event source (kind <c>MemoryOwner</c>; with the rent's stack when the allocator's
@@ -87,6 +98,15 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
     // Owner objects shared between slots: what a thread that only disposes hands to a thread that only rents.
     private const int SpareOwners = 32;
+
+    // Owners a thread slot keeps parked with their fragments for the next rent of the same size (see
+    // ThreadSlot.TryReturnOnHomeThread).
+    private const int ParkedOwners = 8;
+
+    // Rents in a row that find parked owners but none of their size before a slot stops parking (the sizes do not repeat:
+    // parking would only take page space and scans), and the returns it then lets pass before it tries again.
+    private const int ParkMissesToBackOff = 16;
+    private const int ParkBackOffReturns = 256;
 
     private static readonly Lazy<PageFragMemoryPool> s_shared = new(() => new PageFragMemoryPool(new PageFragMemoryPoolOptions { Name = "shared" }, isShared: true));
 
@@ -440,7 +460,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     blocks += slot.DedicatedBlocks;
                     allocated += slot.AllocatedBytes;
                     evicted += slot.EvictedBytes;
-                    pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset;
+                    pooled += slot.Cache.CurrentPageSize - slot.Cache.Offset + slot.ParkedBytes;
                     reused += slot.Cache.PagesReused;
                     returns += slot.Returns;
                     returned += slot.ReturnedBytes;
@@ -534,7 +554,25 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         // How many owners the home thread's fast return may stash: the capacity, 0 once the pool is retired (set
         // quiesced, so the owning thread reads it after the flag is cleared), which sends returns to the slow path.
         private int _stashLimit = OwnerStashCapacity;
+
+        // Owners parked with their fragments, newest last (see TryReturnOnHomeThread). How many may be: ParkedOwners, 0 in
+        // the detection mode (every rent takes a fresh fragment, whose misuse the cache checks) and once the pool is
+        // retired (set quiesced, as _stashLimit).
+        private readonly FragmentMemoryOwner?[] _parked = new FragmentMemoryOwner?[ParkedOwners];
+        private int _parkedCount;
+        private int _parkLimit;
+
+        // The parking limit when not backing off (ParkedOwners, or 0 as above); rents that missed in a row; returns left
+        // before parking is tried again after a back-off (owning thread, or quiesced).
+        private int _parkMax;
+        private int _parkMisses;
+        private int _parkBackOff;
         private long _seenPagesAllocated;
+
+        // Advanced whenever the cache may have left its page (a new page, a failed refill, a drain); never 0. A fragment
+        // rent records it (FragmentMemoryOwner.Epoch): while the two are equal, the fragment is on the cache's current
+        // page, which spares the fast return the page comparison (owning thread, or quiesced).
+        private int _pageEpoch = 1;
 
         // Owning thread, inside Enter/Exit.
         public long Rents;
@@ -559,7 +597,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             Thread = thread;
             ThreadId = thread.ManagedThreadId;
             CaptureStacks = registry.Allocator.DetectMisuse;
+            _parkLimit = _parkMax = CaptureStacks ? 0 : ParkedOwners;
             Cache = new PageFragCache(registry.Allocator);
+
+            // The owner objects are the only way back for the cache's fragments: no free by address can release a
+            // parked fragment or decide a return (see FragmentMemoryOwner's remarks).
+            Cache.RefuseFreeByAddress();
 
             // The pool's finalizer drains this cache and reports the pool's leak; without this the cache's own
             // safety net could run first (finalization order is not defined) and report it as a cache's.
@@ -602,6 +645,33 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         public FragmentMemoryOwner? RentLocked(int size, bool useCache)
         {
             FragmentMemoryOwner? owner;
+            int parked = _parkedCount;
+            if (parked > 0 && useCache)
+            {
+                // The newest parked owner when it has this size (else an older one that has): rented again with its
+                // fragment as it is, no alloc and no field to write but the count.
+                owner = _parked[parked - 1]!;
+                if (owner.Length == size)
+                {
+                    _parked[parked - 1] = null;
+                    _parkedCount = parked - 1;
+                    _parkMisses = 0;
+                }
+                else
+                {
+                    owner = TakeParked(size);
+                }
+
+                if (owner is not null)
+                {
+                    owner.Unpark();
+                    Rents++;
+                    RentedBytes += owner.LastTrueSize;
+                    Active = true;
+                    return owner;
+                }
+            }
+
             int count = _ownerCount;
             if (count > 0)
             {
@@ -614,34 +684,47 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 owner = TakeSpareOwner();
             }
 
-            if (useCache && size <= PageFragCache.MaxFragmentSize && Cache.TryAlloc(size, out PageFragment fragment))
+            if (useCache && size <= PageFragCache.MaxFragmentSize)
             {
-                owner.SetFragment(this, fragment);
-                Rents++;
-                RentedBytes += fragment.TrueSize;
-                Active = true;
-                long pages = Cache.PagesAllocated;
-                if (pages != _seenPagesAllocated)
+                if (_parkedCount > 0 && Cache.Offset + size > Cache.CurrentPageSize)
                 {
-                    _seenPagesAllocated = pages;
-                    AllocatedBytes += Cache.CurrentPageSize;
+                    // The page is full: parked fragments go back to it first, so that it can be reused in place when
+                    // nothing else is out (parking must not turn an in-place reuse into a new page).
+                    ReleaseParked();
                 }
 
-                return owner;
+                if (Cache.TryAlloc(size, out PageFragment fragment))
+                {
+                    long pages = Cache.PagesAllocated;
+                    if (pages != _seenPagesAllocated)
+                    {
+                        _seenPagesAllocated = pages;
+                        AllocatedBytes += Cache.CurrentPageSize;
+                        PageChanged();
+                    }
+
+                    owner.SetFragment(this, fragment, _pageEpoch);
+                    Rents++;
+                    RentedBytes += fragment.TrueSize;
+                    Active = true;
+                    return owner;
+                }
+
+                // The refill failed after the cache let its page go.
+                PageChanged();
             }
 
             return RentBlock(owner, size);
         }
 
         /// <summary>
-        /// A fragment rented from this slot came back (any thread), from the rent whose sequence count is
-        /// <paramref name="state"/>. On the slot's own thread the return is the cache owner's
-        /// (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread. Either way the
-        /// fragment's release compare-and-swap decides between racing returns of one owner.
+        /// A fragment rented from this slot came back (any thread), after its owner's count decided that this call
+        /// gives it back (<see cref="FragmentMemoryOwner.TryDecide"/>). On the slot's own thread the return is the
+        /// cache owner's (<see cref="PageFragCache.FreeLocal"/>); elsewhere it is freed as from any thread.
         /// </summary>
-        /// <exception cref="PageFragDoubleFreeException">A racing return won, or the fragment was already freed (for example by address).</exception>
+        /// <exception cref="PageFragDoubleFreeException">The fragment was already released (a broken invariant: only its owner releases it).</exception>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment, int state)
+        public void ReturnFragment(FragmentMemoryOwner owner, PageFragment fragment)
         {
             // The thread's last used slot is its own (a slot changes thread only when its thread has ended); a
             // thread that alternates between pools is recognised by its id.
@@ -659,7 +742,6 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                         PageFragCache.Free(in fragment);
                     }
 
-                    owner.Returned(state);
                     Returns++;
                     ReturnedBytes += fragment.TrueSize;
                     StashLocked(owner);
@@ -671,19 +753,29 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else
             {
-                ReturnFragmentElsewhere(owner, fragment, this, state);
+                ReturnFragmentElsewhere(owner, fragment, this);
             }
         }
 
         /// <summary>
-        /// <see cref="ReturnFragment"/>'s common case, inlined into <c>Dispose</c>: on the slot's own thread, outside
-        /// any other call into the slot and any trim, a fragment of the cache's current page goes back to the cache
-        /// and the owner onto the stash, with no exception handling (nothing in between can throw). False when it is
-        /// not that case, with nothing changed: the caller then takes <see cref="ReturnFragment"/>. A lost release
-        /// (a racing <c>Dispose</c> won) leaves the slot as it was and throws <see cref="ObjectDisposedException"/>.
+        /// <c>Dispose</c>'s common case, inlined into it: on the slot's own thread, outside any other call into the slot
+        /// and any trim, a fragment of the cache's current page. The owner's count decides (one compare-and-swap) and the
+        /// owner is parked with its fragment for the next rent of the same size (the fragment stays live: no release now
+        /// and no carve then); or, when the parked list is full, the fragment's release compare-and-swap decides under
+        /// the count (as before parking), its fragment goes back to the cache and the owner onto the stash. No exception
+        /// handling (nothing in between can throw). False when it is not that case,
+        /// with nothing changed: the caller then takes the slow path, which decides the same way. A lost decision (a
+        /// racing <c>Dispose</c> won) leaves the slot as it was and throws <see cref="ObjectDisposedException"/>.
         /// </summary>
+        /// <remarks>
+        /// Parking is safe because nothing but the owner can reach a pool fragment: the cache's pages refuse a free by
+        /// address, the pool hands out no fragment handle, and a <c>Dispose</c> that read an earlier rent's count loses
+        /// the count's swap even when the owner came back with the same fragment. A parked fragment is always on the
+        /// cache's current page (a rent that moves the cache to a new page releases the parked ones, and so does every
+        /// trim), so parking keeps no page that the cache would not hold anyway.
+        /// </remarks>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public bool TryReturnOnHomeThread(FragmentMemoryOwner owner, Arena arena, int arenaOffset, int generation, int trueSize, int state)
+        public bool TryReturnOnHomeThread(FragmentMemoryOwner owner, int state)
         {
             // The thread's last used slot is its own (a slot changes thread only when its thread has ended). Busy is
             // then only ever written by this thread; a nested call (non-zero) is left to the slow path.
@@ -694,27 +786,145 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             // The busy mark before the flag's read, as Enter does (the trim's process-wide barrier orders the two).
             Volatile.Write(ref Busy, 1);
-            int count = _ownerCount;
-            int freed = 0;
-            if (Volatile.Read(ref Quiesce) == 0 && count < _stashLimit)
+            int done = 0;
+
+            // The owner's fields are read after the count (they may be a later rent's: then the swap below fails). A block
+            // rent's epoch is 0, which no page has.
+            if (Volatile.Read(ref Quiesce) == 0 && owner.Epoch == _pageEpoch)
             {
-                freed = Cache.TryFreeLocalOnCurrentPage(arena, arenaOffset, generation);
-                if (freed > 0)
+                int parked = _parkedCount;
+                int count = _ownerCount;
+                if (parked < _parkLimit)
                 {
-                    owner.Returned(state);
-                    Returns++;
-                    ReturnedBytes += trueSize;
-                    StashAt(owner, count);
+                    int trueSize = owner.LastTrueSize;
+                    done = owner.TryDecide(state) ? 1 : -1;
+                    if (done > 0)
+                    {
+                        _parked[parked] = owner;
+                        _parkedCount = parked + 1;
+                        Returns++;
+                        ReturnedBytes += trueSize;
+                    }
+                }
+                else if (count < _stashLimit && !CaptureStacks)
+                {
+                    // The parked list is full: the fragment's release decides instead, under the count (one atomic, not
+                    // two; see FragmentMemoryOwner.TryFreeOnCurrentPage).
+                    done = owner.TryFreeOnCurrentPage(Cache, state);
+                    if (done > 0)
+                    {
+                        Returns++;
+                        ReturnedBytes += owner.LastTrueSize;
+                        StashAt(owner, count);
+                        if (_parkBackOff != 0)
+                        {
+                            CountBackOff();
+                        }
+                    }
                 }
             }
 
             Volatile.Write(ref Busy, 0);
-            if (freed < 0)
+            if (done < 0)
             {
-                FragmentMemoryOwner.ThrowLostFragmentRelease();
+                FragmentMemoryOwner.ThrowLostRace(null);
             }
 
-            return freed > 0;
+            return done > 0;
+        }
+
+        // The cache has (or may have) left its page: a fragment rented before is no longer known to be on the current
+        // page, and parked fragments there would keep the old page from the allocator.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void PageChanged()
+        {
+            AdvanceEpoch();
+            ReleaseParked();
+        }
+
+        private void AdvanceEpoch() => _pageEpoch = _pageEpoch == int.MaxValue ? 1 : _pageEpoch + 1;
+
+        // A parked owner of this size below the newest (rents of mixed sizes); it leaves the parked list.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private FragmentMemoryOwner? TakeParked(int size)
+        {
+            int last = _parkedCount - 1;
+            for (int i = last - 1; i >= 0; i--)
+            {
+                FragmentMemoryOwner candidate = _parked[i]!;
+                if (candidate.Length == size)
+                {
+                    _parked[i] = _parked[last];
+                    _parked[last] = null;
+                    _parkedCount = last;
+                    _parkMisses = 0;
+                    return candidate;
+                }
+            }
+
+            if (++_parkMisses >= ParkMissesToBackOff)
+            {
+                // The sizes do not repeat: give the parked fragments back and return buffers to the cache for a while.
+                _parkMisses = 0;
+                _parkLimit = 0;
+                _parkBackOff = ParkBackOffReturns;
+                ReleaseParked();
+            }
+
+            return null;
+        }
+
+        // A return on the fast path that could not park: counts a back-off down, then lets parking be tried again.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private void CountBackOff()
+        {
+            if (--_parkBackOff <= 0)
+            {
+                _parkBackOff = 0;
+                _parkLimit = _parkMax;
+            }
+        }
+
+        /// <summary>The owners parked with their fragments (test hook; owning thread, or quiesced).</summary>
+        internal int ParkedCount => _parkedCount;
+
+        /// <summary>The memory the parked owners keep for the next rents (owning thread, or quiesced).</summary>
+        public long ParkedBytes
+        {
+            get
+            {
+                long bytes = 0;
+                for (int i = 0; i < _parkedCount; i++)
+                {
+                    bytes += _parked[i]!.LastTrueSize;
+                }
+
+                return bytes;
+            }
+        }
+
+        // Owning thread inside Enter/Exit, or quiesced: every parked fragment goes back to its page (the cache's
+        // current one, or the one it just left) and its owner to the stash (or to the collector when the stash is
+        // full or the pool retired). Returns the bytes the parked owners kept.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private long ReleaseParked()
+        {
+            if (_parkedCount == 0)
+            {
+                return 0;
+            }
+
+            long bytes = 0;
+            while (_parkedCount > 0)
+            {
+                FragmentMemoryOwner owner = _parked[--_parkedCount]!;
+                _parked[_parkedCount] = null;
+                bytes += owner.LastTrueSize;
+                Cache.FreeLocal(owner.ParkedFragment);
+                StashLocked(owner);
+            }
+
+            return bytes;
         }
 
         /// <summary>A dedicated block rented from this slot was freed (any thread): count it and keep the owner object.</summary>
@@ -750,8 +960,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
 
             Active = false;
-            long free = Cache.CurrentPageSize - Cache.Offset;
+            long free = ReleaseParked() + Cache.CurrentPageSize - Cache.Offset;
             Cache.Drain();
+            AdvanceEpoch();
             EvictedBytes += free;
             return free;
         }
@@ -759,8 +970,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         /// <summary>The owner objects the slot keeps for its next rents (test hook; owning thread, or quiesced).</summary>
         internal int IdleOwnerCount => _ownerCount;
 
-        /// <summary>The pool is retired: the home thread's fast return stashes no more owners (they leave for good).</summary>
-        public void StopStashing() => _stashLimit = 0;
+        /// <summary>The pool is retired: the home thread's fast return parks and stashes no more owners (they leave for good).</summary>
+        public void StopStashing()
+        {
+            _stashLimit = 0;
+            _parkLimit = 0;
+            _parkMax = 0;
+        }
 
         /// <summary>The pool is retired: its idle owner objects leave for good.</summary>
         public void DropOwnersQuiesced()
@@ -776,10 +992,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         // A fragment disposed on another thread than its slot's: freed as from any thread (one more atomic, on the
         // page count), counted and stashed by the disposing thread's own slot. Static with values: see Free.
         [MethodImpl(MethodImplOptions.NoInlining)]
-        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home, int state)
+        private static void ReturnFragmentElsewhere(FragmentMemoryOwner owner, PageFragment fragment, ThreadSlot home)
         {
+            // Throws PageFragDoubleFreeException when the renting thread's stash path released the fragment first.
             PageFragCache.Free(in fragment);
-            owner.Returned(state);
             CountReturn(owner, fragment.TrueSize, home);
         }
 

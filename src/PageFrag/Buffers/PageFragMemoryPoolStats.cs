@@ -27,7 +27,10 @@ public sealed record PageFragMemoryPoolStats
     /// <summary>Bytes of pages and blocks the pool took from the allocator.</summary>
     public long AllocatedBytes { get; init; }
 
-    /// <summary>Bytes still free in the pages the per-CPU caches hold (ready for the next rents).</summary>
+    /// <summary>
+    /// Bytes still free in the pages the per-thread caches hold, and the buffers parked for their thread's next rent of
+    /// the same size (both ready for the next rents).
+    /// </summary>
     public long PooledBytes { get; init; }
 
     /// <summary>Bytes of free page space given back by trimming.</summary>

@@ -85,6 +85,10 @@ public sealed partial class PageFragCache : IDisposable
     private readonly PageRecycler? _recycler;
     private byte _tag;
 
+    // Set once, before the first refill, by the memory pool's thread caches: their pages refuse a free by address
+    // (see RefuseFreeByAddress).
+    private bool _refuseFreeByAddress;
+
     // The start granules (within the page) of the first StartsKept fragments carved from the current page, and
     // how many fragments were carved, up to StartsKept + 1 (which means "more"): a cache that leaves a page with few
     // fragments checks just their states for freed marks instead of scanning the page's.
@@ -162,6 +166,15 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>The allocator the cache takes pages from.</summary>
     public PageAllocator Allocator => _allocator;
+
+    /// <summary>
+    /// Makes the pages this cache carves from now on refuse <see cref="Free(nint)"/> (their descriptor's
+    /// head carries <see cref="PageFlags.RefusesFreeByAddress"/>, so a free by address throws
+    /// <see cref="ArgumentException"/>): the memory pool's thread caches, whose fragments go back only through their
+    /// owner object, so that the owner's count alone decides who gives a buffer back. Call before the first
+    /// allocation; owner thread.
+    /// </summary>
+    internal void RefuseFreeByAddress() => _refuseFreeByAddress = true;
 
     /// <summary>Pages taken from the allocator by refills.</summary>
     public long PagesAllocated => _pagesAllocated;
@@ -967,7 +980,8 @@ public sealed partial class PageFragCache : IDisposable
             int head = arena.Pages[offset >> PageConstants.PageShift].HeadIndex;
             ref PageDescriptor d = ref arena.Pages[head];
             // A failed release takes FreeSlow, which decides again (a release in progress, then the exception).
-            if ((d.Flags & PageFlags.Head) != 0 && d.Pool is null && d.FragmentCachePage && Volatile.Read(ref d.CacheHeld) != 0 &&
+            if ((d.Flags & (PageFlags.Head | PageFlags.RefusesFreeByAddress)) == PageFlags.Head && d.Pool is null && d.FragmentCachePage &&
+                Volatile.Read(ref d.CacheHeld) != 0 &&
                 ReleaseOnHeldPage(arena, head, ref d, offset, d.Generation))
             {
                 return;
@@ -1005,6 +1019,12 @@ public sealed partial class PageFragCache : IDisposable
             if (!d.FragmentCachePage)
             {
                 ThrowNotFragmentPage(address);
+            }
+
+            if ((d.Flags & PageFlags.RefusesFreeByAddress) != 0)
+            {
+                // A memory pool's page (every hand-out resets the flags): its buffers go back only through their owner.
+                ThrowMemoryPoolPage(address);
             }
 
             // The page's current generation: a live fragment on it carries that tag. If the page moves on between
@@ -1151,6 +1171,12 @@ public sealed partial class PageFragCache : IDisposable
         // a concurrent speculative reference taker (get_page_unless_zero) can never be overwritten.
         Interlocked.Add(ref nd.RefCount, RefBias);
         nd.FragmentCachePage = true;
+        if (_refuseFreeByAddress)
+        {
+            // Before any fragment of the page is handed out, so a free by address never finds one it accepts.
+            nd.Flags |= PageFlags.RefusesFreeByAddress;
+        }
+
         if (nd.Order == PageRecycler.Order)
         {
             // Written only when it changes: while the block cycles between this cache and another thread's frees,
@@ -1274,6 +1300,11 @@ public sealed partial class PageFragCache : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowNotFragmentPage(nint address) =>
         ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is on a page that no fragment cache carves (for example a page from TryAllocPages): it is not a fragment.");
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowMemoryPoolPage(nint address) =>
+        ThrowHelper.Argument(nameof(address), $"The address 0x{address:x} is on a PageFragMemoryPool's page, which refuses a free by address: give the buffer back with its owner's Dispose.");
 
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -38,6 +38,14 @@ internal enum PageFlags : byte
     /// spares the next discard pass a system call; any split or merge of the block drops it.
     /// </summary>
     Discarded = 64,
+
+    /// <summary>
+    /// On the head of a block a <c>PageFragCache</c> carves for a <c>PageFragMemoryPool</c>: a free by
+    /// address refuses its fragments (they go back only through their owner object, whose count decides every
+    /// return). Set by the cache's refill before it hands out a fragment of the block; every hand-out of the block
+    /// resets the flags.
+    /// </summary>
+    RefusesFreeByAddress = 128,
 }
 
 /// <summary>

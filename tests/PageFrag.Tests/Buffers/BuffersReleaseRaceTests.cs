@@ -116,7 +116,7 @@ public class BuffersReleaseRaceTests
     }
 
     [Fact]
-    public unsafe void A_Dispose_whose_fragment_release_loses_throws_ObjectDisposedException_and_gives_nothing_back()
+    public void A_Dispose_whose_decision_loses_throws_ObjectDisposedException_and_gives_nothing_back()
     {
         using PageAllocator allocator = WarmAllocator();
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
@@ -125,18 +125,31 @@ public class BuffersReleaseRaceTests
             keeper.Memory.Span.Fill(0x5A);
             IMemoryOwner<byte> owner = pool.Rent(64);
 
-            // What the loser of a Dispose race finds: the owner still rented, its fragment already released (here by
-            // address, as the winner's swap would have done). The owner takes no atomic of its own, so this decides.
-            using (MemoryHandle pin = owner.Memory.Pin())
+            // What the loser of a Dispose race finds: it read the rent's count and fields, then the winner advanced the
+            // count (here the renting thread's Dispose, which parks the buffer). The loser's swap from the old count fails.
+            var raw = (FragmentMemoryOwner)owner;
+            var stalled = raw.ReadForDispose();
+            owner.Dispose();
+            Exception? thrown = null;
+            var other = new Thread(() =>
             {
-                PageFragCache.Free((nint)pin.Pointer);
-            }
+                try
+                {
+                    raw.DisposeAfterStall(stalled);
+                }
+                catch (Exception e)
+                {
+                    thrown = e;
+                }
+            });
+            other.Start();
+            other.Join();
 
-            var e = Assert.Throws<ObjectDisposedException>(owner.Dispose);
-            Assert.IsType<PageFragDoubleFreeException>(e.InnerException);
-            Assert.Contains("racing on another thread gave this PageFragMemoryPool buffer back first", e.Message);
+            var lost = Assert.IsType<ObjectDisposedException>(thrown);
+            Assert.Null(lost.InnerException);
+            Assert.Contains("racing on another thread gave this PageFragMemoryPool buffer back first", lost.Message);
             Assert.Equal(2, pool.GetStats().Rents);
-            Assert.Equal(0, pool.GetStats().Returns);
+            Assert.Equal(1, pool.GetStats().Returns);
 
             // The pool and the neighbour are intact; the lost owner has nothing left to reclaim.
             IMemoryOwner<byte> next = pool.Rent(64);
@@ -144,7 +157,6 @@ public class BuffersReleaseRaceTests
             next.Dispose();
             Assert.True(keeper.Memory.Span.IndexOfAnyExcept((byte)0x5A) < 0, "the keeper's bytes were overwritten");
             keeper.Dispose();
-            GC.SuppressFinalize(owner);
         }
 
         Leaks.AssertNone(allocator);

@@ -264,10 +264,12 @@ public class PageFragMemoryPoolTests
             Assert.Equal(0, pool.Trim(idleOnly: true));
             Assert.Equal(8, allocator.PagesInUse);
 
-            Assert.Equal(32768 - 128, pool.Trim(idleOnly: true));
+            // The page's free space and the 128-byte buffer parked for the next rent of its size (it was returned on the
+            // renting thread): the trim gives both back.
+            Assert.Equal(32768, pool.Trim(idleOnly: true));
             Assert.Equal(0, allocator.PagesInUse);
             PageFragMemoryPoolStats stats = pool.GetStats();
-            Assert.Equal(32768 - 128, stats.EvictedBytes);
+            Assert.Equal(32768, stats.EvictedBytes);
             Assert.Equal(0, stats.PooledBytes);
         }
 

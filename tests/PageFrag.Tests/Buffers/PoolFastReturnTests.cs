@@ -115,7 +115,9 @@ public class PoolFastReturnTests
                 owner.Dispose();
             }
 
-            Assert.Equal(idle + 9, slot.IdleOwnerCount);
+            // The ninth, on the current page, is parked with its fragment; the eight others are freed and stashed.
+            Assert.Equal(idle + 8, slot.IdleOwnerCount);
+            Assert.Equal(1, slot.ParkedCount);
             PageFragMemoryPoolStats stats = pool.GetStats();
             Assert.Equal(9, stats.Returns);
             Assert.Equal(0, stats.OutstandingBytes);
@@ -127,24 +129,33 @@ public class PoolFastReturnTests
     }
 
     [Fact]
-    public unsafe void A_lost_release_on_the_renting_thread_throws_changes_no_count_and_keeps_the_slot_usable()
+    public void A_lost_decision_on_the_renting_thread_throws_changes_no_count_and_keeps_the_slot_usable()
     {
         using PageAllocator allocator = WarmAllocator();
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
         {
             IMemoryOwner<byte> owner = pool.Rent(256);
-            PageFragMemoryPool.ThreadSlot slot = ((FragmentMemoryOwner)owner).Home;
-            int idle = slot.IdleOwnerCount;
-            using (MemoryHandle pin = owner.Memory.Pin())
-            {
-                PageFragCache.Free((nint)pin.Pointer);
-            }
+            var raw = (FragmentMemoryOwner)owner;
+            PageFragMemoryPool.ThreadSlot slot = raw.Home;
 
-            var e = Assert.Throws<ObjectDisposedException>(owner.Dispose);
-            Assert.IsType<PageFragDoubleFreeException>(e.InnerException);
+            // A Dispose on the renting thread read the rent, then another Dispose won, and the owner was rented again
+            // with the same fragment (parked, then taken back): the stalled one resumes on the fast path and must lose.
+            var stalled = raw.ReadForDispose();
+            owner.Dispose();
+            IMemoryOwner<byte> again = pool.Rent(256);
+            Assert.Same(owner, again);
+            again.Memory.Span.Fill(0x5A);
+            int idle = slot.IdleOwnerCount;
+            int parked = slot.ParkedCount;
+
+            var e = Assert.Throws<ObjectDisposedException>(() => raw.DisposeAfterStall(stalled));
+            Assert.Null(e.InnerException);
             Assert.Equal(idle, slot.IdleOwnerCount);
+            Assert.Equal(parked, slot.ParkedCount);
             Assert.Equal(0, slot.Busy);
-            Assert.Equal(0, pool.GetStats().Returns);
+            Assert.Equal(1, pool.GetStats().Returns);
+            Assert.True(again.Memory.Span.IndexOfAnyExcept((byte)0x5A) < 0, "the rent's bytes changed");
+            again.Dispose();
 
             // The slot is not left busy: a trim does not wait, and rents and returns go on.
             pool.Trim();
@@ -155,8 +166,7 @@ public class PoolFastReturnTests
                 next.Dispose();
             }
 
-            Assert.Equal(100, pool.GetStats().Returns);
-            GC.SuppressFinalize(owner);
+            Assert.Equal(102, pool.GetStats().Returns);
         }
 
         Leaks.AssertNone(allocator);
