@@ -302,6 +302,46 @@ public class PoolParkingTests
     }
 
     [Fact]
+    public void A_page_that_refused_free_by_address_for_the_pool_accepts_it_again_once_a_plain_cache_carves_it()
+    {
+        // The refusal is a flag on the block's head that every hand-out resets: the pool's page stays a fragment
+        // cache's page (the recycle slots need that), and once the block goes back to the allocator and a plain cache
+        // carves it, a free by address of its fragments works as for any other cache page.
+        using PageAllocator allocator = WarmAllocator();
+        nint poolAddress;
+        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
+        {
+            IMemoryOwner<byte> owner = pool.Rent(256);
+            poolAddress = AddressOf(owner);
+            Arena arena = ArenaRegistry.Find(poolAddress)!;
+            ref PageDescriptor d = ref arena.Pages[arena.Pages[(int)((poolAddress - arena.BaseAddress) >> PageConstants.PageShift)].HeadIndex];
+            Assert.True(d.FragmentCachePage);
+            Assert.True((d.Flags & PageFlags.RefusesFreeByAddress) != 0);
+            Assert.Throws<ArgumentException>(() => PageFragCache.Free(poolAddress));
+            owner.Dispose();
+        }
+
+        allocator.DrainPerCpuLists();
+        using (var cache = new PageFragCache(allocator))
+        {
+            // Carve the arena's blocks until the pool's start comes up, then free every fragment by its address.
+            var addresses = new List<nint>();
+            while (!addresses.Contains(poolAddress) && addresses.Count < 256 && cache.TryAlloc(256, out PageFragment fragment))
+            {
+                addresses.Add(fragment.Address);
+            }
+
+            Assert.Contains(poolAddress, addresses);
+            foreach (nint address in addresses)
+            {
+                PageFragCache.Free(address);
+            }
+        }
+
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void A_stalled_Dispose_of_an_earlier_rent_cannot_free_the_same_fragment_parked_and_rented_again()
     {
         using PageAllocator allocator = WarmAllocator();
