@@ -188,8 +188,9 @@ internal sealed class OwnerWorker
         int what = _random.Next(100);
         if (what < 8)
         {
-            // page_frag_alloc_abort: the bytes and the reference go back; the offset returns to before the padding.
-            int expectedOffset = f.PageOffset + Math.Max(f.Length, 8) - f.TrueSize;
+            // page_frag_alloc_abort: the reference and the bytes after the start granule go back; the granule stays
+            // consumed, so that a copy of the aborted handle never names the next fragment.
+            int expectedOffset = f.PageOffset + 8;
             cache.Abort(f);
             Counters.CacheAborts++;
             Check(cache.Offset == expectedOffset, $"after an abort the cache's offset is {cache.Offset}, not {expectedOffset}");

@@ -533,7 +533,7 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
 
             _chain!.DiscardReserved(release: !mostRecent);
         }
-        else if (giveBackTail && mostRecent && open.Used < open.Fragment.Length)
+        else if (giveBackTail && mostRecent && open.Used > 0 && open.Used < open.Fragment.Length)
         {
             TrimToWritten(open);
         }
@@ -552,15 +552,10 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
     private void TrimToWritten(FragmentSegment open)
     {
         PageFragment reserved = open.Fragment;
-        int used = open.Used;
-        _cache.Abort(in reserved);
-        if (!_cache.TryPrepare(used, out PreparedFragment prepared) || prepared.Address != reserved.Address)
-        {
-            // Cannot happen: the aborted bytes are the cache's next ones, on the page it keeps.
-            throw new InvalidOperationException("The cache did not give back the writer's bytes at their address after an abort.");
-        }
 
-        PageFragment trimmed = _cache.Commit(in prepared, used);
+        // Shortened in place (same start, state and reference): an abort and a new commit would carve a new fragment
+        // at the start the abort released, which Abort no longer does (a copy of an aborted handle must not free it).
+        PageFragment trimmed = _cache.TrimMostRecent(in reserved, open.Used);
         open.Fragment = trimmed;
         _chain!.LastGrew(0, trimmed.TrueSize - reserved.TrueSize);
     }

@@ -502,13 +502,20 @@ public sealed partial class PageFragCache : IDisposable
         (long)previous.ArenaOffset + previous.Length == _pageStart + prepared.Offset;
 
     /// <summary>
-    /// Undoes the most recent allocation or commit of this cache (page_frag_alloc_abort): the bytes and
-    /// the reference go back to the cache, and the handle is dead: freeing it afterwards throws
-    /// <see cref="PageFragDoubleFreeException"/> (the kernel does not detect it). As the reviewer of the kernel
-    /// series asked, the fragment itself is passed and checked. The abort is a release like a free: it clears
-    /// the fragment's state with one compare-and-swap, so an abort racing a free of a copy of the handle
-    /// loses or wins as a whole.
+    /// Undoes the most recent allocation or commit of this cache (page_frag_alloc_abort): the reference and the
+    /// bytes after the fragment's first 8-byte granule go back to the cache, and the handle is dead: freeing it, or
+    /// any copy of it, afterwards throws <see cref="PageFragDoubleFreeException"/> (the kernel does not detect it).
+    /// As the reviewer of the kernel series asked, the fragment itself is passed and checked. The abort is a release
+    /// like a free: it clears the fragment's state with one compare-and-swap, so an abort racing a free of a copy of
+    /// the handle loses or wins as a whole.
     /// </summary>
+    /// <remarks>
+    /// Unlike the kernel, the abort keeps the fragment's start granule (8 bytes) and its alignment padding: the next
+    /// fragment starts at least one granule later. Were it carved at the same start, it would get the same state
+    /// tag (the start's low bits and the page's generation), and a kept copy of the aborted handle (fragments are
+    /// structs, copies are normal) would free it: a use after free freeing someone else's memory. The granule comes
+    /// back when the page is reused or freed.
+    /// </remarks>
     /// <exception cref="ArgumentException">The fragment is empty.</exception>
     /// <exception cref="InvalidOperationException">The fragment is not the most recent one of this cache.</exception>
     /// <exception cref="PageFragDoubleFreeException">The fragment was already freed.</exception>
@@ -538,8 +545,44 @@ public sealed partial class PageFragCache : IDisposable
                 ThrowHelper.DoubleFree("The fragment was already freed and cannot be aborted.");
             }
 
+            // Rewind to just past the start granule, never to the start itself (see the remarks).
             _bias++;
-            _offset -= fragment.TrueSize;
+            _offset = fragment.ArenaOffset - _pageStart + MarkGranule;
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// Shortens the most recent fragment of this cache to its first <paramref name="length"/> bytes and gives the
+    /// rest back to the cache (the writer's give-back of an unwritten tail). The fragment stays live with its start,
+    /// its state and its reference, so a copy of the handle still names this same fragment; only the returned bytes,
+    /// which start after the fragment's first granule, are carved again.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The fragment is not the most recent one of this cache.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is not between 1 and the fragment's length.</exception>
+    internal PageFragment TrimMostRecent(in PageFragment fragment, int length)
+    {
+        Enter();
+        try
+        {
+            int consumed = Math.Max(fragment.Length, MarkGranule);
+            if (!ReferenceEquals(fragment.Arena, _arena) || fragment.Generation != _generation ||
+                (long)fragment.ArenaOffset + consumed != _pageStart + _offset || fragment.TrueSize > _offset)
+            {
+                ThrowHelper.InvalidOperation("Only the most recent allocation of this cache can be shortened, and this fragment is not it.");
+            }
+
+            if ((uint)(length - 1) >= (uint)fragment.Length)
+            {
+                ThrowHelper.ArgumentOutOfRange(nameof(length), length, "The new length must be between 1 and the fragment's length.");
+            }
+
+            int kept = Math.Max(length, MarkGranule);
+            _offset -= consumed - kept;
+            return new PageFragment(_arena!, fragment.ArenaOffset, length, fragment.TrueSize - (consumed - kept), _generation);
         }
         finally
         {

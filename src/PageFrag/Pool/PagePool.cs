@@ -535,7 +535,10 @@ internal sealed partial class PagePoolCore
         d.Generation = generation;
         d.PpRefCount = 1;
         d.PoolFragmentPage = false;
-        d.Pool = this;
+
+        // Published after the generation: a late put of the page's previous use that reads this pool reads the new
+        // generation after it, and loses (ConfirmClaim).
+        Volatile.Write(ref d.Pool, this);
         page = new NetMem(area, page.Index, generation);
         _holdCount++;
         return true;
@@ -837,20 +840,92 @@ internal sealed partial class PagePoolCore
     private static int ClaimRelease(in NetMem netmem, ref PageDescriptor d)
     {
         int generation = netmem.Generation;
-        if (Interlocked.CompareExchange(ref d.Generation, generation + 1, generation) != generation)
+        if (!TryClaimGeneration(ref d, generation))
         {
             // Lost to another release of the same handle.
             PoolThrowHelper.StaleHandle();
         }
 
-        if (Volatile.Read(ref d.Pool) is null)
+        ConfirmClaim(ref d, generation);
+        return generation + 1;
+    }
+
+    /// <summary>
+    /// The first step of <see cref="ClaimRelease"/> (internal for the tests that run the steps apart): one
+    /// compare-and-swap moves the page's reference count and generation, as one 64-bit word, from
+    /// <paramref name="generation"/> to the next. It succeeds only on a block that has a reference (a pool page
+    /// always has the pool's), so a late put can never move the generation of a free block: the allocator's plain
+    /// generation writes (read, then written one up) cannot straddle a claim and have it undone under them.
+    /// False when the generation moved on or the block has no reference.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static bool TryClaimGeneration(ref PageDescriptor d, int generation)
+    {
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+
+        // The word is the count in its low half and the generation in its high half (checked when the arenas are
+        // made, see PageDescriptor.LayoutFitsRefAndGeneration): adding 2^32 moves the generation on.
+        while ((int)(seen >> 32) == generation && (int)seen > 0)
         {
-            // Lost too: the winner already gave the page back and restored its generation (ReturnPage).
-            Interlocked.CompareExchange(ref d.Generation, generation, generation + 1);
-            PoolThrowHelper.StaleHandle();
+            long prev = Interlocked.CompareExchange(ref word, seen + (1L << 32), seen);
+            if (prev == seen)
+            {
+                return true;
+            }
+
+            // A caller's Page.AddRef or FreePages moved the count: decide again.
+            seen = prev;
         }
 
-        return generation + 1;
+        return false;
+    }
+
+    /// <summary>
+    /// The second step of <see cref="ClaimRelease"/>: the claim is the release's only if the page is still a pool
+    /// page in the claimed generation. The pool field is read first, then the generation (admission writes the
+    /// generation before it publishes the pool), so a page that left the pool and was admitted again (here or by
+    /// another pool) shows a generation above the claimed one and the put loses without writing anything. A page
+    /// that left the pool shows no pool: the claim (possible only while a caller's reference keeps the page at its
+    /// pool generation, see <see cref="KeepGenerationForHolders"/>) is undone and the put throws.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void ConfirmClaim(ref PageDescriptor d, int generation)
+    {
+        if (Volatile.Read(ref d.Pool) is null)
+        {
+            UndoClaim(ref d, generation);
+        }
+
+        if (Volatile.Read(ref d.Generation) != generation + 1)
+        {
+            PoolThrowHelper.StaleHandle();
+        }
+    }
+
+    /// <summary>
+    /// Gives a lost claim back: the page left the pool, and the winner restored the generation for callers who
+    /// hold references (their handles have it). Only this claim's mark is taken back: the block still has a reference
+    /// and the claimed generation. While the mark is there no caller's FreePages can drop the block (their handles do
+    /// not match it), so the block cannot have been freed and handed out again meanwhile.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void UndoClaim(ref PageDescriptor d, int generation)
+    {
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+        while ((int)(seen >> 32) == generation + 1 && (int)seen > 0)
+        {
+            long prev = Interlocked.CompareExchange(ref word, seen - (1L << 32), seen);
+            if (prev == seen)
+            {
+                break;
+            }
+
+            seen = prev;
+        }
+
+        PoolThrowHelper.StaleHandle();
     }
 
     /// <summary>__page_pool_put_page + the ring: recycle a page whose last pool reference was dropped.</summary>
@@ -941,11 +1016,10 @@ internal sealed partial class PagePoolCore
         d.Pool = null;
         d.PpRefCount = 0;
         d.PoolFragmentPage = false;
-
-        // A page that leaves the pool keeps the generation it had in the pool (a holder of a reference outside
-        // the pool still has a valid handle): this undoes the release claim of PutUnrefed, after the page
-        // stopped being a pool page, so a late racing put fails on the pool check of ClaimRelease.
-        Volatile.Write(ref d.Generation, netmem.Generation);
+        if (area is HostPageArea)
+        {
+            KeepGenerationForHolders(ref d, netmem.Generation);
+        }
         try
         {
             GiveBack(netmem);
@@ -957,6 +1031,31 @@ internal sealed partial class PagePoolCore
             {
                 FinishRelease();
             }
+        }
+    }
+
+    /// <summary>
+    /// A host page that leaves the pool while callers hold references to it (<see cref="Page.AddRef"/>) goes back to
+    /// <paramref name="generation"/>, the generation their handles have, so that they can still free them; this takes
+    /// back the release claim of PutUnrefed, after the page stopped being a pool page (a late racing put then loses
+    /// in <see cref="ConfirmClaim"/>). A page that only the pool holds keeps the claimed generation: it goes back to
+    /// the allocator there, and no late put's claim (which needs the old generation) can succeed on it again.
+    /// Provider memory has no such holders and always keeps the claimed generation. Written with a compare-and-swap
+    /// of the count and generation together, so that the decision and a caller's FreePages cannot cross.
+    /// </summary>
+    private static void KeepGenerationForHolders(ref PageDescriptor d, int generation)
+    {
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+        while ((int)(seen >> 32) != generation && (int)seen > 1)
+        {
+            long prev = Interlocked.CompareExchange(ref word, (seen & 0xFFFF_FFFFL) | ((long)generation << 32), seen);
+            if (prev == seen)
+            {
+                return;
+            }
+
+            seen = prev;
         }
     }
 

@@ -253,7 +253,7 @@ public class PageFragCacheBadInputTests
         Assert.True(cache.TryPrepare(100, out PreparedFragment afterAbort));
         FragKit.Throws<InvalidOperationException>(() => cache.CommitNoRef(afterAbort, 10), null, "handed out none");
 
-        Assert.Equal(0, cache.Offset);
+        Assert.Equal(8, cache.Offset);
         Assert.Equal(FragKit.RefBias + 1, cache.Bias);
         FragKit.AssertStillWorks(cache);
         FragKit.DrainAndAssertNoLeak(cache, allocator);
@@ -327,7 +327,7 @@ public class PageFragCacheBadInputTests
         FragKit.Throws<InvalidOperationException>(() => cache.CommitNoRef(prepared, 8, ref dead), null, "does not end where the preparation starts");
 
         Assert.Equal(aborted, dead);
-        Assert.Equal(12, cache.Offset);
+        Assert.Equal(20, cache.Offset);
         Assert.Equal(FragKit.RefBias, cache.Bias);
         a.Free();
         FragKit.AssertStillWorks(cache);
@@ -363,7 +363,7 @@ public class PageFragCacheBadInputTests
 
         FragKit.Throws<InvalidOperationException>(() => cache.Abort(b), null, "Only the most recent allocation");
 
-        Assert.Equal(100, cache.Offset);
+        Assert.Equal(108, cache.Offset);
         Assert.Equal(FragKit.RefBias, cache.Bias);
         a.Free();
         FragKit.AssertStillWorks(cache);
@@ -568,10 +568,11 @@ public class PageFragCacheBadInputTests
         cache.Abort(aborted);
         Page page = cache.CurrentPage;
         Assert.Equal(FragKit.FreshRefCount, page.RefCount);
-        Assert.Equal(100, cache.Offset);
+        Assert.Equal(108, cache.Offset); // the start granule stays consumed (session 8)
 
         Assert.True(cache.TryAlloc(100, out PageFragment next));
-        Assert.Equal(aborted.Address, next.Address);
+        Assert.Equal(aborted.Address + 8, next.Address);
+        Assert.Throws<PageFragDoubleFreeException>(() => aborted.Free());
         next.Free();
         a.Free();
         FragKit.AssertStillWorks(cache);

@@ -341,7 +341,7 @@ public class PageFragCachePrepareTests
     }
 
     [Fact]
-    public void Abort_gives_the_bytes_and_the_reference_back_so_the_next_fragment_starts_at_the_same_place()
+    public void Abort_gives_the_reference_and_the_bytes_after_the_start_granule_back()
     {
         using PageAllocator allocator = FragKit.NewAllocator();
         var cache = new PageFragCache(allocator);
@@ -352,18 +352,21 @@ public class PageFragCachePrepareTests
 
         cache.Abort(b);
 
-        Assert.Equal(12, cache.Offset);
+        // The start granule of b (8 bytes at 64) and its padding stay consumed: a copy of b never names the next
+        // fragment (session 8; the kernel rewinds to 12).
+        Assert.Equal(72, cache.Offset);
         Assert.Equal(FragKit.RefBias, cache.Bias);
         Assert.Equal(FragKit.FreshRefCount, cache.CurrentPage.RefCount);
         Assert.True(cache.TryAlloc(100, 64, out PageFragment c));
-        Assert.Equal(b.Address, c.Address);
-        Assert.Equal(b.TrueSize, c.TrueSize);
+        Assert.Equal(b.Address + 64, c.Address);
+        Assert.Equal(156, c.TrueSize);
 
-        // Aborting back to an empty page: the cache owns every reference again.
+        // After an abort the fragment before the aborted one is not the most recent any more.
         cache.Abort(c);
-        cache.Abort(a);
-        Assert.Equal(0, cache.Offset);
-        Assert.Equal(FragKit.RefBias + 1, cache.Bias);
+        Assert.Equal(136, cache.Offset);
+        Assert.Throws<InvalidOperationException>(() => cache.Abort(a));
+        Assert.Equal(FragKit.RefBias, cache.Bias);
+        a.Free();
         FragKit.DrainAndAssertNoLeak(cache, allocator);
     }
 
@@ -381,7 +384,7 @@ public class PageFragCachePrepareTests
         Assert.Equal(82, b.TrueSize);
 
         cache.Abort(b);
-        Assert.Equal(10, cache.Offset);
+        Assert.Equal(40, cache.Offset); // b started at 32; its start granule stays consumed
         Assert.Equal(FragKit.RefBias, cache.Bias);
 
         a.Free();

@@ -418,7 +418,7 @@ public class FragCacheModelTests
                     {
                         cache.Abort(last);
                         model.CacheBias++;
-                        model.Offset -= model.Live[^1].TrueSize;
+                        model.Offset = model.Live[^1].Offset + 8; // the start granule stays consumed (session 8)
                         live.RemoveAt(live.Count - 1);
                         stamps.RemoveAt(stamps.Count - 1);
                         model.Live.RemoveAt(model.Live.Count - 1);
