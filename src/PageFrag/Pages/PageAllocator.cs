@@ -1020,10 +1020,14 @@ public sealed partial class PageAllocator : IDisposable
             return;
         }
 
+        // The block has no owner from here until it is on a list: a Thread.Interrupt while this thread waits for a
+        // contended lock is kept for the thread's next blocking call instead of thrown, which would lose the block.
+        bool interrupted = false;
         if (order <= PerCpuPages.MaxOrder)
         {
             PerCpuPages pcp = _perCpu[CurrentCpu()];
-            lock (pcp.Lock)
+            EnterKeepingInterrupt(pcp.Lock, ref interrupted);
+            try
             {
                 // Checked again under the list's lock: Dispose drains each list after setting _disposed.
                 if (_disposed)
@@ -1038,19 +1042,69 @@ public sealed partial class PageAllocator : IDisposable
                     // refill finds it without the buddy lock and without merging and splitting it again.
                     if (order != TransferStack.Order || !_transfer.TryPutBatch(pcp))
                     {
-                        lock (_buddyLock)
+                        EnterKeepingInterrupt(_buddyLock, ref interrupted);
+                        try
                         {
                             pcp.DrainTo(order, PerCpuPages.Batch(order), this);
+                        }
+                        finally
+                        {
+                            _buddyLock.Exit();
                         }
                     }
                 }
             }
+            finally
+            {
+                pcp.Lock.Exit();
+                Arena.KeepInterrupt(interrupted);
+            }
         }
         else
         {
-            lock (_buddyLock)
+            EnterKeepingInterrupt(_buddyLock, ref interrupted);
+            try
             {
                 GiveToBuddy(arena, head, order);
+            }
+            finally
+            {
+                _buddyLock.Exit();
+                Arena.KeepInterrupt(interrupted);
+            }
+        }
+    }
+
+    /// <summary>The locks a free of a block without references waits for (every per-CPU list's, then the buddy lock), for the tests that hold them.</summary>
+    internal Lock[] FreeLocksForTests()
+    {
+        var locks = new Lock[_perCpu.Length + 1];
+        for (int i = 0; i < _perCpu.Length; i++)
+        {
+            locks[i] = _perCpu[i].Lock;
+        }
+
+        locks[^1] = _buddyLock;
+        return locks;
+    }
+
+    /// <summary>
+    /// Takes <paramref name="gate"/>, waiting as long as it takes; a <see cref="ThreadInterruptedException"/> thrown by
+    /// the wait (the lock is then not taken) is noted in <paramref name="interrupted"/> and the wait goes on, for a
+    /// path that must not end half-done (see <see cref="Arena.KeepInterrupt"/>).
+    /// </summary>
+    private static void EnterKeepingInterrupt(Lock gate, ref bool interrupted)
+    {
+        while (true)
+        {
+            try
+            {
+                gate.Enter();
+                return;
+            }
+            catch (ThreadInterruptedException)
+            {
+                interrupted = true;
             }
         }
     }
