@@ -529,8 +529,7 @@ public sealed partial class PageFragCache : IDisposable
         Enter();
         try
         {
-            if (!ReferenceEquals(fragment.Arena, _arena) || fragment.Generation != _generation ||
-                (long)fragment.ArenaOffset + Math.Max(fragment.Length, MarkGranule) != _pageStart + _offset || fragment.TrueSize > _offset)
+            if (!IsMostRecent(fragment))
             {
                 if (_disposed)
                 {
@@ -556,6 +555,15 @@ public sealed partial class PageFragCache : IDisposable
     }
 
     /// <summary>
+    /// True when <paramref name="fragment"/> is this cache's most recent allocation: on its current page, in the page's
+    /// generation, and nothing carved after it (the offset stands right past its bytes, at least one granule). Owner
+    /// thread, inside <see cref="Enter"/>.
+    /// </summary>
+    private bool IsMostRecent(in PageFragment fragment) =>
+        ReferenceEquals(fragment.Arena, _arena) && fragment.Generation == _generation &&
+        (long)fragment.ArenaOffset + Math.Max(fragment.Length, MarkGranule) == _pageStart + _offset && fragment.TrueSize <= _offset;
+
+    /// <summary>
     /// Shortens the most recent fragment of this cache to its first <paramref name="length"/> bytes and gives the
     /// rest back to the cache (the writer's give-back of an unwritten tail). The fragment stays live with its start,
     /// its state and its reference, so a copy of the handle still names this same fragment; only the returned bytes,
@@ -568,9 +576,7 @@ public sealed partial class PageFragCache : IDisposable
         Enter();
         try
         {
-            int consumed = Math.Max(fragment.Length, MarkGranule);
-            if (!ReferenceEquals(fragment.Arena, _arena) || fragment.Generation != _generation ||
-                (long)fragment.ArenaOffset + consumed != _pageStart + _offset || fragment.TrueSize > _offset)
+            if (!IsMostRecent(fragment))
             {
                 ThrowHelper.InvalidOperation("Only the most recent allocation of this cache can be shortened, and this fragment is not it.");
             }
@@ -580,6 +586,7 @@ public sealed partial class PageFragCache : IDisposable
                 ThrowHelper.ArgumentOutOfRange(nameof(length), length, "The new length must be between 1 and the fragment's length.");
             }
 
+            int consumed = Math.Max(fragment.Length, MarkGranule);
             int kept = Math.Max(length, MarkGranule);
             _offset -= consumed - kept;
             return new PageFragment(_arena!, fragment.ArenaOffset, length, fragment.TrueSize - (consumed - kept), _generation);
