@@ -338,6 +338,25 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _length, _trueSize, _generation);
 
     /// <summary>
+    /// Gives a parked owner's fragment the length <paramref name="size"/> in place, when it is still the most recent
+    /// fragment of <paramref name="cache"/> and its page has room (its slot only, inside it, before <see cref="Unpark"/>).
+    /// The count is even and does not move here, so nothing else can act on the owner meanwhile; a <c>Memory</c> kept
+    /// from an earlier rent stays bounded by its own length. False, with nothing changed, otherwise.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryResizeParked(PageFragCache cache, int size)
+    {
+        if (_arena is null || !cache.TryResizeMostRecent(_arena, _arenaOffset, _length, _trueSize, _generation, size, out int trueSize))
+        {
+            return false;
+        }
+
+        _length = size;
+        _trueSize = trueSize;
+        return true;
+    }
+
+    /// <summary>
     /// Rents a parked owner again with the fragment it kept (its slot only): the fragment stayed live and its fields
     /// are unchanged, so only the count advances.
     /// </summary>

@@ -844,22 +844,34 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         private void AdvanceEpoch() => _pageEpoch = _pageEpoch == int.MaxValue ? 1 : _pageEpoch + 1;
 
-        // A parked owner of this size below the newest (rents of mixed sizes); it leaves the parked list.
+        // A parked owner of this size below the newest, else the newest resized in place (rents of mixed sizes); it leaves
+        // the parked list.
         [MethodImpl(MethodImplOptions.NoInlining)]
         private FragmentMemoryOwner? TakeParked(int size)
         {
             int last = _parkedCount - 1;
+            FragmentMemoryOwner newest = _parked[last]!;
             for (int i = last - 1; i >= 0; i--)
             {
                 FragmentMemoryOwner candidate = _parked[i]!;
                 if (candidate.Length == size)
                 {
-                    _parked[i] = _parked[last];
+                    _parked[i] = newest;
                     _parked[last] = null;
                     _parkedCount = last;
                     _parkMisses = 0;
                     return candidate;
                 }
+            }
+
+            // None has this size: the newest, when its fragment is still the cache's most recent, takes the size in place
+            // (rents of mixed sizes then cost about what one size costs, and the page is carved no further).
+            if (newest.TryResizeParked(Cache, size))
+            {
+                _parked[last] = null;
+                _parkedCount = last;
+                _parkMisses = 0;
+                return newest;
             }
 
             if (++_parkMisses >= ParkMissesToBackOff)

@@ -183,10 +183,10 @@ public class PoolParkingTests
             var slot = ((FragmentMemoryOwner)parked).Home;
             Assert.Equal(1, slot.ParkedCount);
 
-            // The next 4 KiB rent needs a new page and the allocator refuses every page: the cache let its page go, so
+            // The next 8 KiB rent needs a new page and the allocator refuses every page: the cache let its page go, so
             // the parked fragment leaves too, and the rent fails with nothing else changed.
             allocator.FaultInjection = new FaultInjection { FailEveryNth = 1 };
-            Assert.Throws<InsufficientMemoryException>(() => pool.Rent(4096));
+            Assert.Throws<InsufficientMemoryException>(() => pool.Rent(8192)); // more than the parked buffer can grow to
             Assert.Equal(0, slot.ParkedCount);
             allocator.FaultInjection = null;
 
@@ -213,20 +213,27 @@ public class PoolParkingTests
         {
             IMemoryOwner<byte> first = pool.Rent(64);
             var slot = ((FragmentMemoryOwner)first).Home;
+            IMemoryOwner<byte> previous = pool.Rent(128);
             first.Dispose();
             Assert.Equal(1, slot.ParkedCount);
 
-            // Sixteen rents in a row of sizes nothing parked has: the slot gives its parked buffers back and stops parking.
+            // Sixteen rents in a row of sizes nothing parked has, while a later buffer is still out after every parked
+            // one (so none can be resized in place): the slot gives its parked buffers back and stops parking.
             for (int i = 0; i < 16; i++)
             {
                 Assert.NotEqual(0, slot.ParkedCount);
-                pool.Rent(64 * (i + 2)).Dispose();
+                IMemoryOwner<byte> next = pool.Rent(64 * (i + 3));
+                previous.Dispose();
+                previous = next;
             }
 
             Assert.Equal(0, slot.ParkedCount);
 
-            // For 256 returns (this one and 255 more) nothing is parked; then the next return parks again.
-            for (int i = 0; i < 255; i++)
+            // For 256 returns (the last one in the loop, this one and 254 more) nothing is parked; then the next return
+            // parks again.
+            previous.Dispose();
+            Assert.Equal(0, slot.ParkedCount);
+            for (int i = 0; i < 254; i++)
             {
                 pool.Rent(64).Dispose();
                 Assert.Equal(0, slot.ParkedCount);
@@ -420,8 +427,8 @@ public class PoolParkingTests
         PageFragMemoryPool.ThreadSlot slot;
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
         {
-            pool.Rent(512).Dispose();
             late = pool.Rent(1024);
+            pool.Rent(512).Dispose();
             slot = ((FragmentMemoryOwner)late).Home;
             Assert.Equal(512, slot.ParkedBytes);
         }
