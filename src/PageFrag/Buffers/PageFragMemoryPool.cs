@@ -864,8 +864,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 }
             }
 
-            // None has this size: the newest, when its fragment is still the cache's most recent, takes the size in place
-            // (rents of mixed sizes then cost about what one size costs, and the page is carved no further).
+            // None has this size: the newest serves it, as it is when the size is at least half its fragment's, grown in
+            // place when larger and its fragment is still the cache's most recent (rents of mixed sizes then cost about
+            // what one size costs, and the page is carved no further).
             if (newest.TryResizeParked(Cache, size))
             {
                 _parked[last] = null;

@@ -599,7 +599,8 @@ public sealed partial class PageFragCache : IDisposable
 
     /// <summary>
     /// Gives the most recent fragment of this cache a new length in place, shorter or longer, when it is still the most
-    /// recent and the page has room: the memory pool's rent of another size served by a buffer parked with its fragment.
+    /// recent and the page has room: the memory pool's rent of a larger size served by a buffer parked with its fragment
+    /// (the pool never shrinks one this way: see <c>FragmentMemoryOwner.TryResizeParked</c>).
     /// The fragment keeps its start, its state and its reference; only the cache's offset moves (the bytes past it were
     /// never carved in this page's generation, so no state there can name them). The values come by value, for the
     /// reason <see cref="TryFreeLocalOnCurrentPage"/> gives. False, with nothing changed, when it is not that case

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.InteropServices;
 using PageFrag.Buffers;
 using PageFrag.Pages;
 using PageFrag.Tests.Infrastructure;
@@ -44,22 +45,27 @@ public class ParkedResizeTests
             Assert.Equal(32768 - 4096, pool.GetStats().PooledBytes); // the page's offset moved past the grown buffer
             larger.Dispose();
 
-            IMemoryOwner<byte> smaller = pool.Rent(100);
+            // A smaller size of at least half the fragment takes it as it is: the extent and the true size stay (a Memory
+            // kept from the 4 KiB rent must not reach bytes given to someone else).
+            IMemoryOwner<byte> smaller = pool.Rent(2000);
             Assert.Same(first, smaller);
             Assert.Equal(address, AddressOf(smaller));
-            Assert.Equal(128, smaller.Memory.Length); // rounded to the pool's 64-byte granule
-
-            // The bytes given back by the shrink are carved by the next rent, right after the smaller buffer.
+            Assert.Equal(2048, smaller.Memory.Length); // rounded to the pool's 64-byte granule
             IMemoryOwner<byte> next = pool.Rent(64);
-            Assert.Equal(address + 128, AddressOf(next));
+            Assert.Equal(address + 4096, AddressOf(next));
             AssertDisjoint(smaller, next);
             next.Dispose();
             smaller.Dispose();
 
+            // A size below half is carved instead (the parked 4 KiB would keep more than twice its bytes).
+            IMemoryOwner<byte> tiny = pool.Rent(128);
+            Assert.NotSame(first, tiny);
+            tiny.Dispose();
+
             PageFragMemoryPoolStats stats = pool.GetStats();
-            Assert.Equal(4, stats.Rents);
-            Assert.Equal(4, stats.Returns);
-            Assert.Equal(256 + 4096 + 128 + 64, stats.RentedBytes);
+            Assert.Equal(5, stats.Rents);
+            Assert.Equal(5, stats.Returns);
+            Assert.Equal(256 + 4096 + 4096 + 64 + 128, stats.RentedBytes); // the 2000-byte rent counts its fragment's 4096
             Assert.Equal(0, stats.OutstandingBytes);
             Assert.Equal(32768, pool.Trim());
             Assert.Equal(0, allocator.PagesInUse);
@@ -135,7 +141,7 @@ public class ParkedResizeTests
     }
 
     [Fact]
-    public void A_memory_kept_from_a_larger_rent_cannot_reach_past_the_resized_buffer()
+    public void A_memory_kept_from_a_larger_rent_reaches_no_byte_of_another_renter_after_a_smaller_rent_takes_its_fragment()
     {
         using PageAllocator allocator = WarmAllocator();
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
@@ -144,15 +150,21 @@ public class ParkedResizeTests
             Memory<byte> kept = big.Memory; // misuse: kept after Dispose
             big.Dispose();
 
-            IMemoryOwner<byte> small = pool.Rent(64);
-            Assert.Same(big, small);
-            IMemoryOwner<byte> neighbour = pool.Rent(64); // carved from the bytes the shrink gave back
-            AssertDisjoint(small, neighbour);
+            IMemoryOwner<byte> smaller = pool.Rent(2048);
+            Assert.Same(big, smaller);
+            IMemoryOwner<byte> neighbour = pool.Rent(64); // carved past the fragment's whole 4 KiB
+            AssertDisjoint(big, neighbour);
+            Assert.True(AddressOf(neighbour) >= AddressOf(smaller) + 4096);
+            neighbour.Memory.Span.Fill(0x4E);
 
-            // The stale Memory is 4096 long; the owner now spans 64 bytes: its span cannot be had at all.
+            // The stale Memory is 4096 long and the buffer now 2048: its span cannot be had at all, and the array segment
+            // the runtime builds from it stays within the bytes this owner holds (the documented reuse of one owner).
             Assert.Throws<ArgumentOutOfRangeException>(() => kept.Span.Length);
+            Assert.True(MemoryMarshal.TryGetArray<byte>(kept, out ArraySegment<byte> segment));
+            segment.AsSpan().Fill(0xEE);
+            Assert.True(neighbour.Memory.Span.IndexOfAnyExcept((byte)0x4E) < 0, "a stale Memory reached another renter");
             neighbour.Dispose();
-            small.Dispose();
+            smaller.Dispose();
             pool.Trim();
             Assert.Equal(0, allocator.PagesInUse);
         }
