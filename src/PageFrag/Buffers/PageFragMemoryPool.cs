@@ -942,7 +942,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else if (!block.IsEmpty)
             {
-                PageAllocator.FreeBlock(block);
+                PageAllocator.PutBlockRef(block.Arena!, block.Index);
             }
 
             CountContendedReturn(trueSize);
@@ -1037,12 +1037,16 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         private FragmentMemoryOwner? RentBlock(FragmentMemoryOwner owner, int size)
         {
             int order = size <= PageConstants.PageSize ? 0 : BitOperations.Log2((uint)(size - 1)) + 1 - PageConstants.PageShift;
-            if (!Registry.Allocator.TryAllocPages(order, AllocFlags.None, out Page block))
+            // A block without PageFlags.Caller, as a fragment cache's: FreePages of a handle found by address refuses it
+            // (a caller's TryAllocPages block it would free behind the owner's back); the owner gives it back with its
+            // own reference (FragmentMemoryOwner.ReleaseBlock).
+            if (!Registry.Allocator.TryAllocBlock(order, AllocFlags.None, out Arena? arena, out int index))
             {
                 StashLocked(owner);
                 return null;
             }
 
+            Page block = new(arena, index);
             owner.SetBlock(this, block);
             Rents++;
             RentedBytes += block.Length;
