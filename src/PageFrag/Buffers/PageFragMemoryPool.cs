@@ -193,6 +193,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             owner = slot.RentLocked(rounded, outermost);
         }
+        catch when (outermost)
+        {
+            // A refill that threw (a disposed allocator, an interrupt or an out-of-memory while it took a page) may have
+            // let the cache's page go: fragments rented before are no longer known to be on the current page.
+            slot.RentThrew();
+            throw;
+        }
         finally
         {
             slot.Exit();
@@ -841,6 +848,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             AdvanceEpoch();
             ReleaseParked();
         }
+
+        /// <summary>A rent threw inside the slot (owning thread, outermost): the cache may have left its page.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        public void RentThrew() => AdvanceEpoch();
 
         private void AdvanceEpoch() => _pageEpoch = _pageEpoch == int.MaxValue ? 1 : _pageEpoch + 1;
 

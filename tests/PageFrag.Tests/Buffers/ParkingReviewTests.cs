@@ -266,4 +266,32 @@ public class ParkingReviewTests
 
         Leaks.AssertNone(allocator);
     }
+
+    // ------------------------------------------------------------------ the page epoch
+
+    /// <summary>
+    /// A refill that throws after the cache let its page go (here the allocator was disposed: <c>TryAllocBlock</c> throws
+    /// <see cref="ObjectDisposedException"/> once the cache has left its page; a thread interrupt or an out-of-memory
+    /// while growing an arena do the same) left the page epoch where it was: a buffer of the old page given back on the
+    /// renting thread was then parked, keeping a page the cache no longer holds, and served the next rent from it.
+    /// </summary>
+    [Fact]
+    public void A_refill_that_throws_after_the_cache_left_its_page_moves_the_epoch_so_nothing_of_the_old_page_is_parked()
+    {
+        PageAllocator allocator = WarmAllocator();
+        var pool = NewPool(allocator);
+        IMemoryOwner<byte> earlier = pool.Rent(256);
+        var owner = (FragmentMemoryOwner)earlier;
+        Assert.Equal(32768, allocator.PagesInUse * 4096);
+        allocator.Dispose();
+
+        // The page has no room for 32 KiB: the cache leaves it, then the allocator refuses a new one by throwing.
+        Assert.Throws<ObjectDisposedException>(() => pool.Rent(32768));
+        Assert.Equal(0, owner.Home.Cache.CurrentPageSize);
+
+        earlier.Dispose();
+        Assert.Equal(0, owner.Home.ParkedCount);
+        Assert.Equal(0, pool.GetStats().OutstandingBytes);
+        pool.Dispose();
+    }
 }
