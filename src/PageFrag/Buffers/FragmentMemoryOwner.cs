@@ -252,16 +252,24 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             return;
         }
 
-        // The count decides against every other path but the renting thread's stash path, which decides on the fragment
-        // (see TryFreeOnCurrentPage); once it did, no stash holds the owner, so its fields are stable.
+        // The fragment is read before the decision, after the count: when the swap from that count wins, no rent came in
+        // between (a count only grows), so it is rent `state`'s. Read after the decision it could be the next rent's: the
+        // count decides against every other path but the renting thread's stash path, which decides on the fragment's
+        // release and only then advances the count with a plain store (see TryFreeOnCurrentPage). When that path's
+        // re-read of the count came before this swap, both go on; that path releases the fragment, stashes the owner,
+        // and a rent on its thread may set the owner to a new fragment before this call looks at it, which this call
+        // would then free from under its renter (and stash the rented owner). Read here, this call frees the old
+        // fragment, finds it released, and loses (ParkingReviewTests).
+        PageFragment fragment = owner.ParkedFragment;
         if (!owner.TryDecide(state))
         {
             ThrowLostRace(null);
         }
 
+        AfterDecideForTests?.Invoke(owner);
         try
         {
-            home.ReturnFragment(owner, owner.ParkedFragment);
+            home.ReturnFragment(owner, fragment);
         }
         catch (PageFragDoubleFreeException e)
         {
@@ -269,6 +277,12 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
             ThrowLostRace(e);
         }
     }
+
+    /// <summary>
+    /// Test hook: runs on a thread whose <c>Dispose</c> took the slow path, right after its count's swap won and before
+    /// the fragment is given back (a stall there, as a descheduled thread has). Null outside the tests that set it.
+    /// </summary>
+    internal static Action<FragmentMemoryOwner>? AfterDecideForTests;
 
     /// <summary>
     /// The one decision of a return: advances the count from the rent's odd <paramref name="state"/> with one
@@ -412,7 +426,9 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         _rentedAt = null;
         Page block = _block;
         _block = default;
-        PageAllocator.FreeBlock(block);
+
+        // The owner's reference (the block carries no PageFlags.Caller, so FreePages never takes it): one atomic drop.
+        PageAllocator.PutBlockRef(block.Arena!, block.Index);
         _home.ReturnedBlock(this, _trueSize);
     }
 

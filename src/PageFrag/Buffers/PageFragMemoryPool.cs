@@ -193,6 +193,13 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
             owner = slot.RentLocked(rounded, outermost);
         }
+        catch when (outermost)
+        {
+            // A refill that threw (a disposed allocator, an interrupt or an out-of-memory while it took a page) may have
+            // let the cache's page go: fragments rented before are no longer known to be on the current page.
+            slot.RentThrew();
+            throw;
+        }
         finally
         {
             slot.Exit();
@@ -842,6 +849,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             ReleaseParked();
         }
 
+        /// <summary>A rent threw inside the slot (owning thread, outermost): the cache may have left its page.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        public void RentThrew() => AdvanceEpoch();
+
         private void AdvanceEpoch() => _pageEpoch = _pageEpoch == int.MaxValue ? 1 : _pageEpoch + 1;
 
         // A parked owner of this size below the newest, else the newest resized in place (rents of mixed sizes); it leaves
@@ -955,7 +966,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
             else if (!block.IsEmpty)
             {
-                PageAllocator.FreeBlock(block);
+                PageAllocator.PutBlockRef(block.Arena!, block.Index);
             }
 
             CountContendedReturn(trueSize);
@@ -1050,12 +1061,16 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         private FragmentMemoryOwner? RentBlock(FragmentMemoryOwner owner, int size)
         {
             int order = size <= PageConstants.PageSize ? 0 : BitOperations.Log2((uint)(size - 1)) + 1 - PageConstants.PageShift;
-            if (!Registry.Allocator.TryAllocPages(order, AllocFlags.None, out Page block))
+            // A block without PageFlags.Caller, as a fragment cache's: FreePages of a handle found by address refuses it
+            // (a caller's TryAllocPages block it would free behind the owner's back); the owner gives it back with its
+            // own reference (FragmentMemoryOwner.ReleaseBlock).
+            if (!Registry.Allocator.TryAllocBlock(order, AllocFlags.None, out Arena? arena, out int index))
             {
                 StashLocked(owner);
                 return null;
             }
 
+            Page block = new(arena, index);
             owner.SetBlock(this, block);
             Rents++;
             RentedBytes += block.Length;
