@@ -8,7 +8,8 @@
 # arrays. IDLE=seconds (default 0) reads everything again that long after the last path.
 #
 # Usage: bench/kestrel-memory.sh [seconds per run, default 5] [connections, default 64]
-# Environment: WARMUP (default 3), PATHS (default "/hello /bytes/4096 /bytes/65536 /bytes/1048576"), IDLE.
+# Environment: WARMUP (default 3), PATHS (default "/hello /bytes/4096 /bytes/65536 /bytes/1048576"), IDLE, APP (a built
+# PageFrag.Examples.Kestrel.dll to run instead of this tree's example, as in kestrel-wrk.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +21,12 @@ pools=(default pagefrag)
 declare -A port=([default]=5080 [pagefrag]=5081)
 declare -A pid=()
 
-dotnet build -c Release --nologo -v quiet examples/PageFrag.Examples.Kestrel >/dev/null
-app=examples/PageFrag.Examples.Kestrel/bin/Release/net10.0/PageFrag.Examples.Kestrel.dll
+if [[ -n ${APP:-} ]]; then
+    app=$APP
+else
+    dotnet build -c Release --nologo -v quiet examples/PageFrag.Examples.Kestrel >/dev/null
+    app=examples/PageFrag.Examples.Kestrel/bin/Release/net10.0/PageFrag.Examples.Kestrel.dll
+fi
 
 cleanup() {
     for p in "${pid[@]}"; do
