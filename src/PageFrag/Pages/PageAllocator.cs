@@ -1270,9 +1270,9 @@ public sealed partial class PageAllocator : IDisposable
         /// <summary>
         /// One batch per per-CPU list, at most <see cref="MaxCapacity"/>: a list that spills a batch here is
         /// the one whose CPU frees what another CPU's list refills, so one batch in flight per list is enough
-        /// to spare the buddy lock, and every block beyond it was free memory kept resident for no one (1 MiB
-        /// on a 2-CPU Kestrel server, bench/README.md "Session 9"; the kernel test took the same time with 8
-        /// blocks as with 32).
+        /// to spare the buddy lock, and every block beyond it was free memory kept resident for no one (a 2-CPU
+        /// Kestrel server's stack was full, 1 MiB, after its runs: bench/README.md "Session 9"; the kernel test
+        /// took the same time with 8 blocks as with 32).
         /// </summary>
         public TransferStack(int lists)
         {
