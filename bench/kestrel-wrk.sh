@@ -17,7 +17,9 @@
 # server (the factory's page allocator). DISCARD=off runs PageFrag's server with
 # --discard off (its trims keep free pages resident, as before PageAllocator.DiscardFreeMemory). IDLE=seconds
 # (default 0: off) waits that long after the last path and prints both servers' RSS again: the memory a burst
-# leaves behind once the servers are idle (PageFrag's factory trims every 10 s).
+# leaves behind once the servers are idle (PageFrag's factory trims every 10 s). APP=path of a built
+# PageFrag.Examples.Kestrel.dll runs that build instead of building the example of this tree (to alternate two
+# builds: `dotnet build examples/PageFrag.Examples.Kestrel -c Release -o DIR` in each tree).
 # Installs wrk with apt-get when it is missing (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +43,12 @@ if ! command -v wrk >/dev/null 2>&1; then
     fi
 fi
 
-dotnet build -c Release --nologo -v quiet examples/PageFrag.Examples.Kestrel >/dev/null
-app=examples/PageFrag.Examples.Kestrel/bin/Release/net10.0/PageFrag.Examples.Kestrel.dll
+if [[ -n ${APP:-} ]]; then
+    app=$APP
+else
+    dotnet build -c Release --nologo -v quiet examples/PageFrag.Examples.Kestrel >/dev/null
+    app=examples/PageFrag.Examples.Kestrel/bin/Release/net10.0/PageFrag.Examples.Kestrel.dll
+fi
 
 cleanup() {
     for p in "${pid[@]}"; do

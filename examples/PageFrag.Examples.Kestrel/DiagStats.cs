@@ -51,7 +51,7 @@ internal static unsafe partial class DiagStats
     {
         var f = sp.GetService<PageFragMemoryPoolFactory>();
         var gi = GC.GetGCMemoryInfo();
-        string s = $"gcHeap {gi.HeapSizeBytes>>10} KiB committed {gi.TotalCommittedBytes>>10} KiB totalMem {GC.GetTotalMemory(false)>>10} KiB gcs {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)}\n";
+        string s = $"gcHeap {gi.HeapSizeBytes>>10} KiB committed {gi.TotalCommittedBytes>>10} KiB totalMem {GC.GetTotalMemory(false)>>10} KiB gcs {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} allocatedSinceStart {GC.GetTotalAllocatedBytes()>>10} KiB\n";
         var gens = gi.GenerationInfo;
         s += "afterLastGc KiB";
         string[] names = ["gen0", "gen1", "gen2", "loh", "poh"];

@@ -25,7 +25,7 @@ public sealed partial class PageAllocator : IDisposable
 
     private readonly Lock _buddyLock = new();
     private readonly PerCpuPages[] _perCpu;
-    private readonly TransferStack _transfer = new();
+    private readonly TransferStack _transfer = new(Math.Max(1, Environment.ProcessorCount));
     private readonly Lock _recyclersLock = new();
 
     // The fragment caches' recycle slots, a list linked through them under _recyclersLock (a cache registers once and
@@ -547,6 +547,12 @@ public sealed partial class PageAllocator : IDisposable
 
     /// <summary>Order-3 blocks on the transfer stack (a test hook).</summary>
     internal int TransferStackBlocks => _transfer.Count;
+
+    /// <summary>The most order-3 blocks the transfer stack holds: one batch per CPU, at most 32 (a test hook).</summary>
+    internal int TransferStackCapacity => _transfer.Capacity;
+
+    /// <summary>Above this many free blocks of <paramref name="order"/> (0 to 3) a per-CPU list drains a batch (a test hook).</summary>
+    internal static int PerCpuHighMark(int order) => PerCpuPages.High(order);
 
     /// <summary>Pages currently handed out (not free and not on a per-CPU list).</summary>
     public long PagesInUse
@@ -1242,20 +1248,41 @@ public sealed partial class PageAllocator : IDisposable
     /// a CPU whose list is over its high mark puts a batch here, a CPU whose list is empty takes a batch from
     /// here before it goes to the buddy lists. When one thread frees the pages another allocates (a fragment
     /// cache's 32 KiB pages freed on a consumer thread), they cycle through here instead of through the buddy
-    /// lock, the merges up to the arena's order and the splits back down. Bounded; beyond it batches go to
-    /// the buddy lists as before. Blocks here count as cached pages and keep the PerCpu flag.
+    /// lock, the merges up to the arena's order and the splits back down. Bounded by one batch per per-CPU list
+    /// (the lists are the caches it serves); beyond it batches go to the buddy lists as before. Blocks here count
+    /// as cached pages and keep the PerCpu flag.
     /// </summary>
     private sealed class TransferStack
     {
         public const int Order = PageConstants.FragCacheMaxOrder;
 
-        /// <summary>At most this many blocks (8 batches of 4: 1 MiB of order-3 blocks).</summary>
-        public const int Capacity = 32;
+        /// <summary>
+        /// The most blocks it ever holds: 8 batches of 4, 1 MiB of order-3 blocks (what it held on every machine
+        /// before session 9), reached with 8 CPUs.
+        /// </summary>
+        public const int MaxCapacity = 32;
 
         private readonly object _lock = new();
-        private readonly Arena?[] _arenas = new Arena?[Capacity];
-        private readonly int[] _indexes = new int[Capacity];
+        private readonly Arena?[] _arenas;
+        private readonly int[] _indexes;
         private int _count;
+
+        /// <summary>
+        /// One batch per per-CPU list, at most <see cref="MaxCapacity"/>: a list that spills a batch here is
+        /// the one whose CPU frees what another CPU's list refills, so one batch in flight per list is enough
+        /// to spare the buddy lock, and every block beyond it was free memory kept resident for no one (a 2-CPU
+        /// Kestrel server's stack was full, 1 MiB, after its runs: bench/README.md "Session 9"; the kernel test
+        /// took the same time with 8 blocks as with 32).
+        /// </summary>
+        public TransferStack(int lists)
+        {
+            int capacity = Math.Clamp(PerCpuPages.Batch(Order) * lists, PerCpuPages.Batch(Order), MaxCapacity);
+            _arenas = new Arena?[capacity];
+            _indexes = new int[capacity];
+        }
+
+        /// <summary>The most blocks this stack holds.</summary>
+        public int Capacity => _arenas.Length;
 
         /// <summary>Blocks held; exact when read under the lock, a snapshot otherwise.</summary>
         public int Count => Volatile.Read(ref _count);
@@ -1368,8 +1395,12 @@ public sealed partial class PageAllocator : IDisposable
         /// <summary>Blocks moved per refill or drain: 32 pages' worth for order 0, down to 4 blocks for order 3.</summary>
         public static int Batch(int order) => Math.Max(4, 32 >> order);
 
-        /// <summary>Above this many blocks a list drains a batch back.</summary>
-        public static int High(int order) => Batch(order) * 3;
+        /// <summary>
+        /// Above this many blocks a list drains a batch back: three batches for orders 0 to 2, two for order 3, whose
+        /// batches go to the transfer stack first (another CPU's refill takes them from there without the buddy
+        /// lock), so a third batch on the list kept 128 KiB per CPU resident for nothing.
+        /// </summary>
+        public static int High(int order) => Batch(order) * (order == TransferStack.Order ? 2 : 3);
 
         public void Push(int order, Arena arena, int index)
         {

@@ -52,6 +52,34 @@ public class TransferStackTests
     }
 
     [Fact]
+    public void The_transfer_stack_holds_one_batch_per_cpu_and_at_most_32_blocks()
+    {
+        int expected = Math.Clamp(4 * Environment.ProcessorCount, 4, 32);
+        using PageAllocator allocator = OneArena(4 << 20);
+        Assert.Equal(expected, allocator.TransferStackCapacity);
+
+        // 128 order-3 blocks (the whole arena) freed at once: the per-CPU lists keep at most their high mark each, the
+        // transfer stack at most its capacity, and everything beyond goes back to the buddy lists, where it is free
+        // memory that DiscardFreeMemory can give back.
+        var pages = new List<Page>();
+        for (int i = 0; i < 128; i++)
+        {
+            pages.Add(Alloc(allocator, 3));
+        }
+
+        foreach (Page p in pages)
+        {
+            allocator.FreePages(p);
+        }
+
+        Assert.InRange(allocator.TransferStackBlocks, 4, expected);
+        long kept = allocator.GetStats().CachedPages;
+        long most = ((long)Environment.ProcessorCount * PageAllocator.PerCpuHighMark(3) + expected) * 8;
+        Assert.InRange(kept, 8, most);
+        AssertClean(allocator);
+    }
+
+    [Fact]
     public void Dispose_forgets_the_blocks_on_the_transfer_stack_so_the_stats_add_up()
     {
         PageAllocator allocator = OneArena(4 << 20);
