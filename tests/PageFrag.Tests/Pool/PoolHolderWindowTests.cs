@@ -15,6 +15,10 @@ public class PoolHolderWindowTests
 {
     private static readonly TimeSpan RaceBudget = TimeSpan.FromSeconds(1.5);
 
+    // The claim's window is a few dozen instructions; the gate starts both sides within a few hundred nanoseconds. A
+    // delay that sweeps 0 to 63 spin steps over the rounds moves the second side across the window.
+    private static void Sweep(int round) => Thread.SpinWait(round & 63);
+
     [Fact]
     public void A_holders_free_racing_the_pools_own_last_put_is_never_refused_and_nothing_leaks()
     {
@@ -27,7 +31,11 @@ public class PoolHolderWindowTests
         Exception? putFailure = null;
         int rounds = 0;
         using var stop = new CancellationTokenSource(RaceBudget);
-        using (var gate = new RaceGate(() => allocator.FreePages(held)))
+        using (var gate = new RaceGate(() =>
+        {
+            Sweep(rounds);
+            allocator.FreePages(held);
+        }))
         {
             while ((!stop.IsCancellationRequested || rounds < 200) && rounds < 500_000 && gate.Failure is null && putFailure is null)
             {
@@ -74,7 +82,11 @@ public class PoolHolderWindowTests
         }
 
         using var stop = new CancellationTokenSource(RaceBudget);
-        using (var holder = new RaceGate(() => allocator.FreePages(held)))
+        using (var holder = new RaceGate(() =>
+        {
+            Sweep(rounds);
+            allocator.FreePages(held);
+        }))
         using (var second = new RaceGate(Put))
         {
             while ((!stop.IsCancellationRequested || rounds < 200) && rounds < 500_000 && holder.Failure is null && second.Failure is null)
@@ -108,7 +120,11 @@ public class PoolHolderWindowTests
         Exception? putFailure = null;
         int rounds = 0;
         using var stop = new CancellationTokenSource(RaceBudget);
-        using (var gate = new RaceGate(() => held.AddRef()))
+        using (var gate = new RaceGate(() =>
+        {
+            Sweep(rounds);
+            held.AddRef();
+        }))
         {
             while ((!stop.IsCancellationRequested || rounds < 200) && rounds < 500_000 && gate.Failure is null && putFailure is null)
             {
@@ -151,6 +167,7 @@ public class PoolHolderWindowTests
         int sameBlock = 0;
         void TakeByAddress()
         {
+            Sweep(rounds);
             for (int i = 0; i < 8; i++)
             {
                 Assert.True(PageAllocator.TryGetPage(address, out Page page));
