@@ -1051,7 +1051,7 @@ internal sealed partial class PagePoolCore
     /// (<see cref="ConfirmClaim"/>), while the callers' frees wait for its mark. Nothing here before the store can
     /// block, throw or call out; the unmapping (the mapper's code) and the release of the pool's reference come after.
     /// </summary>
-    private void ReturnClaimedPage(in NetMem netmem, int count)
+    internal void ReturnClaimedPage(in NetMem netmem, int count)
     {
         NetMemArea area = netmem.Area!;
         ref PageDescriptor d = ref area.Descriptors[netmem.Index];

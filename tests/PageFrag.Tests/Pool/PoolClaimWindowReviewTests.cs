@@ -40,6 +40,37 @@ public sealed class PoolClaimWindowReviewTests
     }
 
     [Fact]
+    public void A_holders_free_inside_the_pools_own_last_put_claim_waits_for_the_page_to_leave_and_is_not_refused()
+    {
+        // No misuse: the buffer's own last put claims the page (generation one up, mark set) while a caller holds it;
+        // the caller's free lands before the put lets the page leave the pool. Before session 9 it was refused
+        // (the claim's generation did not match the caller's handle) and the page stayed in use for good.
+        using PageAllocator allocator = Leaks.NewAllocator();
+        PagePool pool = NewPool(allocator);
+        Assert.True(pool.TryAllocNetMem(out NetMem netmem));
+        Assert.True(netmem.TryGetPage(out Page held));
+        held.AddRef();
+        ref PageDescriptor d = ref netmem.Descriptor;
+
+        // The put's steps, run apart: its unref reached zero, then its claim and confirmation.
+        Assert.Equal(0, pool.Core.UnrefNetMem(netmem, 1));
+        Assert.True(PagePoolCore.TryClaimGeneration(ref d, netmem.Generation));
+        int count = PagePoolCore.ConfirmClaim(ref netmem.Descriptor, netmem.Generation);
+        Assert.Equal(2, count);
+
+        Exception? holderFree = null;
+        var holder = new Thread(() => holderFree = Record.Exception(() => allocator.FreePages(held)));
+        holder.Start();
+        Assert.False(holder.Join(100), "the holder's free should wait while the put's claim is pending");
+        pool.Core.ReturnClaimedPage(netmem, count);
+        Assert.True(holder.Join(TimeSpan.FromSeconds(10)));
+
+        Assert.Null(holderFree);
+        Assert.Null(d.Pool);
+        DisposeAndAssertNoLeak(pool, allocator);
+    }
+
+    [Fact]
     public void A_holders_AddRef_and_a_handle_made_inside_a_late_puts_claim_window_get_the_callers_generation()
     {
         using PageAllocator allocator = Leaks.NewAllocator();
