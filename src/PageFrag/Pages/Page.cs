@@ -19,7 +19,9 @@ public readonly struct Page : IEquatable<Page>
     {
         Arena = arena;
         Index = index;
-        Generation = arena.Pages[index].Generation;
+        // The generation a pending release claim of a page pool settles on, never the claim's passing one: a page that
+        // leaves its pool while callers hold it goes back to their generation when the claim ends.
+        Generation = (int)(PageDescriptor.ReadUnclaimed(ref arena.Pages[index]) >> 32);
     }
 
     /// <summary>True for the default value and for the result of a failed allocation.</summary>
@@ -49,7 +51,7 @@ public readonly struct Page : IEquatable<Page>
         {
             Arena arena = NonEmpty;
             ref PageDescriptor d = ref arena.Pages[Index];
-            int count = Volatile.Read(ref d.RefCount);
+            int count = (int)PageDescriptor.ReadUnclaimed(ref d);
             if (Volatile.Read(ref d.CacheHeld) != 0)
             {
                 count -= Arena.CountStates(arena.FragStates, (Index << PageConstants.PageShift) >> Arena.MarkShift, Length >> Arena.MarkShift,

@@ -230,6 +230,14 @@ public sealed partial class PageAllocator : IDisposable
         {
             while (true)
             {
+                if ((int)seen < 0)
+                {
+                    // A page pool's release claim is pending (PageDescriptor.ClaimMark): wait for the generation it
+                    // settles on rather than refuse this handle because of the claim's passing one.
+                    seen = PageDescriptor.WaitUnclaimed(ref word);
+                    continue;
+                }
+
                 if (!TryReadFlags(ref d, ref word, ref seen, out PageFlags flags))
                 {
                     continue;
@@ -296,6 +304,12 @@ public sealed partial class PageAllocator : IDisposable
         long seen = Volatile.Read(ref word);
         while (true)
         {
+            if ((int)seen < 0)
+            {
+                seen = PageDescriptor.WaitUnclaimed(ref word);
+                continue;
+            }
+
             if (!TryReadFlags(ref d, ref word, ref seen, out PageFlags flags))
             {
                 continue;
@@ -777,6 +791,46 @@ public sealed partial class PageAllocator : IDisposable
             {
                 owner.ReleaseBlock(arena, head);
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="PutBlockRef"/> for a page pool's block (its own reference, given back when the page leaves the pool):
+    /// one compare-and-swap of the count and generation word that waits while a release claim of a page pool is pending
+    /// on it (<see cref="PageDescriptor.ClaimMark"/>). The claimer clears its mark with a plain store, so no other thread
+    /// may change the word meanwhile, as an atomic decrement would.
+    /// </summary>
+    internal static void PutPoolBlockRef(Arena arena, int head)
+    {
+        ref PageDescriptor d = ref arena.Pages[head];
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+        while (true)
+        {
+            if ((int)seen < 0)
+            {
+                seen = PageDescriptor.WaitUnclaimed(ref word);
+                continue;
+            }
+
+            if ((int)seen == 0 || (d.Flags & PageFlags.Head) == 0)
+            {
+                ThrowHelper.DoubleFree("The page is not allocated: it was already returned to the allocator.");
+            }
+
+            long prev = Interlocked.CompareExchange(ref word, seen - 1, seen);
+            if (prev == seen)
+            {
+                break;
+            }
+
+            seen = prev;
+        }
+
+        if ((int)seen == 1 && arena.TryGetOwner(out PageAllocator? owner))
+        {
+            // An allocator dropped without Dispose and collected has unregistered its arenas: the block is the GC's.
+            owner.ReleaseBlock(arena, head);
         }
     }
 

@@ -153,6 +153,55 @@ internal struct PageDescriptor
     public static ref long RefAndGeneration(ref PageDescriptor d) => ref Unsafe.As<int, long>(ref d.RefCount);
 
     /// <summary>
+    /// The claim mark: the sign bit of <see cref="RefCount"/>, set by a page pool's release claim together with the
+    /// generation it moves on (one compare-and-swap of <see cref="RefAndGeneration(ref PageDescriptor)"/>) and cleared by
+    /// the same claimer a few instructions later, once it knows the outcome: the page recycled (the new generation
+    /// stays), the page leaving the pool (the callers' generation back while callers hold it), or a lost claim undone.
+    /// While it is set the claimer is the only writer of the word, so it clears the mark with a plain store; every
+    /// other writer (<c>FreePages</c>, <c>AddRef</c>, the pool's own drop of its reference) and the readers that make
+    /// handles wait for it (<see cref="WaitUnclaimed"/>) instead of deciding on a generation that is not settled. A
+    /// count never reaches the sign bit (<c>AddRef</c> stops at <see cref="int.MaxValue"/>).
+    /// </summary>
+    public const int ClaimMark = int.MinValue;
+
+    /// <summary><see cref="ClaimMark"/> as it sits in the 64-bit word (the count is the low half).</summary>
+    public const long ClaimMarkInWord = 0x8000_0000L;
+
+    /// <summary>
+    /// Reads the count and generation word of <paramref name="d"/> once no release claim is pending on it (see
+    /// <see cref="ClaimMark"/>): a handle made from it carries the generation the claim settled on.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static long ReadUnclaimed(ref PageDescriptor d)
+    {
+        ref long word = ref RefAndGeneration(ref d);
+        long seen = Volatile.Read(ref word);
+        return (int)seen >= 0 ? seen : WaitUnclaimed(ref word);
+    }
+
+    /// <summary>
+    /// Waits while the word holds a claim mark (or the transient negative count of a refused double free) and returns
+    /// it. The claimer holds the mark for a few instructions without blocking, taking a lock or calling out, so the wait
+    /// is that long unless the claimer's thread is descheduled. A <see cref="ThreadInterruptedException"/> raised in
+    /// the wait's sleep is kept for the thread's next blocking call: the callers (a free, a reference, a handle) must
+    /// not end half-done.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static long WaitUnclaimed(ref long word)
+    {
+        SpinWait spin = default;
+        bool interrupted = false;
+        long seen;
+        while ((int)(seen = Volatile.Read(ref word)) < 0)
+        {
+            Arena.SpinOnceKeepingInterrupt(ref spin, ref interrupted);
+        }
+
+        Arena.KeepInterrupt(interrupted);
+        return seen;
+    }
+
+    /// <summary>
     /// True when <see cref="Generation"/> directly follows <see cref="RefCount"/>, the pair starts on an
     /// 8-byte boundary of the descriptor (whose array elements are 8-aligned) and the platform is
     /// little-endian: what <see cref="RefAndGeneration(ref PageDescriptor)"/> relies on.

@@ -175,10 +175,19 @@ internal sealed partial class PagePoolCore
                 SyncForDevice(page, ref d, -1);
             }
 
-            int generation = ClaimRelease(page, ref d);
-            _recycleCached++;
-            _allocFast++;
-            return new NetMem(page.Area!, page.Index, generation);
+            // The claim's count decides (see PutUnrefed): a caller may have taken a reference since the read above.
+            int count = ClaimRelease(page, ref d);
+            if (count == 1)
+            {
+                EndClaimKept(ref d);
+                _recycleCached++;
+                _allocFast++;
+                return new NetMem(page.Area!, page.Index, page.Generation + 1);
+            }
+
+            ReturnClaimedPage(page, count);
+            Interlocked.Increment(ref Stripe.ReleasedRefcnt);
+            return default;
         }
 
         Interlocked.Increment(ref Stripe.ReleasedRefcnt);

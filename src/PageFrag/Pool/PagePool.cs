@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PageFrag.Pages;
@@ -483,7 +485,8 @@ internal sealed partial class PagePoolCore
 
     /// <summary>
     /// page_pool_dma_map + page_pool_set_pp_info: map (host pages, with DmaMap), stamp the pool fields, count
-    /// the page as held. On a mapping failure the page goes straight back.
+    /// the page as held. On a mapping failure, or when a caller took a reference on the block before the pool could
+    /// take it (the pool then leaves the block to that caller), the page goes straight back and false is returned.
     /// </summary>
     private bool TryAdmit(ref NetMem page)
     {
@@ -494,9 +497,29 @@ internal sealed partial class PagePoolCore
             ThrowHelper.InvalidOperation("The memory provider returned memory that a page pool still holds.");
         }
 
+        // The pool's generation, one above the block's, with a compare-and-swap of the count and generation word that
+        // needs the count to be 1 (the block's only reference is the one the pool got). A caller who found the block by
+        // address (PageAllocator.TryGetPage) and took a reference (Page.AddRef) first keeps its handle's generation: the
+        // pool gives its own reference back and does not take the block, so the caller's FreePages still matches. A
+        // reference taken after the swap is taken in the pool's generation. Either way no handle a reference was granted
+        // through goes stale under its holder.
+        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
+        long seen;
+        do
+        {
+            seen = PageDescriptor.ReadUnclaimed(ref d);
+            if ((int)seen != 1)
+            {
+                GiveBack(page);
+                return false;
+            }
+        }
+        while (Interlocked.CompareExchange(ref word, seen + (1L << 32), seen) != seen);
+
         // The mapper sees a handle of the page's current generation, so its CPU accessors pass the detection
         // mode's use-after-free check.
-        page = new NetMem(area, page.Index, d.Generation);
+        int generation = (int)(seen >> 32) + 1;
+        page = new NetMem(area, page.Index, generation);
 
         if (_dmaMap && area.NeedsDmaMapping)
         {
@@ -531,15 +554,12 @@ internal sealed partial class PagePoolCore
             NoteArea(area);
         }
 
-        int generation = d.Generation + 1;
-        d.Generation = generation;
         d.PpRefCount = 1;
         d.PoolFragmentPage = false;
 
-        // Published after the generation: a late put of the page's previous use that reads this pool reads the new
-        // generation after it, and loses (ConfirmClaim).
+        // Published after the generation: a late put of the page's previous use cannot claim it (its generation is
+        // older), so it never reads this pool as its own (ConfirmClaim).
         Volatile.Write(ref d.Pool, this);
-        page = new NetMem(area, page.Index, generation);
         _holdCount++;
         return true;
     }
@@ -834,7 +854,10 @@ internal sealed partial class PagePoolCore
     /// <summary>
     /// The release decision: moves the page from the generation of <paramref name="netmem"/> to the next with
     /// one compare-exchange. Exactly one of any number of racing releases of the same handle succeeds; the others
-    /// throw the double-put exception. Returns the new generation.
+    /// throw the double-put exception. Returns the page's reference count at the claim: the claim's mark
+    /// (<see cref="PageDescriptor.ClaimMark"/>) is then set, and the caller must end it at once, with
+    /// <see cref="EndClaimKept"/> or <see cref="ReturnClaimedPage"/>, before anything that may block, throw or call
+    /// out. The new generation is <c>netmem.Generation + 1</c>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int ClaimRelease(in NetMem netmem, ref PageDescriptor d)
@@ -846,17 +869,18 @@ internal sealed partial class PagePoolCore
             PoolThrowHelper.StaleHandle();
         }
 
-        ConfirmClaim(ref d, generation);
-        return generation + 1;
+        return ConfirmClaim(ref d, generation);
     }
 
     /// <summary>
     /// The first step of <see cref="ClaimRelease"/> (internal for the tests that run the steps apart): one
     /// compare-and-swap moves the page's reference count and generation, as one 64-bit word, from
-    /// <paramref name="generation"/> to the next. It succeeds only on a block that has a reference (a pool page
-    /// always has the pool's), so a late put can never move the generation of a free block: the allocator's plain
-    /// generation writes (read, then written one up) cannot straddle a claim and have it undone under them.
-    /// False when the generation moved on or the block has no reference.
+    /// <paramref name="generation"/> to the next and sets the claim mark (<see cref="PageDescriptor.ClaimMark"/>). It
+    /// succeeds only on a block that has a reference (a pool page always has the pool's) and no pending claim, so a
+    /// late put can never move the generation of a free block: the allocator's plain generation writes (read, then
+    /// written one up) cannot straddle a claim and have it undone under them. False when the generation moved on, the
+    /// block has no reference or another claim is pending. A true return must be followed by
+    /// <see cref="ConfirmClaim"/> on the same thread, which ends the claim or hands it to its caller.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static bool TryClaimGeneration(ref PageDescriptor d, int generation)
@@ -865,10 +889,11 @@ internal sealed partial class PagePoolCore
         long seen = Volatile.Read(ref word);
 
         // The word is the count in its low half and the generation in its high half (checked when the arenas are
-        // made, see PageDescriptor.LayoutFitsRefAndGeneration): adding 2^32 moves the generation on.
+        // made, see PageDescriptor.LayoutFitsRefAndGeneration): adding 2^32 moves the generation on, and a count above
+        // zero has the sign bit (the mark) clear, so adding the mark sets it without a carry.
         while ((int)(seen >> 32) == generation && (int)seen > 0)
         {
-            long prev = Interlocked.CompareExchange(ref word, seen + (1L << 32), seen);
+            long prev = Interlocked.CompareExchange(ref word, seen + (1L << 32) + PageDescriptor.ClaimMarkInWord, seen);
             if (prev == seen)
             {
                 return true;
@@ -883,66 +908,65 @@ internal sealed partial class PagePoolCore
 
     /// <summary>
     /// The second step of <see cref="ClaimRelease"/>: the claim is the release's only if the page is still a pool
-    /// page in the claimed generation. The pool field is read first, then the generation (admission writes the
-    /// generation before it publishes the pool), so a page that left the pool and was admitted again (here or by
-    /// another pool) shows a generation above the claimed one and the put loses without writing anything. A page
-    /// that left the pool shows no pool: the claim (possible only while a caller's reference keeps the page at its
-    /// pool generation, see <see cref="KeepGenerationForHolders"/>) is undone and the put throws.
+    /// page. While the claim's mark is set nobody else writes the count and generation word, so the block cannot be
+    /// freed, handed out again or admitted meanwhile, and its generation stays the claimed one: the pool field, read
+    /// after the claim's compare-and-swap, tells the two cases apart. Still a pool page: this claim is the release
+    /// (a page that left the pool and was admitted again has a higher generation, and the claim failed), and the count
+    /// at the claim is returned with the mark still set. No pool: the page left it (the claim was possible only because
+    /// callers' references keep the page at its pool generation, see <see cref="ReturnClaimedPage"/>); the claim is
+    /// undone and the put throws.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void ConfirmClaim(ref PageDescriptor d, int generation)
+    internal static int ConfirmClaim(ref PageDescriptor d, int generation)
     {
         if (Volatile.Read(ref d.Pool) is null)
         {
             UndoClaim(ref d, generation);
         }
 
-        if (Volatile.Read(ref d.Generation) != generation + 1)
-        {
-            PoolThrowHelper.StaleHandle();
-        }
+        Debug.Assert(Volatile.Read(ref d.Generation) == generation + 1, "nobody but the claimer writes the generation while the claim's mark is set");
+        return Volatile.Read(ref d.RefCount) & int.MaxValue;
     }
 
     /// <summary>
     /// Gives a lost claim back: the page left the pool, and the winner restored the generation for callers who
-    /// hold references (their handles have it). Only this claim's mark is taken back: the block still has a reference
-    /// and the claimed generation. While the mark is there no caller's FreePages can drop the block (their handles do
-    /// not match it), so the block cannot have been freed and handed out again meanwhile.
+    /// hold references (their handles have it). The claim's mark is set, so no other thread has written the word since
+    /// the claim: one plain store puts back the count and the generation the claim found, and ends the mark (callers'
+    /// frees and references waiting on it go on with their own generation). Then the put throws.
     /// </summary>
+    [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void UndoClaim(ref PageDescriptor d, int generation)
     {
-        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
-        long seen = Volatile.Read(ref word);
-        while ((int)(seen >> 32) == generation + 1 && (int)seen > 0)
-        {
-            long prev = Interlocked.CompareExchange(ref word, seen - (1L << 32), seen);
-            if (prev == seen)
-            {
-                break;
-            }
-
-            seen = prev;
-        }
-
+        int count = Volatile.Read(ref d.RefCount) & int.MaxValue;
+        Volatile.Write(ref PageDescriptor.RefAndGeneration(ref d), ((long)generation << 32) | (uint)count);
         PoolThrowHelper.StaleHandle();
     }
+
+    /// <summary>
+    /// Ends a confirmed claim on a page the pool keeps (recycles): the claimed generation stays, the count (1: only the
+    /// pool holds the page) goes back without the mark, with a plain store (the claimer is the word's only writer).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void EndClaimKept(ref PageDescriptor d) => Volatile.Write(ref d.RefCount, 1);
 
     /// <summary>__page_pool_put_page + the ring: recycle a page whose last pool reference was dropped.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void PutUnrefed(NetMem netmem, ref PageDescriptor d, int dmaSyncSize, bool allowDirect)
     {
         // A new generation makes every handle of the previous use stale, so a later put is caught; the
-        // compare-exchange makes a racing put of the same handle lose here.
-        int generation = ClaimRelease(netmem, ref d);
-        if (Volatile.Read(ref d.RefCount) == 1 && (d.Flags & PageFlags.PfMemalloc) == 0 && Volatile.Read(ref _state) == StateAlive)
+        // compare-exchange makes a racing put of the same handle lose here. The count comes from the claim itself:
+        // while its mark is set no caller can take or drop a reference, so "only the pool holds it" is exact.
+        int count = ClaimRelease(netmem, ref d);
+        if (count == 1 && (d.Flags & PageFlags.PfMemalloc) == 0 && Volatile.Read(ref _state) == StateAlive)
         {
+            EndClaimKept(ref d);
             if (_dmaSync)
             {
                 SyncForDevice(netmem, ref d, dmaSyncSize);
             }
 
-            var recycled = new NetMem(netmem.Area!, netmem.Index, generation);
+            var recycled = new NetMem(netmem.Area!, netmem.Index, netmem.Generation + 1);
             if (allowDirect && ReferenceEquals(Thread.CurrentThread, _owner))
             {
                 NetMem[] cache = _cache;
@@ -962,19 +986,19 @@ internal sealed partial class PagePoolCore
             return;
         }
 
-        PutNotRecyclable(netmem);
+        PutNotRecyclable(netmem, count);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void PutNotRecyclable(NetMem netmem)
+    private void PutNotRecyclable(NetMem netmem, int count)
     {
         // After Dispose every page goes back to the allocator; that is not a refcount release.
-        if (Volatile.Read(ref _state) == StateAlive)
+        bool alive = Volatile.Read(ref _state) == StateAlive;
+        ReturnClaimedPage(netmem, count);
+        if (alive)
         {
             Interlocked.Increment(ref Stripe.ReleasedRefcnt);
         }
-
-        ReturnPage(netmem);
     }
 
     private void RecycleInRing(in NetMem recycled)
@@ -1000,26 +1024,56 @@ internal sealed partial class PagePoolCore
     }
 
     /// <summary>
-    /// page_pool_return_page: the page leaves the pool. Unmap, clear the pool fields, give it to the allocator
-    /// (put_page, which frees it unless someone else holds a reference) or the provider, count the release.
+    /// page_pool_return_page for a page in the pool's cache or ring (or the fragment page): the page leaves the pool.
+    /// Clear the pool fields, unmap, give it to the allocator (put_page, which frees it unless someone else holds a
+    /// reference) or the provider, count the release. The handle has the page's current generation, which stays.
     /// </summary>
     private void ReturnPage(in NetMem netmem)
     {
         NetMemArea area = netmem.Area!;
         ref PageDescriptor d = ref area.Descriptors[netmem.Index];
-        if (_dmaMap && area.NeedsDmaMapping)
+        Debug.Assert(Volatile.Read(ref d.Generation) == netmem.Generation, "a page the pool holds has its handle's generation");
+        d.Pool = null;
+        d.PpRefCount = 0;
+        d.PoolFragmentPage = false;
+        UnmapAndGiveBack(netmem, ref d);
+    }
+
+    /// <summary>
+    /// page_pool_return_page for a page whose release claim this thread holds (<see cref="ClaimRelease"/> returned
+    /// <paramref name="count"/>, the mark is set): the page leaves the pool. The pool fields are cleared first, then the
+    /// claim ends: a page that callers hold (<see cref="Page.AddRef"/>, a count above 1) goes back to
+    /// <c>netmem.Generation</c>, the generation their handles have, so that they can still free them; a page that only
+    /// the pool holds keeps the claimed generation (it goes to the allocator there, and no late put's claim, which needs
+    /// the old generation, can succeed on it again). Provider memory has no such holders and keeps the claimed one.
+    /// Both in one plain store of the word (nobody else writes it while the mark is set), after the pool field was
+    /// cleared: a late racing put that claims the restored generation then reads no pool and undoes its claim
+    /// (<see cref="ConfirmClaim"/>), while the callers' frees wait for its mark. Nothing here before the store can
+    /// block, throw or call out; the unmapping (the mapper's code) and the release of the pool's reference come after.
+    /// </summary>
+    internal void ReturnClaimedPage(in NetMem netmem, int count)
+    {
+        NetMemArea area = netmem.Area!;
+        ref PageDescriptor d = ref area.Descriptors[netmem.Index];
+        d.Pool = null;
+        d.PpRefCount = 0;
+        d.PoolFragmentPage = false;
+        int generation = count > 1 && area is HostPageArea ? netmem.Generation : netmem.Generation + 1;
+        Volatile.Write(ref PageDescriptor.RefAndGeneration(ref d), ((long)generation << 32) | (uint)count);
+        UnmapAndGiveBack(netmem, ref d);
+    }
+
+    /// <summary>The end of <see cref="ReturnPage"/> and <see cref="ReturnClaimedPage"/>, once the page left the pool.</summary>
+    private void UnmapAndGiveBack(in NetMem netmem, ref PageDescriptor d)
+    {
+        // Before the pool's reference goes: while it is there the block cannot go back to the allocator, so no other
+        // owner can get it while it is still mapped for the device.
+        if (_dmaMap && netmem.Area!.NeedsDmaMapping)
         {
             _mapper.Unmap(netmem, d.DmaAddress);
             d.DmaAddress = 0;
         }
 
-        d.Pool = null;
-        d.PpRefCount = 0;
-        d.PoolFragmentPage = false;
-        if (area is HostPageArea)
-        {
-            KeepGenerationForHolders(ref d, netmem.Generation);
-        }
         try
         {
             GiveBack(netmem);
@@ -1034,36 +1088,12 @@ internal sealed partial class PagePoolCore
         }
     }
 
-    /// <summary>
-    /// A host page that leaves the pool while callers hold references to it (<see cref="Page.AddRef"/>) goes back to
-    /// <paramref name="generation"/>, the generation their handles have, so that they can still free them; this takes
-    /// back the release claim of PutUnrefed, after the page stopped being a pool page (a late racing put then loses
-    /// in <see cref="ConfirmClaim"/>). A page that only the pool holds keeps the claimed generation: it goes back to
-    /// the allocator there, and no late put's claim (which needs the old generation) can succeed on it again.
-    /// Provider memory has no such holders and always keeps the claimed generation. Written with a compare-and-swap
-    /// of the count and generation together, so that the decision and a caller's FreePages cannot cross.
-    /// </summary>
-    private static void KeepGenerationForHolders(ref PageDescriptor d, int generation)
-    {
-        ref long word = ref PageDescriptor.RefAndGeneration(ref d);
-        long seen = Volatile.Read(ref word);
-        while ((int)(seen >> 32) != generation && (int)seen > 1)
-        {
-            long prev = Interlocked.CompareExchange(ref word, (seen & 0xFFFF_FFFFL) | ((long)generation << 32), seen);
-            if (prev == seen)
-            {
-                return;
-            }
-
-            seen = prev;
-        }
-    }
-
     private void GiveBack(in NetMem netmem)
     {
         if (_provider is null)
         {
-            PageAllocator.PutBlockRef(((HostPageArea)netmem.Area!).Arena, netmem.Index);
+            // Waits while a late put's claim is pending on a page that callers hold (see ReturnClaimedPage).
+            PageAllocator.PutPoolBlockRef(((HostPageArea)netmem.Area!).Arena, netmem.Index);
         }
         else
         {

@@ -123,7 +123,9 @@ public sealed class HostPageProvider : IMemoryProvider
                 "so a unit that a buffer or a pool still holds, or one already given back, is refused and nothing changes.");
         }
 
-        PageAllocator.PutBlockRef(area.Arena, netmem.Index);
+        // The pool's reference, dropped as the pool itself drops it: waiting while a late put's release claim is pending
+        // on a page that callers still hold (see PageDescriptor.ClaimMark).
+        PageAllocator.PutPoolBlockRef(area.Arena, netmem.Index);
         Interlocked.Increment(ref _released);
     }
 
