@@ -417,10 +417,15 @@ public sealed class FragBufferWriter : IBufferWriter<byte>, IDisposable
             return Pending(array.Length);
         }
 
-        if (!allocator.TryAllocPages(order, AllocFlags.None, out Page block))
+        // A block without PageFlags.Caller, as a fragment cache's: FreePages of a handle found by its address refuses it
+        // (a caller's TryAllocPages block it would free behind the writer's back); the segment gives it back with its own
+        // reference (FragmentSegment.Release).
+        if (!allocator.TryAllocBlock(order, AllocFlags.None, out Arena? arena, out int index))
         {
             BufferThrowHelper.OutOfPages(need);
         }
+
+        Page block = new(arena, index);
 
         if (!MemoryMarshal.TryGetArray<byte>(block.Memory, out ArraySegment<byte> segment))
         {

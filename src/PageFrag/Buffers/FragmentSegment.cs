@@ -140,7 +140,8 @@ internal sealed class FragmentSegment : ReadOnlySequenceSegment<byte>
                 PageFragCache.Free(fragment);
                 break;
             case SegmentKind.Block:
-                PageAllocator.FreeBlock(block);
+                // The writer's own reference (the block carries no PageFlags.Caller, so FreePages never takes it).
+                PageAllocator.PutBlockRef(block.Arena!, block.Index);
                 break;
         }
     }

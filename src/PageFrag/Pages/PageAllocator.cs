@@ -187,19 +187,6 @@ public sealed partial class PageAllocator : IDisposable
         }
     }
 
-    /// <summary>
-    /// <see cref="FreePages"/> on the block's own allocator, or nothing when that allocator was dropped without
-    /// <c>Dispose</c> and collected (its arenas are the GC's then). For the buffer layers' releases, which may run in
-    /// finalizers.
-    /// </summary>
-    internal static void FreeBlock(Page block)
-    {
-        if (block.Arena is not null && block.Arena.TryGetOwner(out PageAllocator? owner))
-        {
-            owner.FreePages(block);
-        }
-    }
-
     /// <summary>The checks FreePages makes before touching the block.</summary>
     private Arena CheckOwnPage(Page page)
     {

@@ -236,6 +236,44 @@ public class FragBufferWriterTests
     }
 
     [Fact]
+    public unsafe void A_writers_dedicated_block_cannot_be_freed_through_its_page_found_by_address()
+    {
+        using PageAllocator allocator = WarmAllocator(arenaSize: 256 * 1024);
+        var cache = new PageFragCache(allocator);
+        using (var writer = new FragBufferWriter(cache))
+        {
+            Memory<byte> big = writer.GetMemory(40_000); // above the cache's 32 KiB: a block of its own
+            Fill(big.Span[..40_000], 0);
+            writer.Advance(40_000);
+            nint address;
+            using (MemoryHandle pin = big.Pin())
+            {
+                address = (nint)pin.Pointer;
+            }
+
+            long inUse = allocator.PagesInUse;
+            Assert.True(PageAllocator.TryGetPage(address, out Page page));
+
+            // The block is the writer's: freeing it here would give bytes the writer still holds to the next allocation.
+            Assert.Throws<InvalidOperationException>(() => allocator.FreePages(page));
+            Assert.Equal(inUse, allocator.PagesInUse);
+            Assert.True(allocator.TryAllocPages(4, AllocFlags.None, out Page other));
+            other.Span.Fill(0xEE);
+            AssertPattern(writer.WrittenSequence, 40_000);
+            allocator.FreePages(other);
+
+            // A reference taken with AddRef is the only one FreePages drops; the writer's goes when the chain goes.
+            page.AddRef();
+            allocator.FreePages(page);
+            using FragmentChain chain = writer.Detach();
+            AssertPattern(chain.Sequence, 40_000);
+        }
+
+        cache.Drain();
+        Leaks.AssertNone(allocator);
+    }
+
+    [Fact]
     public void A_hint_above_4096_on_an_order_0_page_gets_a_block_of_the_smallest_sufficient_order()
     {
         // Order-3 allocations fail, so the cache lives on order-0 pages (memory "too fragmented").
