@@ -203,6 +203,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         finally
         {
             slot.Exit();
+            if (slot.DrainOnExit)
+            {
+                // A callback inside this rent (an event or metrics listener) disposed the pool, which could not drain
+                // the slot this thread was busy in: drained now that the outermost call has left it.
+                _registry.DrainLeftSlot(slot);
+            }
         }
 
         if (owner is null)
@@ -306,7 +312,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         public readonly PageAllocator Allocator;
         public readonly ObjectStash<FragmentMemoryOwner> Spare = new(SpareOwners);
         private readonly int _ownersPerSlot;
-        private readonly object _lock = new();
+        private readonly Lock _lock = new();
         private ThreadSlot[] _slots = [];
         private volatile bool _retired;
 
@@ -383,7 +389,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         private ThreadSlot? Attach()
         {
             Thread thread = Thread.CurrentThread;
-            lock (_lock)
+
+            // Also on a return's way (a buffer disposed on a thread new to the pool, after its fragment was freed):
+            // thrown from this wait, an interrupt would end that Dispose with the return uncounted. Kept for later.
+            bool interrupted = false;
+            LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+            try
             {
                 if (_retired)
                 {
@@ -408,6 +419,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 Volatile.Write(ref _slots, grown);
                 return slot;
             }
+            finally
+            {
+                _lock.Exit();
+                Arena.KeepInterrupt(interrupted);
+            }
         }
 
         /// <summary>Drains the caches (all, or the idle ones), optionally retiring the registry; returns the free bytes given back.</summary>
@@ -415,7 +431,12 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         {
             long drained = 0;
             caches = 0;
-            lock (_lock)
+
+            // Every wait keeps an interrupt for the thread's next blocking call: thrown, it would leave slots flagged
+            // (their threads would wait for ever) and a retired pool's caches undrained (a second Dispose does nothing).
+            bool interrupted = false;
+            LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+            try
             {
                 if (retire)
                 {
@@ -426,7 +447,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                 Quiesce(slots);
                 foreach (ThreadSlot slot in slots)
                 {
-                    bool idle = WaitIdle(slot);
+                    bool idle = WaitIdle(slot, ref interrupted);
                     if (retire)
                     {
                         // Quiesced, or on the slot's own thread (a nested call): either way no return is under way.
@@ -443,25 +464,74 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                             slot.DropOwnersQuiesced();
                         }
                     }
+                    else if (retire)
+                    {
+                        // Busy on this very thread (the pool disposed from a callback inside a rent): the rent drains
+                        // it when it leaves the slot (DrainLeftSlot).
+                        slot.DrainOnExit = true;
+                    }
 
                     Volatile.Write(ref slot.Quiesce, 0);
                 }
+            }
+            finally
+            {
+                _lock.Exit();
+                Arena.KeepInterrupt(interrupted);
             }
 
             return drained;
         }
 
+        /// <summary>
+        /// Drains a slot that the retirement left because its own thread was busy in it (a callback inside a rent
+        /// disposed the pool), once that thread's outermost call has left it: its cache and parked buffers, and its
+        /// owner objects. Called on the slot's thread.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        public void DrainLeftSlot(ThreadSlot slot)
+        {
+            if (Volatile.Read(ref slot.Busy) != 0)
+            {
+                // An outer call of this thread still runs in the slot: the outermost one drains it.
+                return;
+            }
+
+            // Under the lock no trim, snapshot or retirement runs, and the slot's thread (this one) is outside it: the
+            // slot is as quiesced.
+            bool interrupted = false;
+            LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+            try
+            {
+                if (slot.DrainOnExit)
+                {
+                    slot.DrainOnExit = false;
+                    slot.TrimQuiesced(idleOnly: false);
+                    slot.DropOwnersQuiesced();
+                }
+            }
+            finally
+            {
+                _lock.Exit();
+                Arena.KeepInterrupt(interrupted);
+            }
+        }
+
         public PageFragMemoryPoolStats GetStats()
         {
             long rents = 0, rented = 0, returns = 0, returned = 0, blocks = 0, allocated = 0, pooled = 0, evicted = 0, reused = 0, reclaimed = 0;
-            lock (_lock)
+
+            // As in Drain: once a slot is flagged, no wait may throw before the flag is cleared.
+            bool interrupted = false;
+            LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+            try
             {
                 ThreadSlot[] slots = _slots;
                 Quiesce(slots);
                 foreach (ThreadSlot slot in slots)
                 {
                     // A slot busy on this very thread (a listener called back during a rent) is read as it is.
-                    WaitIdle(slot);
+                    WaitIdle(slot, ref interrupted);
                     rents += slot.Rents;
                     rented += slot.RentedBytes;
                     blocks += slot.DedicatedBlocks;
@@ -476,6 +546,11 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     returned += Interlocked.Read(ref slot.ContendedReturnedBytes);
                     reclaimed += Interlocked.Read(ref slot.Reclaimed);
                 }
+            }
+            finally
+            {
+                _lock.Exit();
+                Arena.KeepInterrupt(interrupted);
             }
 
             return new PageFragMemoryPoolStats
@@ -510,8 +585,9 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         }
 
         // Waits for the slot's owner to leave its current call; false when that owner is the calling thread itself
-        // (re-entered from a callback inside a rent or return), whose cache must then be left alone.
-        private static bool WaitIdle(ThreadSlot slot)
+        // (re-entered from a callback inside a rent or return), whose cache must then be left alone. An interrupt during
+        // the wait's sleeps is noted in interrupted (the caller must clear the flags it set).
+        private static bool WaitIdle(ThreadSlot slot, ref bool interrupted)
         {
             if (Volatile.Read(ref slot.Busy) == 0)
             {
@@ -526,7 +602,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             SpinWait spinner = default;
             while (Volatile.Read(ref slot.Busy) != 0)
             {
-                spinner.SpinOnce();
+                Arena.SpinOnceKeepingInterrupt(ref spinner, ref interrupted);
             }
 
             return true;
@@ -554,6 +630,10 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         // Written by the registry only, under its lock: 1 while a trim, a snapshot or the retirement runs.
         public int Quiesce;
+
+        // Set by the retirement (under the registry's lock) when the slot's own thread was busy in it, so that the
+        // outermost rent drains it on its way out (SlotRegistry.DrainLeftSlot).
+        public bool DrainOnExit;
 
         private readonly FragmentMemoryOwner?[] _owners = new FragmentMemoryOwner?[OwnerStashCapacity];
         private int _ownerCount;
@@ -1083,19 +1163,23 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
         [MethodImpl(MethodImplOptions.NoInlining)]
         private void EnterQuiesced()
         {
-            // A trim, a snapshot or the retirement runs: step aside until it is over, then mark the slot again.
+            // A trim, a snapshot or the retirement runs: step aside until it is over, then mark the slot again. Also on
+            // a return's way (a buffer disposed on another thread than its renter's, counted after its fragment was
+            // freed): an interrupt during the wait is kept for the thread's next blocking call, not thrown.
+            bool interrupted = false;
             do
             {
                 Volatile.Write(ref Busy, 0);
                 SpinWait spinner = default;
                 while (Volatile.Read(ref Quiesce) != 0)
                 {
-                    spinner.SpinOnce();
+                    Arena.SpinOnceKeepingInterrupt(ref spinner, ref interrupted);
                 }
 
                 Volatile.Write(ref Busy, 1);
             }
             while (Volatile.Read(ref Quiesce) != 0);
+            Arena.KeepInterrupt(interrupted);
         }
 
         // Never wait on anyone: count atomically.

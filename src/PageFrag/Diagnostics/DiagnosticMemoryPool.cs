@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using PageFrag.Buffers;
+using PageFrag.Pages;
 
 namespace PageFrag.Diagnostics;
 
@@ -149,7 +150,11 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
     /// <exception cref="UseAfterFreeException">A given-back buffer was written.</exception>
     public void Verify()
     {
-        lock (_lock)
+        // Also Dispose's last step (after it set _disposed): thrown from this wait, an interrupt would leave the
+        // quarantine full for good. Kept for the thread's next blocking call instead.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+        try
         {
             while (_quarantine.Count > 0)
             {
@@ -166,6 +171,11 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
                     ? first
                     : new UseAfterFreeException($"{count} buffers were written after they were given back. First: {first.Message}");
             }
+        }
+        finally
+        {
+            _lock.Exit();
+            Arena.KeepInterrupt(interrupted);
         }
     }
 
@@ -230,7 +240,11 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
             owner.InnerMemory.Span.Fill(_options.Poison);
         }
 
-        lock (_lock)
+        // The owner is already marked returned: thrown from this wait, an interrupt would leave its buffer neither in
+        // the quarantine nor with the inner pool. Kept for the thread's next blocking call instead.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+        try
         {
             if (_options.QuarantineLength == 0 || _disposed)
             {
@@ -244,7 +258,15 @@ public sealed class DiagnosticMemoryPool : MemoryPool<byte>
                 ReleaseLocked(_quarantine.Dequeue());
             }
         }
+        finally
+        {
+            _lock.Exit();
+            Arena.KeepInterrupt(interrupted);
+        }
     }
+
+    /// <summary>The quarantine's lock (for the tests that hold it).</summary>
+    internal Lock LockForTests => _lock;
 
     private void ReleaseLocked(DiagnosticOwner owner)
     {

@@ -67,6 +67,9 @@ internal static class ArenaRegistry
         return null;
     }
 
+    /// <summary>The lock of every change to the registry (for the tests that hold it).</summary>
+    internal static Lock WriteLockForTests => s_writeLock;
+
     /// <summary>Bytes of reference tables the registry holds (its memory cost; a test hook).</summary>
     internal static long TableBytes()
     {
@@ -93,7 +96,11 @@ internal static class ArenaRegistry
 
     public static void Register(Arena arena)
     {
-        lock (s_writeLock)
+        // Under the buddy lock of an allocator that grows, trims or is disposed: thrown half-way, an interrupt would
+        // leave an arena the allocator still hands out unknown to the registry (its frees by address refused).
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(s_writeLock, ref interrupted);
+        try
         {
             ForEachSlot(arena, (level2, i) =>
             {
@@ -104,11 +111,20 @@ internal static class ArenaRegistry
                 Volatile.Write(ref level2[i], copy);
             });
         }
+        finally
+        {
+            s_writeLock.Exit();
+            Arena.KeepInterrupt(interrupted);
+        }
     }
 
     public static void Unregister(Arena arena)
     {
-        lock (s_writeLock)
+        // Under the buddy lock of an allocator that grows, trims or is disposed: thrown half-way, an interrupt would
+        // leave an arena the allocator still hands out unknown to the registry (its frees by address refused).
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(s_writeLock, ref interrupted);
+        try
         {
             ForEachSlot(arena, (level2, i) =>
             {
@@ -121,6 +137,11 @@ internal static class ArenaRegistry
                 Arena[] copy = Array.FindAll(old, a => !ReferenceEquals(a, arena));
                 Volatile.Write(ref level2[i], copy.Length == 0 ? null : copy);
             });
+        }
+        finally
+        {
+            s_writeLock.Exit();
+            Arena.KeepInterrupt(interrupted);
         }
     }
 

@@ -465,33 +465,54 @@ public sealed partial class PageAllocator : IDisposable
     /// </summary>
     public void DrainPerCpuLists()
     {
+        // Every wait here keeps an interrupt for the thread's next blocking call (LockWait): thrown half-way, it would
+        // end a Dispose that already dropped its arenas with blocks still on the lists (its second call returns at
+        // once), and a Trim or an allocation's last resort with the lists half drained.
+        bool interrupted = false;
+
         // First the fragment caches' recycle slots: what they hold goes to the per-CPU lists, drained next. Under the
         // list's lock (then a per-CPU list's lock and the buddy lock, the only order these locks are taken in).
-        lock (_recyclersLock)
+        LockWait.EnterKeepingInterrupt(_recyclersLock, ref interrupted);
+        try
         {
             for (PageRecycler? r = _recyclers; r is not null; r = r.NextRegistered)
             {
                 DrainRecycler(r);
             }
         }
+        finally
+        {
+            _recyclersLock.Exit();
+        }
 
         foreach (PerCpuPages pcp in _perCpu)
         {
-            lock (pcp.Lock)
+            LockWait.EnterKeepingInterrupt(pcp.Lock, ref interrupted);
+            try
             {
-                lock (_buddyLock)
+                LockWait.EnterKeepingInterrupt(_buddyLock, ref interrupted);
+                try
                 {
                     for (int order = 0; order <= PerCpuPages.MaxOrder; order++)
                     {
                         pcp.DrainTo(order, pcp.Counts[order], this);
                     }
                 }
+                finally
+                {
+                    _buddyLock.Exit();
+                }
+            }
+            finally
+            {
+                pcp.Lock.Exit();
             }
         }
 
         // Last: a list spills into the transfer stack under its own lock, so once every list was drained
         // after Dispose set _disposed (each list checks it under its lock), nothing can arrive here any more.
-        _transfer.DrainTo(this);
+        _transfer.DrainTo(this, ref interrupted);
+        Arena.KeepInterrupt(interrupted);
     }
 
     /// <summary>A snapshot of the allocator's counters.</summary>
@@ -691,14 +712,25 @@ public sealed partial class PageAllocator : IDisposable
         }
 
         bool opportunistic = (flags & AllocFlags.Opportunistic) != 0;
-        bool ok = order <= PerCpuPages.MaxOrder
-            ? TryTakePerCpu(order, !opportunistic, out arena, out index)
-            : TryTakeBuddy(order, !opportunistic, out arena, out index);
-        if (!ok && !opportunistic)
+        bool ok;
+        try
         {
-            // Before failing, pull back what the per-CPU lists hoard: it may merge into the block we need.
-            DrainPerCpuLists();
-            ok = TryTakeBuddy(order, mayGrow: true, out arena, out index);
+            ok = order <= PerCpuPages.MaxOrder
+                ? TryTakePerCpu(order, !opportunistic, out arena, out index)
+                : TryTakeBuddy(order, !opportunistic, out arena, out index);
+            if (!ok && !opportunistic)
+            {
+                // Before failing, pull back what the per-CPU lists hoard: it may merge into the block we need.
+                DrainPerCpuLists();
+                ok = TryTakeBuddy(order, mayGrow: true, out arena, out index);
+            }
+        }
+        catch
+        {
+            // A lock's wait threw (Thread.Interrupt, or no memory for the wait) before any block was taken: the
+            // charge goes back, or the pages would count as in use for ever (and, under a limit, be lost to it).
+            Uncharge(pages);
+            throw;
         }
 
         if (!ok)
@@ -996,7 +1028,13 @@ public sealed partial class PageAllocator : IDisposable
     {
         recycler.Close();
         DrainRecycler(recycler);
-        lock (_recyclersLock)
+
+        // The slots are closed and empty: thrown here, an interrupt would leave them on the list, counted as an open
+        // cache (every other cache's share of the budget stays smaller) until the cache's finalizer, and its Dispose
+        // would throw. Kept for the thread's next blocking call instead.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_recyclersLock, ref interrupted);
+        try
         {
             if (recycler.Registered)
             {
@@ -1019,6 +1057,11 @@ public sealed partial class PageAllocator : IDisposable
                 recycler.Registered = false;
                 SetRecycleLimitLocked(_recyclerCount - 1);
             }
+        }
+        finally
+        {
+            _recyclersLock.Exit();
+            Arena.KeepInterrupt(interrupted);
         }
     }
 
@@ -1073,7 +1116,7 @@ public sealed partial class PageAllocator : IDisposable
         if (order <= PerCpuPages.MaxOrder)
         {
             PerCpuPages pcp = _perCpu[CurrentCpu()];
-            EnterKeepingInterrupt(pcp.Lock, ref interrupted);
+            LockWait.EnterKeepingInterrupt(pcp.Lock, ref interrupted);
             try
             {
                 // Checked again under the list's lock: Dispose drains each list after setting _disposed.
@@ -1087,9 +1130,9 @@ public sealed partial class PageAllocator : IDisposable
                 {
                     // Order 3 (the fragment cache's page) first goes to the transfer stack, where another CPU's
                     // refill finds it without the buddy lock and without merging and splitting it again.
-                    if (order != TransferStack.Order || !_transfer.TryPutBatch(pcp))
+                    if (order != TransferStack.Order || !_transfer.TryPutBatch(pcp, ref interrupted))
                     {
-                        EnterKeepingInterrupt(_buddyLock, ref interrupted);
+                        LockWait.EnterKeepingInterrupt(_buddyLock, ref interrupted);
                         try
                         {
                             pcp.DrainTo(order, PerCpuPages.Batch(order), this);
@@ -1109,7 +1152,7 @@ public sealed partial class PageAllocator : IDisposable
         }
         else
         {
-            EnterKeepingInterrupt(_buddyLock, ref interrupted);
+            LockWait.EnterKeepingInterrupt(_buddyLock, ref interrupted);
             try
             {
                 GiveToBuddy(arena, head, order);
@@ -1135,26 +1178,14 @@ public sealed partial class PageAllocator : IDisposable
         return locks;
     }
 
-    /// <summary>
-    /// Takes <paramref name="gate"/>, waiting as long as it takes; a <see cref="ThreadInterruptedException"/> thrown by
-    /// the wait (the lock is then not taken) is noted in <paramref name="interrupted"/> and the wait goes on, for a
-    /// path that must not end half-done (see <see cref="Arena.KeepInterrupt"/>).
-    /// </summary>
-    private static void EnterKeepingInterrupt(Lock gate, ref bool interrupted)
-    {
-        while (true)
-        {
-            try
-            {
-                gate.Enter();
-                return;
-            }
-            catch (ThreadInterruptedException)
-            {
-                interrupted = true;
-            }
-        }
-    }
+    /// <summary>The caches whose recycle slots are on the list (a test hook).</summary>
+    internal int OpenRecyclersForTests => Volatile.Read(ref _recyclerCount);
+
+    /// <summary>The lock of the recycle slots' list (for the tests that hold it).</summary>
+    internal Lock RecyclersLockForTests => _recyclersLock;
+
+    /// <summary>The transfer stack's lock (for the tests that hold it).</summary>
+    internal Lock TransferLockForTests => _transfer.LockForTests;
 
     private void GiveToBuddy(Arena arena, int head, int order)
     {
@@ -1303,7 +1334,7 @@ public sealed partial class PageAllocator : IDisposable
         /// </summary>
         public const int MaxCapacity = 32;
 
-        private readonly object _lock = new();
+        private readonly Lock _lock = new();
         private readonly Arena?[] _arenas;
         private readonly int[] _indexes;
         private int _count;
@@ -1328,11 +1359,19 @@ public sealed partial class PageAllocator : IDisposable
         /// <summary>Blocks held; exact when read under the lock, a snapshot otherwise.</summary>
         public int Count => Volatile.Read(ref _count);
 
-        /// <summary>Moves one batch from <paramref name="pcp"/> here; false when full. Caller holds the list's lock.</summary>
-        public bool TryPutBatch(PerCpuPages pcp)
+        /// <summary>The stack's lock (a test hook).</summary>
+        public Lock LockForTests => _lock;
+
+        /// <summary>
+        /// Moves one batch from <paramref name="pcp"/> here; false when full. Caller holds the list's lock, on a free's
+        /// path: an interrupt while waiting for this lock is noted in <paramref name="interrupted"/> (the free is done,
+        /// its block is on the list, and must not throw).
+        /// </summary>
+        public bool TryPutBatch(PerCpuPages pcp, ref bool interrupted)
         {
             int batch = PerCpuPages.Batch(Order);
-            lock (_lock)
+            LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+            try
             {
                 if (_count + batch > Capacity)
                 {
@@ -1348,6 +1387,10 @@ public sealed partial class PageAllocator : IDisposable
                 }
 
                 return true;
+            }
+            finally
+            {
+                _lock.Exit();
             }
         }
 
@@ -1375,12 +1418,17 @@ public sealed partial class PageAllocator : IDisposable
             }
         }
 
-        /// <summary>Gives every block back to the buddy lists (or forgets it once the allocator is disposed).</summary>
-        public void DrainTo(PageAllocator owner)
+        /// <summary>
+        /// Gives every block back to the buddy lists (or forgets it once the allocator is disposed). An interrupt while
+        /// waiting for a lock is noted in <paramref name="interrupted"/> (see <see cref="DrainPerCpuLists"/>).
+        /// </summary>
+        public void DrainTo(PageAllocator owner, ref bool interrupted)
         {
-            lock (_lock)
+            LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+            try
             {
-                lock (owner._buddyLock)
+                LockWait.EnterKeepingInterrupt(owner._buddyLock, ref interrupted);
+                try
                 {
                     while (_count > 0)
                     {
@@ -1391,6 +1439,14 @@ public sealed partial class PageAllocator : IDisposable
                         owner.GiveToBuddy(arena, _indexes[_count], Order);
                     }
                 }
+                finally
+                {
+                    owner._buddyLock.Exit();
+                }
+            }
+            finally
+            {
+                _lock.Exit();
             }
         }
     }

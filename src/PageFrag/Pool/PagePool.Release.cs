@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using PageFrag.Pages;
 
 namespace PageFrag.Pool;
 
@@ -160,11 +161,21 @@ internal sealed partial class PagePoolCore
 
         Volatile.Write(ref _ownerSidePending, null);
         FreeFrag();
+
+        // Claimed above (once): thrown from this wait, an interrupt would leave the cache's pages with a pool that
+        // will never give them back. Kept for the thread's next blocking call instead.
         long inflight;
-        lock (_releaseLock)
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_releaseLock, ref interrupted);
+        try
         {
             // The lock makes this the ring's only consumer, against a concurrent RetryRelease.
             inflight = Scrub(includeCache: true);
+        }
+        finally
+        {
+            _releaseLock.Exit();
+            Arena.KeepInterrupt(interrupted);
         }
 
         if (inflight == 0)
@@ -272,7 +283,11 @@ internal sealed partial class PagePoolCore
 
     private void StartRetry()
     {
-        lock (_releaseLock)
+        // After Dispose decided: thrown from this wait (or the worker's), an interrupt would leave a pool that waits for
+        // its owner or for pages in flight without the worker that notices the owner's end and scrubs the ring.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_releaseLock, ref interrupted);
+        try
         {
             if (IsReleased)
             {
@@ -281,6 +296,11 @@ internal sealed partial class PagePoolCore
 
             _nextRetry = Stopwatch.GetTimestamp() + ToTicks(Options.ReleaseRetryPeriod);
             _waiting = true;
+        }
+        finally
+        {
+            _releaseLock.Exit();
+            Arena.KeepInterrupt(interrupted);
         }
 
         // Outside the pool's lock: the worker's lock is never taken while holding a pool's.
@@ -449,6 +469,9 @@ internal sealed partial class PagePoolCore
         d.Generation++;
         RecycleInRing(new NetMem(netmem.Area!, netmem.Index, d.Generation));
     }
+
+    /// <summary>The release's lock (for the tests that hold it).</summary>
+    internal Lock ReleaseLockForTests => _releaseLock;
 
     /// <summary>Test hook: pretends <paramref name="extra"/> more pages were returned, to reach the negative case.</summary>
     internal void CorruptReleaseCountForTest(long extra) => Interlocked.Add(ref _releaseCount, extra);

@@ -568,11 +568,24 @@ internal sealed partial class PagePoolCore
     private void NoteArea(NetMemArea area)
     {
         _lastAdmittedArea = area;
-        lock (_knownAreas)
+
+        // The page is taken and mapped but not yet the pool's: thrown here, an interrupt would leave it owned by
+        // nobody. Kept for the thread's next blocking call instead.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_knownAreas, ref interrupted);
+        try
         {
             _knownAreas.Add(area);
         }
+        finally
+        {
+            Monitor.Exit(_knownAreas);
+            Arena.KeepInterrupt(interrupted);
+        }
     }
+
+    /// <summary>The lock of the areas the pool admitted pages from (for the tests that hold it).</summary>
+    internal object KnownAreasLockForTests => _knownAreas;
 
     // ------------------------------------------------------------------ recycling
 

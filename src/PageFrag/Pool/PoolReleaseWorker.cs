@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using PageFrag.Pages;
 
 namespace PageFrag.Pool;
 
@@ -13,7 +14,7 @@ namespace PageFrag.Pool;
 /// pool is freed. Thread-safe under one lock.</remarks>
 internal static class PoolReleaseWorker
 {
-    private static readonly object s_gate = new();
+    private static readonly Lock s_gate = new();
     private static readonly List<PagePoolCore> s_waiting = [];
     private static Timer? s_timer;
     private static TimeSpan s_period;
@@ -45,7 +46,11 @@ internal static class PoolReleaseWorker
 
     public static void Add(PagePoolCore pool)
     {
-        lock (s_gate)
+        // A Dispose that has decided registers here: thrown from this wait, an interrupt would leave the pool
+        // unwatched (see PagePoolCore.StartRetry).
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(s_gate, ref interrupted);
+        try
         {
             if (s_waiting.Contains(pool))
             {
@@ -70,11 +75,20 @@ internal static class PoolReleaseWorker
                 s_timer.Change(period, period);
             }
         }
+        finally
+        {
+            s_gate.Exit();
+            Arena.KeepInterrupt(interrupted);
+        }
     }
 
     public static void Remove(PagePoolCore pool)
     {
-        lock (s_gate)
+        // The last page back frees the pool here, before its provider is destroyed: thrown from this wait, an
+        // interrupt would end the release half-done (and the put that brought the page back would throw).
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(s_gate, ref interrupted);
+        try
         {
             if (!s_waiting.Remove(pool))
             {
@@ -87,7 +101,15 @@ internal static class PoolReleaseWorker
                 s_timer = null;
             }
         }
+        finally
+        {
+            s_gate.Exit();
+            Arena.KeepInterrupt(interrupted);
+        }
     }
+
+    /// <summary>The worker's lock (for the tests that hold it).</summary>
+    internal static Lock GateForTests => s_gate;
 
     private static void Tick()
     {

@@ -321,9 +321,18 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
 
         // A new generation, so that a handle from the chunk's previous use is stale in its next pool.
         area.Descriptors[netmem.Index].Generation++;
-        lock (_lock)
+
+        // Claimed above: thrown from this wait, an interrupt would leave the chunk with nobody. Kept for later instead.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+        try
         {
             _chunks.Free((long)area.DeviceAddressBase + ((long)netmem.Index << area.ChunkShift), _chunkSize);
+        }
+        finally
+        {
+            _lock.Exit();
+            Arena.KeepInterrupt(interrupted);
         }
     }
 
@@ -336,11 +345,23 @@ public sealed unsafe class RegionMemoryProvider : IMemoryProvider, IDisposable
             PoolThrowHelper.DirectProviderCall(nameof(Destroy));
         }
 
-        lock (_lock)
+        // The pool is freed: thrown from this wait, an interrupt would leave it bound (the region's Dispose would refuse
+        // for ever). Kept for later instead.
+        bool interrupted = false;
+        LockWait.EnterKeepingInterrupt(_lock, ref interrupted);
+        try
         {
             _pools.Remove(pool);
         }
+        finally
+        {
+            _lock.Exit();
+            Arena.KeepInterrupt(interrupted);
+        }
     }
+
+    /// <summary>The region's lock (for the tests that hold it).</summary>
+    internal Lock LockForTests => _lock;
 
     /// <summary>
     /// Turns a buffer of this region into a token (what devmem TCP's recvmsg hands the user): the buffer's
