@@ -192,9 +192,8 @@ internal sealed unsafe class Arena
         int attempts = (long)count * Unsafe.SizeOf<PageDescriptor>() <= 1 << 20 ? 2 : 1;
         for (int attempt = 0; attempt < attempts; attempt++)
         {
-            // A filler of F bytes (0, or 24 to 80) puts the next element F bytes further: F = the distance to a line.
-            int gap = (int)((LineSize - (nextElement & (LineSize - 1))) & (LineSize - 1));
-            byte[]? filler = gap == 0 ? null : GC.AllocateUninitializedArray<byte>((gap < 24 ? gap + LineSize : gap) - 24, pinned: true);
+            int fillerLength = FillerLength(nextElement);
+            byte[]? filler = fillerLength < 0 ? null : GC.AllocateUninitializedArray<byte>(fillerLength, pinned: true);
             pages = GC.AllocateArray<PageDescriptor>(count, pinned: true);
             GC.KeepAlive(filler);
             nint first = DataAddress(pages);
@@ -208,6 +207,18 @@ internal sealed unsafe class Arena
 
         GC.KeepAlive(probe);
         return pages;
+    }
+
+    /// <summary>
+    /// The length of the byte array to allocate so that an array allocated right after it has its first element on a
+    /// line, when an array allocated now would have it at <paramref name="nextElement"/>; -1 when it already would.
+    /// A byte array of n elements takes 24 + n bytes rounded up to 8, so it moves the next element by that much
+    /// (24 to 80 bytes here); addresses are 8-aligned.
+    /// </summary>
+    internal static int FillerLength(nint nextElement)
+    {
+        int gap = (int)((LineSize - (nextElement & (LineSize - 1))) & (LineSize - 1));
+        return gap == 0 ? -1 : (gap < 24 ? gap + LineSize : gap) - 24;
     }
 
     private static nint DataAddress<T>(T[] pinnedArray) => (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinnedArray));
