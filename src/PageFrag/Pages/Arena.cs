@@ -138,7 +138,7 @@ internal sealed unsafe class Arena
         ArrayOffset = (int)(aligned - start);
         BaseAddress = aligned;
 
-        Pages = new PageDescriptor[PageCount];
+        Pages = AllocateDescriptors(PageCount);
         Recyclers = new PageRecycler?[(PageCount + (1 << PageRecycler.Order) - 1) >> PageRecycler.Order];
         DetectMisuse = owner.DetectMisuse;
         // Pinned (on the POH) so that the states of free blocks can be given back to the operating system
@@ -160,6 +160,68 @@ internal sealed unsafe class Arena
         PushFree(0, MaxOrder);
         _freePages = PageCount;
     }
+
+    /// <summary>The cache line size the descriptor array is placed for (x64 and arm64 servers).</summary>
+    internal const int LineSize = 64;
+
+    /// <summary>
+    /// The descriptor array, on the pinned object heap with descriptor 0 on a cache-line boundary, so that every
+    /// descriptor (64 bytes) fills exactly one line: a head's fields never share a line with a neighbour's, and the
+    /// few times per page that a head's fields move between the carving thread and a freeing thread (the cache
+    /// leaving and taking the block, the last free parking it) move one line, not two (session 9, bench/README.md:
+    /// the kernel test's time depended on where the ordinary heap happened to put the array). Where it lands is only
+    /// a matter of speed: if the heap does not place the array as asked, the last try is used as it is.
+    /// </summary>
+    /// <remarks>
+    /// The heap keeps objects 8-aligned, not 64: the pinned heap places a new object right after the previous one
+    /// as a rule, so a small pinned probe says where the next object would start, and a filler of the right length
+    /// in front moves the array's first element onto a line. An array that still missed (another thread took the
+    /// spot) tells where the next one would start, for a second try.
+    /// </remarks>
+    internal static PageDescriptor[] AllocateDescriptors(int count)
+    {
+        // An array takes 24 bytes (header, type, length) before its elements, and its elements rounded up to 8:
+        // the first element of an array placed right after one whose elements end at E is at E + 24.
+        byte[] probe = GC.AllocateUninitializedArray<byte>(0, pinned: true);
+        nint nextElement = DataAddress(probe) + 24;
+        PageDescriptor[] pages = null!;
+        // A second try only for arrays up to 1 MiB (arenas up to 64 MiB): the missed array stays on the pinned heap,
+        // unused, until the next full collection. Once collections have left gaps where dead arenas were, the heap
+        // fills them and may put the probe, the filler and the array in different gaps: then the array may stay off
+        // a line (measured: 1 to 4 arenas in 13 after a process's first collections; more tries did not help).
+        int attempts = (long)count * Unsafe.SizeOf<PageDescriptor>() <= 1 << 20 ? 2 : 1;
+        for (int attempt = 0; attempt < attempts; attempt++)
+        {
+            int fillerLength = FillerLength(nextElement);
+            byte[]? filler = fillerLength < 0 ? null : GC.AllocateUninitializedArray<byte>(fillerLength, pinned: true);
+            pages = GC.AllocateArray<PageDescriptor>(count, pinned: true);
+            GC.KeepAlive(filler);
+            nint first = DataAddress(pages);
+            if ((first & (LineSize - 1)) == 0)
+            {
+                break;
+            }
+
+            nextElement = first + ((nint)count * Unsafe.SizeOf<PageDescriptor>()) + 24;
+        }
+
+        GC.KeepAlive(probe);
+        return pages;
+    }
+
+    /// <summary>
+    /// The length of the byte array to allocate so that an array allocated right after it has its first element on a
+    /// line, when an array allocated now would have it at <paramref name="nextElement"/>; -1 when it already would.
+    /// A byte array of n elements takes 24 + n bytes rounded up to 8, so it moves the next element by that much
+    /// (24 to 80 bytes here); addresses are 8-aligned.
+    /// </summary>
+    internal static int FillerLength(nint nextElement)
+    {
+        int gap = (int)((LineSize - (nextElement & (LineSize - 1))) & (LineSize - 1));
+        return gap == 0 ? -1 : (gap < 24 ? gap + LineSize : gap) - 24;
+    }
+
+    private static nint DataAddress<T>(T[] pinnedArray) => (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinnedArray));
 
     /// <summary>Pages on this arena's buddy free lists. Read under the allocator lock for exact values.</summary>
     public int FreePages => _freePages;

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PageFrag.Frag;
 using PageFrag.Pages;
 using PageFrag.Tests.Infrastructure;
@@ -63,4 +64,56 @@ public class PageDescriptorLayoutTests
         cache.Dispose();
         Leaks.AssertNone(allocator);
     }
+
+    // Session 9: every descriptor fills one cache line, so that a head's fields move between threads as one line. The
+    // pinned heap places the array where the filler says only when no gap left by dead objects takes the filler or
+    // the array (a test process has many): the arithmetic is tested exactly, the placement as a hint.
+    [Fact]
+    public void The_filler_before_the_descriptor_array_moves_its_first_element_onto_a_cache_line()
+    {
+        for (long next = 0x7f00_0000_0000; next < 0x7f00_0000_0000 + 4 * Arena.LineSize; next += 8)
+        {
+            int n = Arena.FillerLength((nint)next);
+            if ((next & (Arena.LineSize - 1)) == 0)
+            {
+                Assert.Equal(-1, n);
+                continue;
+            }
+
+            Assert.InRange(n, 0, Arena.LineSize);
+            int footprint = (24 + n + 7) & ~7; // header, type and length, then the elements, rounded up to 8
+            Assert.Equal(0, (next + footprint) & (Arena.LineSize - 1));
+        }
+    }
+
+    [Fact]
+    public void An_arenas_descriptor_array_is_zeroed_pinned_and_used_as_any_other()
+    {
+        for (int i = 0; i < 8; i++)
+        {
+            PageDescriptor[] pages = Arena.AllocateDescriptors(16 + i);
+            Assert.Equal(16 + i, pages.Length);
+            Assert.All(pages, d => Assert.Equal(default, d));
+            long before = Address(pages);
+            GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+            Assert.Equal(before, Address(pages)); // on the pinned heap: never moved
+        }
+
+        // An arena's own array: a cache carves and another thread frees across it, and nothing leaks.
+        using PageAllocator allocator = Leaks.NewAllocator(256 * 1024);
+        var cache = new PageFragCache(allocator);
+        for (int i = 0; i < 64; i++)
+        {
+            Assert.True(cache.TryAlloc(4000, out PageFragment f));
+            OtherThread.Run(() => PageFragCache.Free(f));
+        }
+
+        Arena arena = cache.CurrentPage.Arena!;
+        Assert.Equal(arena.PageCount, arena.Pages.Length);
+        cache.Dispose();
+        Leaks.AssertNone(allocator);
+    }
+
+    private static unsafe long Address(PageDescriptor[] pinned) =>
+        (long)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
 }
