@@ -58,11 +58,6 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     private byte[]? _array;
     private int _offset;
     private int _length;
-
-    // A fragment rent's extent from its start: the fragment's length when carved, raised by an in-place grow, never
-    // lowered while the owner keeps the fragment (a smaller rent served by it sets only _length), so that a Memory kept
-    // from an earlier rent of this fragment never reaches past the bytes this owner holds.
-    private int _capacity;
     private nint _address;
     private int _trueSize;
 
@@ -216,7 +211,6 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         _generation = fragment.Generation;
         _offset = bytes.Offset;
         _length = bytes.Count;
-        _capacity = bytes.Count;
         _address = arena.BaseAddress + fragment.ArenaOffset;
         _epoch = epoch;
         Activate(fragment.TrueSize);
@@ -355,46 +349,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
     }
 
     /// <summary>The fragment a decided or parked owner keeps (its slot only, or quiesced, or the call that decided).</summary>
-    internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _capacity, _trueSize, _generation);
-
-    /// <summary>
-    /// Serves a rent of <paramref name="size"/> with a parked owner's fragment (its slot only, inside it, before
-    /// <see cref="Unpark"/>): a smaller size of at least half the fragment's extent takes the fragment as it is (the
-    /// buffer is the first <paramref name="size"/> bytes; the extent and the true size stay, so no byte goes back to the
-    /// cache while a <c>Memory</c> kept from an earlier, longer rent of this fragment could still reach it); a larger
-    /// size grows the fragment in place when it is still the most recent one of <paramref name="cache"/> and the page has
-    /// room. The count is even and does not move here, so nothing else acts on the owner meanwhile. False, with nothing
-    /// changed, otherwise (a smaller size below half, which would keep more than twice its bytes, is carved instead).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool TryResizeParked(PageFragCache cache, int size)
-    {
-        if (_arena is null)
-        {
-            return false;
-        }
-
-        if (size <= _capacity)
-        {
-            if (size < _capacity >> 1)
-            {
-                return false;
-            }
-
-            _length = size;
-            return true;
-        }
-
-        if (!cache.TryResizeMostRecent(_arena, _arenaOffset, _capacity, _trueSize, _generation, size, out int trueSize))
-        {
-            return false;
-        }
-
-        _length = size;
-        _capacity = size;
-        _trueSize = trueSize;
-        return true;
-    }
+    internal PageFragment ParkedFragment => new(_arena!, _arenaOffset, _length, _trueSize, _generation);
 
     /// <summary>
     /// Rents a parked owner again with the fragment it kept (its slot only): the fragment stayed live and its fields
@@ -486,7 +441,7 @@ internal sealed class FragmentMemoryOwner : MemoryManager<byte>, IMemoryOwner<by
         }
 
         _finalized = true;
-        PageFragment fragment = _arena is null ? default : new PageFragment(_arena, _arenaOffset, _capacity, _trueSize, _generation);
+        PageFragment fragment = _arena is null ? default : new PageFragment(_arena, _arenaOffset, _length, _trueSize, _generation);
         Page block = _block;
         _block = default;
         try

@@ -935,8 +935,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         private void AdvanceEpoch() => _pageEpoch = _pageEpoch == int.MaxValue ? 1 : _pageEpoch + 1;
 
-        // A parked owner of this size below the newest, else the newest resized in place (rents of mixed sizes); it leaves
-        // the parked list.
+        // A parked owner of this size below the newest (rents of mixed sizes); it leaves the parked list.
         [MethodImpl(MethodImplOptions.NoInlining)]
         private FragmentMemoryOwner? TakeParked(int size)
         {
@@ -953,17 +952,6 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
                     _parkMisses = 0;
                     return candidate;
                 }
-            }
-
-            // None has this size: the newest serves it, as it is when the size is at least half its fragment's, grown in
-            // place when larger and its fragment is still the cache's most recent (rents of mixed sizes then cost about
-            // what one size costs, and the page is carved no further).
-            if (newest.TryResizeParked(Cache, size))
-            {
-                _parked[last] = null;
-                _parkedCount = last;
-                _parkMisses = 0;
-                return newest;
             }
 
             if (++_parkMisses >= ParkMissesToBackOff)

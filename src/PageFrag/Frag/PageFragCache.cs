@@ -598,38 +598,6 @@ public sealed partial class PageFragCache : IDisposable
     }
 
     /// <summary>
-    /// Gives the most recent fragment of this cache a new length in place, shorter or longer, when it is still the most
-    /// recent and the page has room: the memory pool's rent of a larger size served by a buffer parked with its fragment
-    /// (the pool never shrinks one this way: see <c>FragmentMemoryOwner.TryResizeParked</c>).
-    /// The fragment keeps its start, its state and its reference; only the cache's offset moves (the bytes past it were
-    /// never carved in this page's generation, so no state there can name them). The values come by value, for the
-    /// reason <see cref="TryFreeLocalOnCurrentPage"/> gives. False, with nothing changed, when it is not that case
-    /// (another page or a later fragment, the detection mode, a length out of range, no room). Owner thread only.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal bool TryResizeMostRecent(Arena arena, int arenaOffset, int length, int trueSize, int generation, int newLength, out int newTrueSize)
-    {
-        newTrueSize = 0;
-        int consumed = Math.Max(length, MarkGranule);
-        if (_detectMisuse || (uint)(newLength - 1) >= MaxFragmentSize || !ReferenceEquals(arena, _arena) ||
-            generation != _generation || (long)arenaOffset + consumed != (long)_pageStart + _offset || trueSize > _offset)
-        {
-            return false;
-        }
-
-        int wanted = Math.Max(newLength, MarkGranule);
-        int offset = _offset - consumed + wanted;
-        if (offset > _size)
-        {
-            return false;
-        }
-
-        _offset = offset;
-        newTrueSize = trueSize - consumed + wanted;
-        return true;
-    }
-
-    /// <summary>
     /// Gives the cache's remaining references on its page back and forgets the page
     /// (page_frag_cache_drain), and gives back the pages that other threads' frees parked for its next refill.
     /// Fragments still out keep their page alive; the last one freed returns it.

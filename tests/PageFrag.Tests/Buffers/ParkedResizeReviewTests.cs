@@ -15,6 +15,8 @@ namespace PageFrag.Tests.Buffers;
 /// <c>FragmentMemoryOwner.TryResizeParked</c>, <c>ThreadSlot.TakeParked</c>): two owners of the same bytes, the
 /// accounting, and the interplay with stale handles, other threads, blocks and the page's end.
 /// </summary>
+// The in-place resize these tests attacked was withdrawn the same evening (it was slower than no resize once made safe:
+// bench/README.md, Session 9); the tests that do not depend on it stay, as guards for parking with mixed sizes.
 public class ParkedResizeReviewTests
 {
     private static unsafe nint AddressOf(IMemoryOwner<byte> owner)
@@ -121,97 +123,13 @@ public class ParkedResizeReviewTests
     }
 
     /// <summary>
-    /// A <c>Dispose</c> of the rent before a resize, stalled after it read the count and the fragment's fields (4 KiB),
-    /// resumed after the owner was parked, shrunk to 64 bytes and rented again and a neighbour carved right after it:
-    /// on another thread and on the renting thread it loses (the count moved on), frees nothing, and both live buffers
-    /// keep their bytes; then the same after a grow.
-    /// </summary>
-    [Fact]
-    public void A_stalled_Dispose_of_the_rent_before_a_resize_frees_neither_the_resized_buffer_nor_its_neighbour()
-    {
-        using PageAllocator allocator = WarmAllocator();
-        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
-        {
-            IMemoryOwner<byte> big = pool.Rent(4096);
-            var raw = (FragmentMemoryOwner)big;
-            var stale = raw.ReadForDispose();
-            big.Dispose();
-
-            IMemoryOwner<byte> small = pool.Rent(2048); // at least half: takes the parked 4 KiB fragment as it is
-            Assert.Same(big, small);
-            IMemoryOwner<byte> neighbour = pool.Rent(64);
-            Assert.Equal(AddressOf(small) + 4096, AddressOf(neighbour));
-            small.Memory.Span.Fill(0x11);
-            neighbour.Memory.Span.Fill(0x22);
-
-            Exception? elsewhere = null;
-            var thread = new Thread(() =>
-            {
-                try
-                {
-                    raw.DisposeAfterStall(stale);
-                }
-                catch (Exception e)
-                {
-                    elsewhere = e;
-                }
-            });
-            thread.Start();
-            thread.Join();
-            Assert.IsType<ObjectDisposedException>(elsewhere);
-            Assert.Throws<ObjectDisposedException>(() => raw.DisposeAfterStall(stale));
-
-            // Both still rented, once each: a new rent gets other bytes, and each Dispose gives its buffer back once.
-            IMemoryOwner<byte> other = pool.Rent(64);
-            other.Memory.Span.Fill(0x33);
-            Assert.True(small.Memory.Span.IndexOfAnyExcept((byte)0x11) < 0, "the resized buffer was handed out twice");
-            Assert.True(neighbour.Memory.Span.IndexOfAnyExcept((byte)0x22) < 0, "the neighbour was handed out twice");
-
-            other.Dispose();
-            neighbour.Dispose();
-            small.Dispose();
-
-            // Grow: on a fresh page, the stale read of a 64-byte rent resumed after the owner grew to 2 KiB in place and a
-            // neighbour was carved right after the grown bytes.
-            pool.Trim();
-            IMemoryOwner<byte> first = pool.Rent(64);
-            var rawFirst = (FragmentMemoryOwner)first;
-            var staleSmall = rawFirst.ReadForDispose();
-            first.Dispose();
-            IMemoryOwner<byte> grown = pool.Rent(2048);
-            Assert.Same(first, grown);
-            Assert.Equal(2048, grown.Memory.Length);
-            IMemoryOwner<byte> after = pool.Rent(64);
-            Assert.Equal(AddressOf(grown) + 2048, AddressOf(after));
-            grown.Memory.Span.Fill(0x44);
-            after.Memory.Span.Fill(0x55);
-            Assert.Throws<ObjectDisposedException>(() => rawFirst.DisposeAfterStall(staleSmall));
-            IMemoryOwner<byte> another = pool.Rent(2048);
-            another.Memory.Span.Fill(0x66);
-            Assert.True(grown.Memory.Span.IndexOfAnyExcept((byte)0x44) < 0, "the grown buffer was handed out twice");
-            Assert.True(after.Memory.Span.IndexOfAnyExcept((byte)0x55) < 0, "the buffer after the grown one was handed out twice");
-            another.Dispose();
-            after.Dispose();
-            grown.Dispose();
-
-            PageFragMemoryPoolStats stats = pool.GetStats();
-            Assert.Equal(stats.Rents, stats.Returns);
-            Assert.Equal(0, stats.OutstandingBytes);
-            pool.Trim();
-            Assert.Equal(0, allocator.PagesInUse);
-        }
-
-        Leaks.AssertNone(allocator);
-    }
-
-    /// <summary>
     /// One thread, a few thousand seeded steps: rents of mixed sizes (64 B to 32 KiB, unrounded sizes, blocks above the
     /// fragment limit), returns on this thread or another, trims with buffers out. Every live buffer keeps a byte
     /// pattern of its own and lies inside one 32 KiB-aligned span of the arena; no two live buffers overlap; the
     /// statistics match the live buffers' true sizes after every step that reads them; nothing leaks.
     /// </summary>
     [Fact]
-    public void Mixed_rents_and_returns_with_resizes_never_overlap_and_the_counters_match_the_live_buffers()
+    public void Mixed_rents_and_returns_never_overlap_and_the_counters_match_the_live_buffers()
     {
         using PageAllocator allocator = WarmAllocator(arenaSize: 1 << 20);
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator, MaxBufferSize = 65536 }))
@@ -298,7 +216,6 @@ public class ParkedResizeReviewTests
                 }
             }
 
-            Assert.True(resized > 30, $"only {resized} rents were served by a resize: the test does not exercise it");
             foreach (var (owner, tag, _, _) in live)
             {
                 Assert.True(owner.Memory.Span.IndexOfAnyExcept(tag) < 0);
@@ -316,72 +233,12 @@ public class ParkedResizeReviewTests
     }
 
     /// <summary>
-    /// Sizes at the edges: a parked 64-byte buffer on a fresh 32 KiB page grows to the whole page (the offset reaches the
-    /// page's end exactly, nothing is left pooled), a rent above the fragment limit is a block and leaves the parked
-    /// buffer where it is, and a rent that no longer fits neither grows the buffer past the page nor overlaps it.
-    /// </summary>
-    [Fact]
-    public void A_parked_buffer_grows_to_the_whole_page_but_never_past_it_and_a_block_rent_leaves_it_parked()
-    {
-        using PageAllocator allocator = WarmAllocator(arenaSize: 1 << 20);
-        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator, MaxBufferSize = 65536 }))
-        {
-            IMemoryOwner<byte> first = pool.Rent(64);
-            var slot = ((FragmentMemoryOwner)first).Home;
-            nint pageStart = AddressOf(first);
-            first.Dispose();
-
-            // Above the fragment limit: a block of its own; the parked buffer is neither resized nor released.
-            IMemoryOwner<byte> block = pool.Rent(40000);
-            Assert.NotSame(first, block);
-            Assert.Equal(65536, block.Memory.Length);
-            Assert.Equal(1, slot.ParkedCount);
-            Assert.False(Overlap(AddressOf(block), 65536, pageStart, 32768));
-
-            // The whole page.
-            IMemoryOwner<byte> whole = pool.Rent(PageFragCache.MaxFragmentSize);
-            Assert.Same(first, whole);
-            Assert.Equal(pageStart, AddressOf(whole));
-            Assert.Equal(PageFragCache.MaxFragmentSize, whole.Memory.Length);
-            Assert.Equal(0, slot.ParkedCount);
-            Assert.Equal(0, pool.GetStats().PooledBytes);
-            whole.Memory.Span.Fill(0x77);
-            whole.Dispose(); // parked again, still the page's most recent
-
-            // 32 KiB - 64 takes the parked fragment as it is, with its whole extent (a Memory kept from the whole-page rent
-            // must not reach bytes given to someone else): the page stays full and the next rent is carved elsewhere.
-            IMemoryOwner<byte> almost = pool.Rent(PageFragCache.MaxFragmentSize - 64);
-            Assert.Same(first, almost);
-            Assert.Equal(PageFragCache.MaxFragmentSize - 64, almost.Memory.Length);
-            IMemoryOwner<byte> last = pool.Rent(64);
-            Assert.False(Overlap(AddressOf(last), 64, pageStart, PageFragCache.MaxFragmentSize), "a rent was served from a full page");
-            last.Memory.Span.Fill(0x88);
-            almost.Dispose(); // its page is no longer the cache's: given back, not parked
-            IMemoryOwner<byte> next = pool.Rent(128);
-            Assert.False(Overlap(AddressOf(next), 128, pageStart, PageFragCache.MaxFragmentSize), "a rent was served from a full page");
-            Assert.False(Overlap(AddressOf(next), 128, AddressOf(last), 64));
-            Assert.True(last.Memory.Span.IndexOfAnyExcept((byte)0x88) < 0);
-
-            next.Dispose();
-            last.Dispose();
-            block.Dispose();
-            PageFragMemoryPoolStats stats = pool.GetStats();
-            Assert.Equal(stats.Rents, stats.Returns);
-            Assert.Equal(0, stats.OutstandingBytes);
-            pool.Trim();
-            Assert.Equal(0, allocator.PagesInUse);
-        }
-
-        Leaks.AssertNone(allocator);
-    }
-
-    /// <summary>
     /// A thread rents mixed sizes (its own returns park and resize), fills each buffer with a tag of its own and hands
     /// half of them to a second thread, which checks the tag and disposes them there; the first checks and disposes the
     /// rest. 1.5 s at most, started together. No buffer ever sees another's bytes, the counters add up, nothing leaks.
     /// </summary>
     [Fact]
-    public void Resized_buffers_disposed_on_another_thread_while_the_renting_thread_keeps_resizing_are_never_shared()
+    public void Buffers_of_mixed_sizes_disposed_on_another_thread_while_the_renting_thread_keeps_renting_are_never_shared()
     {
         using PageAllocator allocator = WarmAllocator(arenaSize: 1 << 20);
         using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
@@ -498,108 +355,6 @@ public class ParkedResizeReviewTests
             Assert.Equal(rents, stats.Rents);
             Assert.Equal(stats.Rents, stats.Returns);
             Assert.Equal(0, stats.OutstandingBytes);
-            pool.Trim();
-            Assert.Equal(0, allocator.PagesInUse);
-        }
-
-        Leaks.AssertNone(allocator);
-    }
-
-    /// <summary>
-    /// A thread grows a parked buffer in place, hands it out and ends with another buffer parked; the buffer is disposed
-    /// on the main thread after the thread is gone, and a new thread takes the slot over. Counters add up, the trim
-    /// gives every page back.
-    /// </summary>
-    [Fact]
-    public void A_resized_buffer_outliving_its_thread_is_given_back_once_and_the_slot_taken_over_works()
-    {
-        using PageAllocator allocator = WarmAllocator();
-        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
-        {
-            IMemoryOwner<byte>? grown = null;
-            var thread = new Thread(() =>
-            {
-                IMemoryOwner<byte> first = pool.Rent(64);
-                first.Dispose();
-                grown = pool.Rent(4096);
-                Assert.Same(first, grown);
-                grown.Memory.Span.Fill(0x21);
-                pool.Rent(256).Dispose(); // parked when the thread ends
-            });
-            thread.Start();
-            thread.Join();
-
-            Assert.True(grown!.Memory.Span.IndexOfAnyExcept((byte)0x21) < 0);
-            var next = new Thread(() =>
-            {
-                for (int i = 0; i < 100; i++)
-                {
-                    IMemoryOwner<byte> owner = pool.Rent(64 * (1 + (i % 40)));
-                    owner.Memory.Span.Fill(0x31);
-                    Assert.True(grown.Memory.Span.IndexOfAnyExcept((byte)0x21) < 0, "the grown buffer's bytes went to the slot's next thread");
-                    owner.Dispose();
-                }
-            });
-            next.Start();
-            next.Join();
-            grown.Dispose();
-            grown.Dispose(); // a second Dispose does nothing
-
-            PageFragMemoryPoolStats stats = pool.GetStats();
-            Assert.Equal(stats.Rents, stats.Returns);
-            Assert.Equal(0, stats.OutstandingBytes);
-            pool.Trim();
-            Assert.Equal(0, allocator.PagesInUse);
-        }
-
-        Leaks.AssertNone(allocator);
-    }
-}
-
-/// <summary>A resized buffer that is forgotten is given back by its finalizer with its resized true size.</summary>
-[Collection(FinalizerReclaim.Name)]
-public class ParkedResizeReclaimReviewTests
-{
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static int GrowAndForget(PageFragMemoryPool pool)
-    {
-        IMemoryOwner<byte> first = pool.Rent(64);
-        first.Dispose();
-        IMemoryOwner<byte> grown = pool.Rent(4096);
-        Assert.Same(first, grown);
-        grown.Memory.Span.Fill(1);
-        return ((FragmentMemoryOwner)grown).TrueSize;
-    }
-
-    [Fact]
-    public void A_grown_buffer_never_disposed_is_reclaimed_with_its_grown_size_and_the_page_goes_back()
-    {
-        for (int i = 0; i < 3; i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
-
-        using PageAllocator allocator = WarmAllocator();
-        using (var pool = new PageFragMemoryPool(new PageFragMemoryPoolOptions { Allocator = allocator }))
-        {
-            Assert.Equal(4096, GrowAndForget(pool));
-            Assert.Equal(4096, pool.GetStats().OutstandingBytes);
-            for (int i = 0; i < 3; i++)
-            {
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-            }
-
-            PageFragMemoryPoolStats stats = pool.GetStats();
-            Assert.Equal(1, stats.ReclaimedBuffers);
-            Assert.Equal(0, stats.OutstandingBuffers);
-            Assert.Equal(0, stats.OutstandingBytes);
-            using (IMemoryOwner<byte> again = pool.Rent(128))
-            {
-                again.Memory.Span.Fill(2);
-            }
-
             pool.Trim();
             Assert.Equal(0, allocator.PagesInUse);
         }
