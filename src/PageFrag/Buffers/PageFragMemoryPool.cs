@@ -182,6 +182,7 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
 
         bool outermost = slot.Enter();
         FragmentMemoryOwner? owner;
+        bool served = false;
         try
         {
             // Read inside the slot's busy mark: Dispose sets the flag before it quiesces and drains every slot,
@@ -192,16 +193,18 @@ public sealed class PageFragMemoryPool : MemoryPool<byte>
             }
 
             owner = slot.RentLocked(rounded, outermost);
-        }
-        catch when (outermost)
-        {
-            // A refill that threw (a disposed allocator, an interrupt or an out-of-memory while it took a page) may have
-            // let the cache's page go: fragments rented before are no longer known to be on the current page.
-            slot.RentThrew();
-            throw;
+            served = true;
         }
         finally
         {
+            if (!served && outermost)
+            {
+                // A refill that threw (a disposed allocator, an interrupt or an out-of-memory while it took a page) may
+                // have let the cache's page go: fragments rented before are no longer known to be on the current page.
+                // A flag and not a catch clause: a catch (even with a filter) made every rent 3-4 ns slower.
+                slot.RentThrew();
+            }
+
             slot.Exit();
             if (slot.DrainOnExit)
             {
